@@ -1,0 +1,1 @@
+//! Sans-IO chunk scheduler (issue 4).

@@ -1,0 +1,184 @@
+//! Login: known-user check, password, 3-strike lockout, one session per user, and the
+//! backlog of offline messages handed to a new session.
+
+use std::net::IpAddr;
+
+use tokio::sync::mpsc;
+use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
+
+use crate::clock::Millis;
+use crate::lockout::Strike;
+use crate::state::{ConnId, Session, Tracker};
+
+/// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
+const OFFLINE_BATCH: usize = 128;
+/// Offline frames queued at login; the rest waits, unacknowledged, for the next login.
+const OFFLINE_BATCHES_AT_LOGIN: usize = 64;
+
+impl Tracker {
+    pub fn check_user(&self, user: &UserName) -> UserCheck {
+        if self.creds.contains(user) {
+            UserCheck::Known
+        } else {
+            UserCheck::Unknown
+        }
+    }
+
+    /// Tries to log `user` in on connection `conn`, whose events go to `tx`.
+    ///
+    /// Order matters: a locked account is refused before the password is looked at (so
+    /// guessing during a lock tells nothing), and "already logged in" is only said to someone
+    /// who knows the password (so it does not reveal presence to strangers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn login(
+        &mut self,
+        user: &UserName,
+        password: &Password,
+        now: Millis,
+        conn: ConnId,
+        tx: mpsc::Sender<ServerMsg>,
+        ip: IpAddr,
+        p2p_port: u16,
+    ) -> LoginResult {
+        if !self.creds.contains(user) {
+            return LoginResult::BadPassword;
+        }
+        if self.lockouts.is_locked(user, now) {
+            return LoginResult::Locked;
+        }
+        if !self.creds.verify(user, password) {
+            return match self.lockouts.fail(user, now) {
+                Strike::TryAgain => LoginResult::BadPassword,
+                Strike::LockedUntil(until) => {
+                    if let Err(e) = self.store.set_lockout(user, Some(until)) {
+                        // The lock still holds in memory; only a restart would forget it.
+                        tracing::error!(%user, error = %e, "could not persist lockout");
+                    }
+                    LoginResult::LockedNow
+                }
+            };
+        }
+        if self.sessions.contains_key(user) {
+            return LoginResult::AlreadyLoggedIn;
+        }
+        let history_id = match self.store.session_started(user, now) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(%user, error = %e, "could not record login");
+                -1
+            }
+        };
+        self.lockouts.succeed(user);
+        self.sessions.insert(
+            user.clone(),
+            Session {
+                conn,
+                tx,
+                last_active: now,
+                history_id,
+                ip,
+                p2p_port,
+            },
+        );
+        self.notify_presence(user, Event::LoggedIn { user: user.clone() });
+        self.queue_offline(user);
+        self.settle(now);
+        LoginResult::Welcome
+    }
+
+    /// Queues the user's stored messages, oldest first. They stay in the store until the
+    /// client acknowledges them, so a connection lost mid-delivery loses nothing.
+    fn queue_offline(&mut self, user: &UserName) {
+        let mut after = 0;
+        for _ in 0..OFFLINE_BATCHES_AT_LOGIN {
+            let batch = match self.store.offline_for(user, after, OFFLINE_BATCH) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(%user, error = %e, "could not load offline messages");
+                    return;
+                }
+            };
+            let Some(last) = batch.last() else { return };
+            after = last.id;
+            let was_last = batch.len() < OFFLINE_BATCH;
+            if !self.push(user, ServerMsg::Event(Event::Offline { messages: batch })) || was_last {
+                return;
+            }
+        }
+    }
+
+    /// The client has received offline messages up to `up_to`.
+    pub fn ack_offline(&mut self, user: &UserName, conn: ConnId, up_to: u64) {
+        if self.session_of(user, conn).is_none() {
+            return;
+        }
+        if let Err(e) = self.store.ack_offline(user, up_to) {
+            // Not fatal: they will be delivered again at the next login.
+            tracing::error!(%user, error = %e, "could not delete acknowledged offline messages");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::state::testkit::*;
+
+    fn attempt(t: &mut Tracker, user: &str, pw: &str, now: Millis) -> LoginResult {
+        let (tx, _rx) = mpsc::channel(4);
+        t.login(
+            &u(user),
+            &Password::new(pw).unwrap(),
+            now,
+            rand::random(),
+            tx,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            0,
+        )
+    }
+
+    #[test]
+    fn lockout_after_three_failures_then_expiry() {
+        let mut t = tracker();
+        assert_eq!(attempt(&mut t, "yoda", "weird", T0), LoginResult::BadPassword);
+        assert_eq!(attempt(&mut t, "yoda", "green", T0), LoginResult::BadPassword);
+        assert_eq!(attempt(&mut t, "yoda", "password", T0), LoginResult::LockedNow);
+        // Even the right password is refused during the lock, from any connection.
+        let during = T0.add(Duration::from_secs(59));
+        assert_eq!(attempt(&mut t, "yoda", "wise", during), LoginResult::Locked);
+        let after = T0.add(Duration::from_secs(60));
+        assert_eq!(attempt(&mut t, "yoda", "wise", after), LoginResult::Welcome);
+    }
+
+    #[test]
+    fn lockout_survives_a_restart_of_the_rules() {
+        let mut t = tracker();
+        for _ in 0..3 {
+            attempt(&mut t, "vader", "x", T0);
+        }
+        // A new Tracker over the same store (as after a crash) still knows the lock.
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        assert_eq!(
+            attempt(&mut t2, "vader", "sithlord", T0.add(Duration::from_secs(1))),
+            LoginResult::Locked
+        );
+    }
+
+    #[test]
+    fn second_login_is_refused_and_first_session_kept() {
+        let mut t = tracker();
+        let _hans = login(&mut t, "hans", T0);
+        assert_eq!(attempt(&mut t, "hans", "falcon", T0), LoginResult::AlreadyLoggedIn);
+        assert!(t.is_online(&u("hans")));
+    }
+
+    #[test]
+    fn unknown_users_are_reported() {
+        let t = tracker();
+        assert_eq!(t.check_user(&u("bob")), UserCheck::Unknown);
+        assert_eq!(t.check_user(&u("yoda")), UserCheck::Known);
+    }
+}

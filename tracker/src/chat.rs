@@ -1,0 +1,222 @@
+//! Relayed chat: direct messages (online or stored for offline delivery), broadcast, and
+//! block lists.
+//!
+//! Blocking rule: if A has blocked B, B's messages to A are refused at send time (also
+//! while A is offline, so nothing from B is ever stored for A) and B's broadcasts skip A.
+
+use wire::{Event, Refusal, Reply, ServerMsg, Text, UserName};
+
+use crate::clock::Millis;
+use crate::state::Tracker;
+
+impl Tracker {
+    /// Checks that `user` is a real user other than `me`.
+    fn other_user(&self, me: &UserName, user: &UserName) -> Result<(), Reply> {
+        if !self.creds.contains(user) {
+            return Err(Reply::Refused(Refusal::InvalidUser { user: user.clone() }));
+        }
+        if user == me {
+            return Err(Reply::Refused(Refusal::SelfTarget));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn message(&mut self, me: &UserName, to: &UserName, text: &Text, now: Millis) -> Reply {
+        if let Err(r) = self.other_user(me, to) {
+            return r;
+        }
+        if self.has_blocked(to, me) {
+            return Reply::Refused(Refusal::BlockedByRecipient { user: to.clone() });
+        }
+        let event = ServerMsg::Event(Event::Message {
+            from: me.clone(),
+            text: text.clone(),
+        });
+        if self.push(to, event) {
+            return Reply::Sent { to: to.clone(), stored: false };
+        }
+        // Offline, or too far behind to take more: keep it for the next login. Only a
+        // durable write earns the sender an acknowledgement.
+        match self.store.store_offline(to, me, text, now) {
+            Ok(_) => Reply::Sent { to: to.clone(), stored: true },
+            Err(e) => {
+                tracing::error!(error = %e, "could not store offline message");
+                Reply::Refused(Refusal::Unavailable)
+            }
+        }
+    }
+
+    pub(crate) fn broadcast(&mut self, me: &UserName, text: &Text) -> Reply {
+        let mut skipped = false;
+        let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
+        for u in targets {
+            if self.has_blocked(&u, me) {
+                skipped = true;
+                continue;
+            }
+            self.push(
+                &u,
+                ServerMsg::Event(Event::Message {
+                    from: me.clone(),
+                    text: text.clone(),
+                }),
+            );
+        }
+        Reply::Broadcast { skipped }
+    }
+
+    pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Reply {
+        if let Err(r) = self.other_user(me, user) {
+            return r;
+        }
+        if self.has_blocked(me, user) {
+            return Reply::Refused(Refusal::AlreadyBlocked { user: user.clone() });
+        }
+        if let Err(e) = self.store.set_block(me, user, true) {
+            tracing::error!(error = %e, "could not store block");
+            return Reply::Refused(Refusal::Unavailable);
+        }
+        self.blocks.entry(me.clone()).or_default().insert(user.clone());
+        Reply::Blocked { user: user.clone() }
+    }
+
+    pub(crate) fn unblock(&mut self, me: &UserName, user: &UserName) -> Reply {
+        if let Err(r) = self.other_user(me, user) {
+            return r;
+        }
+        if !self.has_blocked(me, user) {
+            return Reply::Refused(Refusal::NotBlocked { user: user.clone() });
+        }
+        if let Err(e) = self.store.set_block(me, user, false) {
+            tracing::error!(error = %e, "could not store unblock");
+            return Reply::Refused(Refusal::Unavailable);
+        }
+        if let Some(set) = self.blocks.get_mut(me) {
+            set.remove(user);
+        }
+        Reply::Unblocked { user: user.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testkit::*;
+    use crate::state::OUTBOUND_QUEUE;
+    use wire::{OfflineMessage, Request};
+
+    fn text(s: &str) -> Text {
+        Text::new(s).unwrap()
+    }
+    fn msg(to: &str, s: &str) -> Request {
+        Request::Message { to: u(to), text: text(s) }
+    }
+    fn said(from: &str, s: &str) -> Event {
+        Event::Message { from: u(from), text: text(s) }
+    }
+
+    #[test]
+    fn online_message_is_relayed_and_errors_are_refused() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        let mut yoda = login(&mut t, "yoda", T0);
+        assert_eq!(
+            req(&mut t, &hans, msg("yoda", "Hey Dude"), T0),
+            Reply::Sent { to: u("yoda"), stored: false }
+        );
+        assert_eq!(yoda.events(), [said("hans", "Hey Dude")]);
+        assert_eq!(
+            req(&mut t, &hans, msg("bob", "party time"), T0),
+            Reply::Refused(Refusal::InvalidUser { user: u("bob") })
+        );
+        assert_eq!(req(&mut t, &hans, msg("hans", "me"), T0), Reply::Refused(Refusal::SelfTarget));
+    }
+
+    #[test]
+    fn offline_messages_arrive_in_order_at_next_login_until_acked() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        for s in ["Let's rock", "second", "third"] {
+            assert_eq!(
+                req(&mut t, &hans, msg("luke", s), T0),
+                Reply::Sent { to: u("luke"), stored: true }
+            );
+        }
+        let mut luke = login(&mut t, "luke", T0);
+        let ev = luke.events();
+        let [Event::Offline { messages }] = &ev[..] else { panic!("{ev:?}") };
+        let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["Let's rock", "second", "third"]);
+        assert!(messages.iter().all(|m: &OfflineMessage| m.from == u("hans")));
+        // Not acknowledged: delivered again at the next login.
+        req(&mut t, &luke, Request::Logout, T0);
+        let mut luke = login(&mut t, "luke", T0);
+        let ev = luke.events();
+        let [Event::Offline { messages }] = &ev[..] else { panic!("{ev:?}") };
+        t.ack_offline(&luke.user, luke.conn, messages.last().unwrap().id);
+        req(&mut t, &luke, Request::Logout, T0);
+        let mut luke = login(&mut t, "luke", T0);
+        assert!(luke.events().is_empty());
+    }
+
+    #[test]
+    fn blocking_refuses_messages_even_offline_and_skips_broadcast() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        let mut yoda = login(&mut t, "yoda", T0);
+        let mut luke = login(&mut t, "luke", T0);
+        yoda.events();
+        assert_eq!(req(&mut t, &luke, Request::Block { user: u("hans") }, T0), Reply::Blocked { user: u("hans") });
+        assert_eq!(req(&mut t, &hans, Request::Broadcast { text: text("I rock") }, T0), Reply::Broadcast { skipped: true });
+        assert_eq!(yoda.events(), [said("hans", "I rock")]);
+        assert!(luke.events().is_empty());
+        assert_eq!(
+            req(&mut t, &hans, msg("luke", "You angry?"), T0),
+            Reply::Refused(Refusal::BlockedByRecipient { user: u("luke") })
+        );
+        assert_eq!(req(&mut t, &hans, Request::Block { user: u("hans") }, T0), Reply::Refused(Refusal::SelfTarget));
+        assert_eq!(
+            req(&mut t, &luke, Request::Unblock { user: u("yoda") }, T0),
+            Reply::Refused(Refusal::NotBlocked { user: u("yoda") })
+        );
+        // Refused while luke is offline too: nothing is stored for him.
+        req(&mut t, &luke, Request::Logout, T0);
+        assert_eq!(
+            req(&mut t, &hans, msg("luke", "sneaky"), T0),
+            Reply::Refused(Refusal::BlockedByRecipient { user: u("luke") })
+        );
+        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);
+        let luke = login(&mut t, "luke", T0);
+        assert_eq!(req(&mut t, &luke, Request::Unblock { user: u("hans") }, T0), Reply::Unblocked { user: u("hans") });
+        assert_eq!(req(&mut t, &hans, Request::Broadcast { text: text("stormtroopers") }, T0), Reply::Broadcast { skipped: false });
+        assert_eq!(
+            yoda.events(),
+            [
+                Event::LoggedOut { user: u("luke") },
+                Event::LoggedIn { user: u("luke") },
+                said("hans", "stormtroopers")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_logged_out_and_its_messages_stored() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        let mut yoda = login(&mut t, "yoda", T0);
+        let _luke = login(&mut t, "luke", T0); // never reads its queue
+        yoda.events();
+        for i in 0..OUTBOUND_QUEUE {
+            let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
+            assert_eq!(r, Reply::Sent { to: u("luke"), stored: false });
+        }
+        // The queue is full: luke is logged out, the message is kept for later.
+        assert_eq!(
+            req(&mut t, &hans, msg("luke", "overflow"), T0),
+            Reply::Sent { to: u("luke"), stored: true }
+        );
+        assert!(!t.is_online(&u("luke")));
+        assert_eq!(yoda.events(), [Event::LoggedOut { user: u("luke") }]);
+        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 1);
+    }
+}

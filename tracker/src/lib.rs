@@ -1,0 +1,20 @@
+//! The swarmchat tracker: authenticates users, tracks presence and login history, relays
+//! messages (online, offline, broadcast), enforces block lists. See ARCHITECTURE.md.
+//!
+//! Map: `credentials` (who may log in), `store` (SQLite: everything that must survive a
+//! crash), `lockout` (the 3-strike rule), `state` (the in-memory `Tracker` and its request
+//! entry point), `auth`/`presence`/`chat` (the rules, by family), `server` (sockets, tasks,
+//! timeouts), `clock` (injected time).
+
+mod auth;
+mod chat;
+pub mod clock;
+pub mod credentials;
+pub mod lockout;
+mod presence;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use server::{serve, Shared};
+pub use state::{Rules, Tracker};

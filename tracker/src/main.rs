@@ -1,0 +1,76 @@
+//! `tracker <SERVER_PORT> <BLOCK_DURATION> <TIMEOUT> [--credentials FILE] [--state PATH]
+//! [--bind ADDR] [-d]`
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracker::clock::{Clock, SystemClock};
+use tracker::credentials::Credentials;
+use tracker::store::Store;
+use tracker::{Rules, Shared, Tracker};
+
+/// swarmchat tracker: authentication, presence, message relay and the file registry.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TCP port to listen on (0: let the OS pick; the port is printed with -d).
+    server_port: u16,
+    /// Seconds an account stays locked after three wrong passwords in a row.
+    block_duration: u64,
+    /// Seconds without a command after which a user is logged out.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// File of `user password` lines.
+    #[arg(long, default_value = "credentials.txt")]
+    credentials: PathBuf,
+    /// SQLite database holding offline messages, block lists and login history.
+    #[arg(long, default_value = "tracker.db")]
+    state: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// Print debugging information to stderr.
+    #[arg(short, long)]
+    debug: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.debug {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "debug".into()),
+            )
+            .init();
+    }
+    let creds = Credentials::load(&args.credentials)?;
+    let store = Store::open(&args.state)
+        .with_context(|| format!("cannot open state database {}", args.state.display()))?;
+    let rules = Rules {
+        block_duration: Duration::from_secs(args.block_duration),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let clock = Arc::new(SystemClock);
+    let tracker = Tracker::new(creds, store, rules, clock.now())?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let addr = SocketAddr::new(args.bind, args.server_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let shared = Shared::new(tracker, clock);
+        tracker::serve(listener, shared, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        Ok(())
+    })
+}

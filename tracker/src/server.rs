@@ -1,0 +1,257 @@
+//! Networking glue: the accept loop, one task per connection, and the timeout sweeper.
+//!
+//! The state lives in a `std::sync::Mutex<Tracker>`: every operation on it is short and
+//! synchronous, and the guard is never held across an `.await` (the guard is confined to
+//! `Shared::with`, which takes a plain closure).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info, warn};
+use wire::codec::WireCodec;
+use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
+
+use crate::clock::Clock;
+use crate::state::{ConnId, Tracker, OUTBOUND_QUEUE};
+
+/// Simultaneous connections; one more waits in the kernel's backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// Clients only send small frames; anything bigger is an attack or a bug.
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
+/// Frames a connection may send before logging in (`CheckUser` + `Login` attempts).
+const MAX_LOGIN_FRAMES: usize = 64;
+/// How long a connection may stay silent before logging in, at least.
+const MIN_LOGIN_IDLE: Duration = Duration::from_secs(30);
+/// Events written per flush when a client's queue has several waiting.
+const WRITE_BATCH: usize = 64;
+
+pub struct Shared {
+    tracker: Mutex<Tracker>,
+    clock: Arc<dyn Clock>,
+    login_idle: Duration,
+}
+
+impl Shared {
+    pub fn new(tracker: Tracker, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let login_idle = tracker.rules.timeout.max(MIN_LOGIN_IDLE);
+        Arc::new(Self {
+            tracker: Mutex::new(tracker),
+            clock,
+            login_idle,
+        })
+    }
+
+    /// Runs `f` on the state with the current time. The only place the lock is taken.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Tracker, crate::clock::Millis) -> R) -> R {
+        let now = self.clock.now();
+        // A panic while holding the lock would be a bug in a rule; the state is still
+        // consistent enough to keep serving everyone else, so take it back.
+        let mut guard = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard, now)
+    }
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
+    let sweeper = tokio::spawn(sweep(shared.clone()));
+    tokio::select! {
+        _ = accept_loop(listener, shared) => {}
+        _ = shutdown => info!("shutting down"),
+    }
+    sweeper.abort();
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut next_id: ConnId = 0;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        // Take the permit first so a flood waits in the backlog instead of in our memory.
+        let permit = limit.clone().acquire_owned().await.expect("semaphore never closed");
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Typically EMFILE: wait for connections to close rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        next_id += 1;
+        let id = next_id;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Err(why) = connection(id, stream, addr, &shared).await {
+                debug!(conn = id, %addr, "dropped: {why}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Logs out idle users. Sleeps until the earliest possible expiry (or 1 s if nobody is
+/// online), so an idle tracker does not wake needlessly.
+async fn sweep(shared: Arc<Shared>) {
+    loop {
+        let (expired, next) = shared.with(|t, now| (t.expire(now), t.next_expiry().map(|n| (n, now))));
+        for user in expired {
+            info!(%user, "logged out for inactivity");
+        }
+        let wait = match next {
+            Some((at, now)) => Duration::from_millis(at.0.saturating_sub(now.0)),
+            None => Duration::from_secs(1),
+        };
+        tokio::time::sleep(wait.clamp(Duration::from_millis(20), Duration::from_secs(1))).await;
+    }
+}
+
+type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, WireCodec<ClientMsg, ServerMsg>>;
+type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, WireCodec<ClientMsg, ServerMsg>>;
+
+/// Why a connection ended early; only ever logged under `-d`.
+#[derive(Debug, thiserror::Error)]
+enum Dropped {
+    #[error("{0}")]
+    Frame(#[from] wire::FrameError),
+    #[error("closed before logging in")]
+    Closed,
+    #[error("silent for too long before logging in")]
+    LoginIdle,
+    #[error("too many frames before logging in")]
+    LoginFlood,
+    #[error("protocol version {0} not supported")]
+    Version(u32),
+    #[error("unexpected frame: {0}")]
+    Unexpected(&'static str),
+    #[error("login refused: {0:?}")]
+    Refused(LoginResult),
+}
+
+async fn connection(
+    id: ConnId,
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Result<(), Dropped> {
+    debug!(conn = id, %addr, "connected");
+    let (r, w) = stream.into_split();
+    let mut reader = FramedRead::new(r, WireCodec::with_max(MAX_CLIENT_FRAME));
+    let mut writer = FramedWrite::new(w, WireCodec::new());
+
+    match next_login_frame(&mut reader, shared).await? {
+        ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
+            writer.send(ServerMsg::Hello { version }).await?;
+        }
+        ClientMsg::Hello { version } => {
+            writer
+                .send(ServerMsg::Unsupported {
+                    version: PROTOCOL_VERSION,
+                })
+                .await?;
+            return Err(Dropped::Version(version));
+        }
+        _ => return Err(Dropped::Unexpected("first frame must be Hello")),
+    }
+
+    let (user, mut rx) = login(id, addr, &mut reader, &mut writer, shared).await?;
+    debug!(conn = id, %user, "logged in");
+    let result = session(id, &user, &mut reader, &mut writer, &mut rx, shared).await;
+    shared.with(|t, now| t.disconnected(&user, id, now));
+    result
+}
+
+async fn next_login_frame(reader: &mut Reader, shared: &Shared) -> Result<ClientMsg, Dropped> {
+    match tokio::time::timeout(shared.login_idle, reader.next()).await {
+        Err(_) => Err(Dropped::LoginIdle),
+        Ok(None) => Err(Dropped::Closed),
+        Ok(Some(frame)) => Ok(frame?),
+    }
+}
+
+async fn login(
+    id: ConnId,
+    addr: SocketAddr,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    shared: &Shared,
+) -> Result<(UserName, mpsc::Receiver<ServerMsg>), Dropped> {
+    for _ in 0..MAX_LOGIN_FRAMES {
+        match next_login_frame(reader, shared).await? {
+            ClientMsg::CheckUser { user } => {
+                let answer = shared.with(|t, _| t.check_user(&user));
+                writer.send(ServerMsg::UserCheck(answer)).await?;
+            }
+            ClientMsg::Login {
+                user,
+                password,
+                p2p_port,
+            } => {
+                let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+                let result =
+                    shared.with(|t, now| t.login(&user, &password, now, id, tx, addr.ip(), p2p_port));
+                writer.send(ServerMsg::Login(result)).await?;
+                match result {
+                    LoginResult::Welcome => return Ok((user, rx)),
+                    LoginResult::BadPassword => {}
+                    refused => return Err(Dropped::Refused(refused)),
+                }
+            }
+            _ => return Err(Dropped::Unexpected("not logged in")),
+        }
+    }
+    Err(Dropped::LoginFlood)
+}
+
+async fn session(
+    id: ConnId,
+    user: &UserName,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    rx: &mut mpsc::Receiver<ServerMsg>,
+    shared: &Shared,
+) -> Result<(), Dropped> {
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                // `None`: the tracker ended this session (timeout, slow client). Anything it
+                // queued before that, such as the timeout notice, has been written already.
+                let Some(event) = event else { return Ok(()) };
+                writer.feed(event).await?;
+                for _ in 1..WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => writer.feed(e).await?,
+                        Err(_) => break,
+                    }
+                }
+                writer.flush().await?;
+            }
+            frame = reader.next() => {
+                let Some(frame) = frame else { return Ok(()) };
+                match frame? {
+                    ClientMsg::Request(req) => {
+                        let logout = matches!(req, wire::Request::Logout);
+                        let reply = shared.with(|t, now| t.request(user, id, req, now));
+                        let ended = matches!(reply, wire::Reply::LoggedOut);
+                        writer.send(ServerMsg::Reply(reply)).await?;
+                        if logout || ended {
+                            return Ok(());
+                        }
+                    }
+                    ClientMsg::OfflineAck { up_to } => {
+                        shared.with(|t, _| t.ack_offline(user, id, up_to));
+                    }
+                    _ => return Err(Dropped::Unexpected("login frame after login")),
+                }
+            }
+        }
+    }
+}

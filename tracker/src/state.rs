@@ -1,0 +1,250 @@
+//! The tracker's shared state and the rules that change it.
+//!
+//! One `Tracker` sits behind a `std::sync::Mutex` (see `server.rs`). Every handler is a
+//! plain method that takes `now`, changes the state, pushes events to other users' outbound
+//! queues and returns the reply for the caller; the handlers are grouped by family in
+//! `auth.rs`, `presence.rs` and `chat.rs`.
+//!
+//! Why one lock, held across short SQLite calls: a message for an offline user is stored,
+//! and a login loads stored messages, under the same lock, so no message can fall between
+//! "recipient is offline" and "recipient just loaded its backlog". The lock is never held
+//! across an `.await`; online relay touches no disk.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use wire::{ServerMsg, UserName};
+
+use crate::clock::Millis;
+use crate::credentials::Credentials;
+use crate::lockout::Lockouts;
+use crate::store::{Store, StoreError};
+
+/// Identifies one TCP connection, so a stale connection can never end a newer session.
+pub type ConnId = u64;
+
+/// Events a slow client may have queued before it is disconnected. A client that falls
+/// this far behind is logged out; the messages meant for it are stored for its next login.
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub block_duration: Duration,
+    pub timeout: Duration,
+}
+
+/// A logged-in user.
+pub struct Session {
+    pub conn: ConnId,
+    pub tx: mpsc::Sender<ServerMsg>,
+    pub last_active: Millis,
+    pub history_id: i64,
+    pub ip: IpAddr,
+    pub p2p_port: u16,
+}
+
+pub struct Tracker {
+    pub(crate) rules: Rules,
+    pub(crate) creds: Credentials,
+    pub(crate) store: Store,
+    pub(crate) sessions: HashMap<UserName, Session>,
+    pub(crate) lockouts: Lockouts,
+    /// blocker → users they block. A cache of the `blocks` table, written through.
+    pub(crate) blocks: HashMap<UserName, HashSet<UserName>>,
+    /// Users whose queue overflowed during the current operation; logged out by `settle`.
+    lagging: Vec<(UserName, ConnId)>,
+}
+
+impl Tracker {
+    pub fn new(creds: Credentials, store: Store, rules: Rules, now: Millis) -> Result<Self, StoreError> {
+        let closed = store.close_open_sessions(now)?;
+        if closed > 0 {
+            tracing::info!(closed, "closed sessions left open by an unclean shutdown");
+        }
+        let mut lockouts = Lockouts::new(rules.block_duration);
+        for (user, until) in store.lockouts(now)? {
+            lockouts.restore(user, until);
+        }
+        let mut blocks: HashMap<UserName, HashSet<UserName>> = HashMap::new();
+        for (a, b) in store.blocks()? {
+            blocks.entry(a).or_default().insert(b);
+        }
+        Ok(Self {
+            rules,
+            creds,
+            store,
+            sessions: HashMap::new(),
+            lockouts,
+            blocks,
+            lagging: Vec::new(),
+        })
+    }
+
+    /// Has `blocker` blocked `user`?
+    pub fn has_blocked(&self, blocker: &UserName, user: &UserName) -> bool {
+        self.blocks.get(blocker).is_some_and(|s| s.contains(user))
+    }
+
+    pub fn is_online(&self, user: &UserName) -> bool {
+        self.sessions.contains_key(user)
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Queues `msg` for `user` if online. `false` if the user is offline or has fallen too far
+    /// behind (then they are logged out at the end of the current operation).
+    pub(crate) fn push(&mut self, user: &UserName, msg: ServerMsg) -> bool {
+        let Some(s) = self.sessions.get(user) else {
+            return false;
+        };
+        match s.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%user, "outbound queue full; disconnecting slow client");
+                self.lagging.push((user.clone(), s.conn));
+                false
+            }
+            // The connection task is gone and will log the user out itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Logs out every client that overflowed its queue during the last operation. Logging
+    /// one out notifies others, which may overflow more queues; each user goes at most once.
+    pub(crate) fn settle(&mut self, now: Millis) {
+        while let Some((user, conn)) = self.lagging.pop() {
+            self.end_session(&user, conn, now);
+        }
+    }
+
+    /// The user's current session belongs to `conn`.
+    pub(crate) fn session_of(&self, user: &UserName, conn: ConnId) -> Option<&Session> {
+        self.sessions.get(user).filter(|s| s.conn == conn)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! A tracker on an in-memory store with hand-driven time, and helpers to log users in
+    //! and read what their connections were sent.
+
+    use super::*;
+    use crate::clock::Millis;
+    use std::net::Ipv4Addr;
+    use wire::{Event, LoginResult, Password, Reply, Request};
+
+    pub const T0: Millis = Millis(1_700_000_000_000);
+
+    pub fn u(s: &str) -> UserName {
+        UserName::new(s).unwrap()
+    }
+
+    pub fn tracker() -> Tracker {
+        let creds = Credentials::parse(
+            "hans falcon\nyoda wise\nluke lightsaber\nvader sithlord\nr2d2 socute\n",
+        )
+        .unwrap();
+        let rules = Rules {
+            block_duration: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
+        };
+        Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
+    }
+
+    pub struct Client {
+        pub user: UserName,
+        pub conn: ConnId,
+        pub rx: mpsc::Receiver<ServerMsg>,
+    }
+
+    impl Client {
+        /// Everything queued for this client since the last call.
+        pub fn events(&mut self) -> Vec<Event> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.rx.try_recv() {
+                match m {
+                    ServerMsg::Event(e) => out.push(e),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+    }
+
+    pub fn password_of(user: &str) -> &'static str {
+        match user {
+            "hans" => "falcon",
+            "yoda" => "wise",
+            "luke" => "lightsaber",
+            "vader" => "sithlord",
+            "r2d2" => "socute",
+            _ => "nope",
+        }
+    }
+
+    pub fn login(t: &mut Tracker, user: &str, now: Millis) -> Client {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let conn = rand::random();
+        let r = t.login(
+            &u(user),
+            &Password::new(password_of(user)).unwrap(),
+            now,
+            conn,
+            tx,
+            Ipv4Addr::LOCALHOST.into(),
+            0,
+        );
+        assert_eq!(r, LoginResult::Welcome);
+        Client {
+            user: u(user),
+            conn,
+            rx,
+        }
+    }
+
+    pub fn req(t: &mut Tracker, c: &Client, r: Request, now: Millis) -> Reply {
+        t.request(&c.user, c.conn, r, now)
+    }
+}
+
+impl Tracker {
+    /// Carries out one logged-in user's request and returns the reply for them. Every
+    /// request counts as activity for the inactivity timeout.
+    pub fn request(
+        &mut self,
+        me: &UserName,
+        conn: ConnId,
+        req: wire::Request,
+        now: Millis,
+    ) -> wire::Reply {
+        use wire::{Reply, Request};
+        match self.sessions.get_mut(me) {
+            Some(s) if s.conn == conn => s.last_active = now,
+            // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
+            _ => return Reply::LoggedOut,
+        }
+        let reply = match req {
+            Request::Message { to, text } => self.message(me, &to, &text, now),
+            Request::Broadcast { text } => self.broadcast(me, &text),
+            Request::WhoElse => self.who_else(me),
+            Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
+            Request::Block { user } => self.block(me, &user),
+            Request::Unblock { user } => self.unblock(me, &user),
+            Request::Activity => Reply::Active,
+            Request::Logout => {
+                self.end_session(me, conn, now);
+                Reply::LoggedOut
+            }
+        };
+        self.settle(now);
+        reply
+    }
+}

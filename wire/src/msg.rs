@@ -1,0 +1,133 @@
+//! The messages. `ClientMsg` flows from a peer to the tracker, `ServerMsg` back.
+//!
+//! Conversation shape (see docs/protocol.md): the client's first frame is `Hello`; the tracker
+//! answers `Hello` or `Unsupported`. Then `CheckUser`/`Login` until `Login(Welcome)`; then
+//! `Request`s. The tracker handles one connection's requests in order, so each `Request` gets
+//! exactly one `Reply`, in request order; `Event`s (incoming messages, presence) are pushed at
+//! any time in between and are never replies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Password, Text, UserName};
+
+/// Client → tracker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First frame of a connection.
+    Hello { version: u32 },
+    /// Is this a known user? Answered by `ServerMsg::UserCheck`.
+    CheckUser { user: UserName },
+    /// Answered by `ServerMsg::Login`. `p2p_port` is the client's own listener (0: none).
+    Login {
+        user: UserName,
+        password: Password,
+        p2p_port: u16,
+    },
+    /// After login: one command; answered by exactly one `ServerMsg::Reply`.
+    Request(Request),
+    /// The client has stored/shown offline messages up to and including this id; the tracker
+    /// may now forget them. Not answered.
+    OfflineAck { up_to: u64 },
+}
+
+/// A logged-in user's command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Message { to: UserName, text: Text },
+    Broadcast { text: Text },
+    WhoElse,
+    WhoElseSince { secs: u64 },
+    Block { user: UserName },
+    Unblock { user: UserName },
+    /// The user did something the tracker does not otherwise see (a local command, a private
+    /// message); counts as activity for the inactivity timeout.
+    Activity,
+    Logout,
+}
+
+/// Tracker → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Answer to `ClientMsg::Hello`.
+    Hello { version: u32 },
+    /// The client's version is not spoken here; the connection closes after this frame.
+    Unsupported { version: u32 },
+    UserCheck(UserCheck),
+    Login(LoginResult),
+    Reply(Reply),
+    Event(Event),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserCheck {
+    Known,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginResult {
+    Welcome,
+    /// Wrong password; the user may try again.
+    BadPassword,
+    /// Wrong password for the third time in a row: the account is now locked. Connection closes.
+    LockedNow,
+    /// The account is locked from earlier failures. Connection closes.
+    Locked,
+    /// This user is online elsewhere. Connection closes.
+    AlreadyLoggedIn,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The message was handed to the online recipient's connection (`stored == false`) or
+    /// written durably for offline delivery (`stored == true`).
+    Sent { to: UserName, stored: bool },
+    /// `skipped`: some online users did not get it because they blocked the sender.
+    Broadcast { skipped: bool },
+    WhoElse { users: Vec<UserName> },
+    WhoElseSince { secs: u64, users: Vec<UserName> },
+    Blocked { user: UserName },
+    Unblocked { user: UserName },
+    Refused(Refusal),
+    /// Answer to `Request::Activity`.
+    Active,
+    /// Answer to `Request::Logout`; the tracker closes the connection after it.
+    LoggedOut,
+}
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// No such user in the credentials file.
+    InvalidUser { user: UserName },
+    /// The command names the user who sent it.
+    SelfTarget,
+    /// The recipient has blocked the sender.
+    BlockedByRecipient { user: UserName },
+    /// `unblock` of a user who was not blocked.
+    NotBlocked { user: UserName },
+    /// `block` of a user who is already blocked.
+    AlreadyBlocked { user: UserName },
+    /// The tracker could not carry it out durably (storage failure); nothing was done.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A message (direct or broadcast) relayed while the recipient is online.
+    Message { from: UserName, text: Text },
+    /// Messages stored while the recipient was offline, oldest first. Acknowledge with
+    /// `ClientMsg::OfflineAck`; unacknowledged ones are delivered again at the next login.
+    Offline { messages: Vec<OfflineMessage> },
+    LoggedIn { user: UserName },
+    LoggedOut { user: UserName },
+    /// The tracker logged this user out for inactivity; the connection closes after this.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfflineMessage {
+    pub id: u64,
+    pub from: UserName,
+    pub text: Text,
+}
