@@ -1,1 +1,52 @@
-fn main() {}
+//! `peer <SERVER_IP> <SERVER_PORT> [--dir DIR]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+/// swarmchat client: chat through the tracker, privately with peers, and share files.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The tracker's address (an IP address or host name).
+    server_ip: String,
+    /// The tracker's port.
+    server_port: u16,
+    /// Your folder: files you share and files you download.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error. {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.dir.is_dir() {
+        bail!("--dir {} is not a folder", args.dir.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = tokio::net::lookup_host((args.server_ip.as_str(), args.server_port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("cannot resolve server address {}", args.server_ip))?;
+        let mut term = peer::terminal::Terminal::start();
+        let code = peer::session::run(server, &mut term).await;
+        Ok(code)
+    })
+    // The runtime is dropped here; the terminal reader thread may still be blocked in a
+    // read, so leave through process exit rather than waiting for it.
+}

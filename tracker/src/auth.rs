@@ -142,13 +142,22 @@ mod tests {
     #[test]
     fn lockout_after_three_failures_then_expiry() {
         let mut t = tracker();
-        assert_eq!(attempt(&mut t, "yoda", "weird", T0), LoginResult::BadPassword);
-        assert_eq!(attempt(&mut t, "yoda", "green", T0), LoginResult::BadPassword);
-        assert_eq!(attempt(&mut t, "yoda", "password", T0), LoginResult::LockedNow);
+        assert_eq!(
+            attempt(&mut t, "yoda", "weird", T0),
+            LoginResult::BadPassword
+        );
+        assert_eq!(
+            attempt(&mut t, "yoda", "green", T0),
+            LoginResult::BadPassword
+        );
+        assert_eq!(
+            attempt(&mut t, "yoda", "password", T0),
+            LoginResult::LockedNow
+        );
         // Even the right password is refused during the lock, from any connection.
-        let during = T0.add(Duration::from_secs(59));
+        let during = T0.plus(Duration::from_secs(59));
         assert_eq!(attempt(&mut t, "yoda", "wise", during), LoginResult::Locked);
-        let after = T0.add(Duration::from_secs(60));
+        let after = T0.plus(Duration::from_secs(60));
         assert_eq!(attempt(&mut t, "yoda", "wise", after), LoginResult::Welcome);
     }
 
@@ -162,7 +171,12 @@ mod tests {
         let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
         let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
         assert_eq!(
-            attempt(&mut t2, "vader", "sithlord", T0.add(Duration::from_secs(1))),
+            attempt(
+                &mut t2,
+                "vader",
+                "sithlord",
+                T0.plus(Duration::from_secs(1))
+            ),
             LoginResult::Locked
         );
     }
@@ -171,7 +185,10 @@ mod tests {
     fn second_login_is_refused_and_first_session_kept() {
         let mut t = tracker();
         let _hans = login(&mut t, "hans", T0);
-        assert_eq!(attempt(&mut t, "hans", "falcon", T0), LoginResult::AlreadyLoggedIn);
+        assert_eq!(
+            attempt(&mut t, "hans", "falcon", T0),
+            LoginResult::AlreadyLoggedIn
+        );
         assert!(t.is_online(&u("hans")));
     }
 

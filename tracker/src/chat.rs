@@ -21,7 +21,13 @@ impl Tracker {
         Ok(())
     }
 
-    pub(crate) fn message(&mut self, me: &UserName, to: &UserName, text: &Text, now: Millis) -> Reply {
+    pub(crate) fn message(
+        &mut self,
+        me: &UserName,
+        to: &UserName,
+        text: &Text,
+        now: Millis,
+    ) -> Reply {
         if let Err(r) = self.other_user(me, to) {
             return r;
         }
@@ -33,12 +39,18 @@ impl Tracker {
             text: text.clone(),
         });
         if self.push(to, event) {
-            return Reply::Sent { to: to.clone(), stored: false };
+            return Reply::Sent {
+                to: to.clone(),
+                stored: false,
+            };
         }
         // Offline, or too far behind to take more: keep it for the next login. Only a
         // durable write earns the sender an acknowledgement.
         match self.store.store_offline(to, me, text, now) {
-            Ok(_) => Reply::Sent { to: to.clone(), stored: true },
+            Ok(_) => Reply::Sent {
+                to: to.clone(),
+                stored: true,
+            },
             Err(e) => {
                 tracing::error!(error = %e, "could not store offline message");
                 Reply::Refused(Refusal::Unavailable)
@@ -76,7 +88,10 @@ impl Tracker {
             tracing::error!(error = %e, "could not store block");
             return Reply::Refused(Refusal::Unavailable);
         }
-        self.blocks.entry(me.clone()).or_default().insert(user.clone());
+        self.blocks
+            .entry(me.clone())
+            .or_default()
+            .insert(user.clone());
         Reply::Blocked { user: user.clone() }
     }
 
@@ -109,10 +124,16 @@ mod tests {
         Text::new(s).unwrap()
     }
     fn msg(to: &str, s: &str) -> Request {
-        Request::Message { to: u(to), text: text(s) }
+        Request::Message {
+            to: u(to),
+            text: text(s),
+        }
     }
     fn said(from: &str, s: &str) -> Event {
-        Event::Message { from: u(from), text: text(s) }
+        Event::Message {
+            from: u(from),
+            text: text(s),
+        }
     }
 
     #[test]
@@ -122,14 +143,20 @@ mod tests {
         let mut yoda = login(&mut t, "yoda", T0);
         assert_eq!(
             req(&mut t, &hans, msg("yoda", "Hey Dude"), T0),
-            Reply::Sent { to: u("yoda"), stored: false }
+            Reply::Sent {
+                to: u("yoda"),
+                stored: false
+            }
         );
         assert_eq!(yoda.events(), [said("hans", "Hey Dude")]);
         assert_eq!(
             req(&mut t, &hans, msg("bob", "party time"), T0),
             Reply::Refused(Refusal::InvalidUser { user: u("bob") })
         );
-        assert_eq!(req(&mut t, &hans, msg("hans", "me"), T0), Reply::Refused(Refusal::SelfTarget));
+        assert_eq!(
+            req(&mut t, &hans, msg("hans", "me"), T0),
+            Reply::Refused(Refusal::SelfTarget)
+        );
     }
 
     #[test]
@@ -139,20 +166,29 @@ mod tests {
         for s in ["Let's rock", "second", "third"] {
             assert_eq!(
                 req(&mut t, &hans, msg("luke", s), T0),
-                Reply::Sent { to: u("luke"), stored: true }
+                Reply::Sent {
+                    to: u("luke"),
+                    stored: true
+                }
             );
         }
         let mut luke = login(&mut t, "luke", T0);
         let ev = luke.events();
-        let [Event::Offline { messages }] = &ev[..] else { panic!("{ev:?}") };
+        let [Event::Offline { messages }] = &ev[..] else {
+            panic!("{ev:?}")
+        };
         let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["Let's rock", "second", "third"]);
-        assert!(messages.iter().all(|m: &OfflineMessage| m.from == u("hans")));
+        assert!(messages
+            .iter()
+            .all(|m: &OfflineMessage| m.from == u("hans")));
         // Not acknowledged: delivered again at the next login.
         req(&mut t, &luke, Request::Logout, T0);
         let mut luke = login(&mut t, "luke", T0);
         let ev = luke.events();
-        let [Event::Offline { messages }] = &ev[..] else { panic!("{ev:?}") };
+        let [Event::Offline { messages }] = &ev[..] else {
+            panic!("{ev:?}")
+        };
         t.ack_offline(&luke.user, luke.conn, messages.last().unwrap().id);
         req(&mut t, &luke, Request::Logout, T0);
         let mut luke = login(&mut t, "luke", T0);
@@ -166,15 +202,31 @@ mod tests {
         let mut yoda = login(&mut t, "yoda", T0);
         let mut luke = login(&mut t, "luke", T0);
         yoda.events();
-        assert_eq!(req(&mut t, &luke, Request::Block { user: u("hans") }, T0), Reply::Blocked { user: u("hans") });
-        assert_eq!(req(&mut t, &hans, Request::Broadcast { text: text("I rock") }, T0), Reply::Broadcast { skipped: true });
+        assert_eq!(
+            req(&mut t, &luke, Request::Block { user: u("hans") }, T0),
+            Reply::Blocked { user: u("hans") }
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &hans,
+                Request::Broadcast {
+                    text: text("I rock")
+                },
+                T0
+            ),
+            Reply::Broadcast { skipped: true }
+        );
         assert_eq!(yoda.events(), [said("hans", "I rock")]);
         assert!(luke.events().is_empty());
         assert_eq!(
             req(&mut t, &hans, msg("luke", "You angry?"), T0),
             Reply::Refused(Refusal::BlockedByRecipient { user: u("luke") })
         );
-        assert_eq!(req(&mut t, &hans, Request::Block { user: u("hans") }, T0), Reply::Refused(Refusal::SelfTarget));
+        assert_eq!(
+            req(&mut t, &hans, Request::Block { user: u("hans") }, T0),
+            Reply::Refused(Refusal::SelfTarget)
+        );
         assert_eq!(
             req(&mut t, &luke, Request::Unblock { user: u("yoda") }, T0),
             Reply::Refused(Refusal::NotBlocked { user: u("yoda") })
@@ -187,8 +239,21 @@ mod tests {
         );
         assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);
         let luke = login(&mut t, "luke", T0);
-        assert_eq!(req(&mut t, &luke, Request::Unblock { user: u("hans") }, T0), Reply::Unblocked { user: u("hans") });
-        assert_eq!(req(&mut t, &hans, Request::Broadcast { text: text("stormtroopers") }, T0), Reply::Broadcast { skipped: false });
+        assert_eq!(
+            req(&mut t, &luke, Request::Unblock { user: u("hans") }, T0),
+            Reply::Unblocked { user: u("hans") }
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &hans,
+                Request::Broadcast {
+                    text: text("stormtroopers")
+                },
+                T0
+            ),
+            Reply::Broadcast { skipped: false }
+        );
         assert_eq!(
             yoda.events(),
             [
@@ -208,12 +273,21 @@ mod tests {
         yoda.events();
         for i in 0..OUTBOUND_QUEUE {
             let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
-            assert_eq!(r, Reply::Sent { to: u("luke"), stored: false });
+            assert_eq!(
+                r,
+                Reply::Sent {
+                    to: u("luke"),
+                    stored: false
+                }
+            );
         }
         // The queue is full: luke is logged out, the message is kept for later.
         assert_eq!(
             req(&mut t, &hans, msg("luke", "overflow"), T0),
-            Reply::Sent { to: u("luke"), stored: true }
+            Reply::Sent {
+                to: u("luke"),
+                stored: true
+            }
         );
         assert!(!t.is_online(&u("luke")));
         assert_eq!(yoda.events(), [Event::LoggedOut { user: u("luke") }]);

@@ -15,7 +15,7 @@ impl Millis {
     pub fn saturating_sub(self, d: Duration) -> Millis {
         Millis(self.0.saturating_sub(d.as_millis() as u64))
     }
-    pub fn add(self, d: Duration) -> Millis {
+    pub fn plus(self, d: Duration) -> Millis {
         Millis(self.0.saturating_add(d.as_millis() as u64))
     }
 }

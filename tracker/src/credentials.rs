@@ -34,20 +34,21 @@ impl Credentials {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|(line, why)| CredentialsError::Line {
-            path: path.to_owned(),
-            line,
-            why,
-        })
-        .and_then(|c| {
-            if c.users.is_empty() {
-                Err(CredentialsError::Empty {
-                    path: path.to_owned(),
-                })
-            } else {
-                Ok(c)
-            }
-        })
+        Self::parse(&text)
+            .map_err(|(line, why)| CredentialsError::Line {
+                path: path.to_owned(),
+                line,
+                why,
+            })
+            .and_then(|c| {
+                if c.users.is_empty() {
+                    Err(CredentialsError::Empty {
+                        path: path.to_owned(),
+                    })
+                } else {
+                    Ok(c)
+                }
+            })
     }
 
     /// Parses the file's text; an error carries the 1-based line number and the reason.
@@ -122,8 +123,14 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.verify(&u("hans"), &p("falcon")));
         assert!(c.verify(&u("yoda"), &p("wise")));
-        assert!(!c.verify(&u("yoda"), &p("Wise")), "passwords are case-sensitive");
-        assert!(!c.verify(&u("Yoda"), &p("wise")), "names are case-sensitive");
+        assert!(
+            !c.verify(&u("yoda"), &p("Wise")),
+            "passwords are case-sensitive"
+        );
+        assert!(
+            !c.verify(&u("Yoda"), &p("wise")),
+            "names are case-sensitive"
+        );
         assert!(!c.verify(&u("yoda"), &p("wis")));
         assert!(!c.verify(&u("yoda"), &p("wisee")));
     }

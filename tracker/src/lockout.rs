@@ -55,7 +55,7 @@ impl Lockouts {
         *n += 1;
         if *n >= MAX_FAILURES {
             self.failures.remove(user);
-            let until = now.add(self.duration);
+            let until = now.plus(self.duration);
             self.locked.insert(user.clone(), until);
             Strike::LockedUntil(until)
         } else {
@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(l.fail(&yoda, t0), Strike::TryAgain);
         assert_eq!(l.fail(&yoda, t0), Strike::LockedUntil(Millis(1_060_000)));
         assert!(l.is_locked(&yoda, Millis(1_059_999)));
-        assert!(!l.is_locked(&yoda, Millis(1_060_000)), "lock expires after the duration");
+        assert!(
+            !l.is_locked(&yoda, Millis(1_060_000)),
+            "lock expires after the duration"
+        );
         // The count starts again from zero after a lock.
         assert_eq!(l.fail(&yoda, Millis(1_060_000)), Strike::TryAgain);
     }

@@ -1,6 +1,7 @@
 //! `tracker <SERVER_PORT> <BLOCK_DURATION> <TIMEOUT> [--credentials FILE] [--state PATH]
 //! [--bind ADDR] [-d]`
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     if args.debug {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "debug".into()),

@@ -72,7 +72,7 @@ impl Tracker {
     pub fn next_expiry(&self) -> Option<Millis> {
         self.sessions
             .values()
-            .map(|s| s.last_active.add(self.rules.timeout))
+            .map(|s| s.last_active.plus(self.rules.timeout))
             .min()
     }
 
@@ -145,12 +145,16 @@ mod tests {
         let luke = login(&mut t, "luke", T0);
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, T0),
-            Reply::WhoElse { users: names(&["luke", "yoda"]) }
+            Reply::WhoElse {
+                users: names(&["luke", "yoda"])
+            }
         );
         req(&mut t, &luke, Request::Block { user: u("hans") }, T0);
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, T0),
-            Reply::WhoElse { users: names(&["yoda"]) }
+            Reply::WhoElse {
+                users: names(&["yoda"])
+            }
         );
     }
 
@@ -160,7 +164,7 @@ mod tests {
         // min ago. luke asks for 200 s, yoda for 500 s.
         let mut t = tracker();
         let start = T0;
-        let at = |mins: u64| start.add(Duration::from_secs(mins * 60));
+        let at = |mins: u64| start.plus(Duration::from_secs(mins * 60));
         let r2 = login(&mut t, "r2d2", at(0));
         let hans = login(&mut t, "hans", at(0));
         let yoda = login(&mut t, "yoda", at(0));
@@ -178,11 +182,17 @@ mod tests {
         }
         assert_eq!(
             req(&mut t, &luke, Request::WhoElseSince { secs: 200 }, now),
-            Reply::WhoElseSince { secs: 200, users: names(&["hans", "vader", "yoda"]) }
+            Reply::WhoElseSince {
+                secs: 200,
+                users: names(&["hans", "vader", "yoda"])
+            }
         );
         assert_eq!(
             req(&mut t, &yoda, Request::WhoElseSince { secs: 500 }, now),
-            Reply::WhoElseSince { secs: 500, users: names(&["hans", "luke", "r2d2", "vader"]) }
+            Reply::WhoElseSince {
+                secs: 500,
+                users: names(&["hans", "luke", "r2d2", "vader"])
+            }
         );
     }
 
@@ -194,9 +204,17 @@ mod tests {
         hans.events();
         // yoda stays active; hans only receives messages, which does not count.
         let step = Duration::from_secs(60);
-        req(&mut t, &yoda, Request::Message { to: u("hans"), text: wire::Text::new("hi").unwrap() }, T0.add(step));
-        assert!(t.expire(T0.add(step)).is_empty());
-        let deadline = T0.add(Duration::from_secs(120));
+        req(
+            &mut t,
+            &yoda,
+            Request::Message {
+                to: u("hans"),
+                text: wire::Text::new("hi").unwrap(),
+            },
+            T0.plus(step),
+        );
+        assert!(t.expire(T0.plus(step)).is_empty());
+        let deadline = T0.plus(Duration::from_secs(120));
         assert_eq!(t.next_expiry(), Some(deadline));
         assert!(t.expire(Millis(deadline.0 - 1)).is_empty());
         assert_eq!(t.expire(deadline), [u("hans")]);
@@ -206,6 +224,9 @@ mod tests {
         assert!(!t.is_online(&u("hans")));
         assert!(hans.rx.try_recv().is_err(), "queue closed after the notice");
         // A request on the dead session does nothing.
-        assert_eq!(req(&mut t, &hans, Request::WhoElse, deadline), Reply::LoggedOut);
+        assert_eq!(
+            req(&mut t, &hans, Request::WhoElse, deadline),
+            Reply::LoggedOut
+        );
     }
 }

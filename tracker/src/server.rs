@@ -73,7 +73,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         // Take the permit first so a flood waits in the backlog instead of in our memory.
-        let permit = limit.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -102,7 +106,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// online), so an idle tracker does not wake needlessly.
 async fn sweep(shared: Arc<Shared>) {
     loop {
-        let (expired, next) = shared.with(|t, now| (t.expire(now), t.next_expiry().map(|n| (n, now))));
+        let (expired, next) =
+            shared.with(|t, now| (t.expire(now), t.next_expiry().map(|n| (n, now))));
         for user in expired {
             info!(%user, "logged out for inactivity");
         }
@@ -196,8 +201,8 @@ async fn login(
                 p2p_port,
             } => {
                 let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-                let result =
-                    shared.with(|t, now| t.login(&user, &password, now, id, tx, addr.ip(), p2p_port));
+                let result = shared
+                    .with(|t, now| t.login(&user, &password, now, id, tx, addr.ip(), p2p_port));
                 writer.send(ServerMsg::Login(result)).await?;
                 match result {
                     LoginResult::Welcome => return Ok((user, rx)),
@@ -221,6 +226,10 @@ async fn session(
 ) -> Result<(), Dropped> {
     loop {
         tokio::select! {
+            // Events first: whatever was queued for this user before their next request is
+            // read gets written before that request's reply, so a user never sees a reply
+            // "overtake" something that happened earlier.
+            biased;
             event = rx.recv() => {
                 // `None`: the tracker ended this session (timeout, slow client). Anything it
                 // queued before that, such as the timeout notice, has been written already.

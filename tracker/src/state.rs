@@ -58,7 +58,12 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(creds: Credentials, store: Store, rules: Rules, now: Millis) -> Result<Self, StoreError> {
+    pub fn new(
+        creds: Credentials,
+        store: Store,
+        rules: Rules,
+        now: Millis,
+    ) -> Result<Self, StoreError> {
         let closed = store.close_open_sessions(now)?;
         if closed > 0 {
             tracing::info!(closed, "closed sessions left open by an unclean shutdown");
@@ -128,6 +133,40 @@ impl Tracker {
     /// The user's current session belongs to `conn`.
     pub(crate) fn session_of(&self, user: &UserName, conn: ConnId) -> Option<&Session> {
         self.sessions.get(user).filter(|s| s.conn == conn)
+    }
+}
+
+impl Tracker {
+    /// Carries out one logged-in user's request and returns the reply for them. Every
+    /// request counts as activity for the inactivity timeout.
+    pub fn request(
+        &mut self,
+        me: &UserName,
+        conn: ConnId,
+        req: wire::Request,
+        now: Millis,
+    ) -> wire::Reply {
+        use wire::{Reply, Request};
+        match self.sessions.get_mut(me) {
+            Some(s) if s.conn == conn => s.last_active = now,
+            // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
+            _ => return Reply::LoggedOut,
+        }
+        let reply = match req {
+            Request::Message { to, text } => self.message(me, &to, &text, now),
+            Request::Broadcast { text } => self.broadcast(me, &text),
+            Request::WhoElse => self.who_else(me),
+            Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
+            Request::Block { user } => self.block(me, &user),
+            Request::Unblock { user } => self.unblock(me, &user),
+            Request::Activity => Reply::Active,
+            Request::Logout => {
+                self.end_session(me, conn, now);
+                Reply::LoggedOut
+            }
+        };
+        self.settle(now);
+        reply
     }
 }
 
@@ -212,39 +251,5 @@ pub(crate) mod testkit {
 
     pub fn req(t: &mut Tracker, c: &Client, r: Request, now: Millis) -> Reply {
         t.request(&c.user, c.conn, r, now)
-    }
-}
-
-impl Tracker {
-    /// Carries out one logged-in user's request and returns the reply for them. Every
-    /// request counts as activity for the inactivity timeout.
-    pub fn request(
-        &mut self,
-        me: &UserName,
-        conn: ConnId,
-        req: wire::Request,
-        now: Millis,
-    ) -> wire::Reply {
-        use wire::{Reply, Request};
-        match self.sessions.get_mut(me) {
-            Some(s) if s.conn == conn => s.last_active = now,
-            // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
-            _ => return Reply::LoggedOut,
-        }
-        let reply = match req {
-            Request::Message { to, text } => self.message(me, &to, &text, now),
-            Request::Broadcast { text } => self.broadcast(me, &text),
-            Request::WhoElse => self.who_else(me),
-            Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
-            Request::Block { user } => self.block(me, &user),
-            Request::Unblock { user } => self.unblock(me, &user),
-            Request::Activity => Reply::Active,
-            Request::Logout => {
-                self.end_session(me, conn, now);
-                Reply::LoggedOut
-            }
-        };
-        self.settle(now);
-        reply
     }
 }

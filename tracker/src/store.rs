@@ -83,7 +83,8 @@ impl Store {
     }
 
     pub fn session_started(&self, user: &UserName, now: Millis) -> Result<i64, StoreError> {
-        self.db.prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?
+        self.db
+            .prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?
             .execute(params![user.as_str(), now.0 as i64])?;
         Ok(self.db.last_insert_rowid())
     }
@@ -119,7 +120,12 @@ impl Store {
             .prepare_cached(
                 "INSERT INTO offline (recipient, sender, text, sent_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![to.as_str(), from.as_str(), text.as_str(), now.0 as i64])?;
+            .execute(params![
+                to.as_str(),
+                from.as_str(),
+                text.as_str(),
+                now.0 as i64
+            ])?;
         Ok(self.db.last_insert_rowid() as u64)
     }
 
@@ -134,7 +140,11 @@ impl Store {
             "SELECT id, sender, text FROM offline WHERE recipient = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![to.as_str(), after as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for r in rows {
@@ -189,16 +199,19 @@ impl Store {
                 "INSERT OR REPLACE INTO lockouts (user, until) VALUES (?1, ?2)",
                 params![user.as_str(), t.0 as i64],
             )?,
-            None => self
-                .db
-                .execute("DELETE FROM lockouts WHERE user = ?1", params![user.as_str()])?,
+            None => self.db.execute(
+                "DELETE FROM lockouts WHERE user = ?1",
+                params![user.as_str()],
+            )?,
         };
         Ok(())
     }
 
     pub fn lockouts(&self, now: Millis) -> Result<Vec<(UserName, Millis)>, StoreError> {
-        self.db
-            .execute("DELETE FROM lockouts WHERE until <= ?1", params![now.0 as i64])?;
+        self.db.execute(
+            "DELETE FROM lockouts WHERE until <= ?1",
+            params![now.0 as i64],
+        )?;
         let mut stmt = self.db.prepare("SELECT user, until FROM lockouts")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut out = Vec::new();
@@ -236,7 +249,8 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         let (hans, luke) = (u("hans"), u("luke"));
         for t in ["one", "two", "three"] {
-            s.store_offline(&luke, &hans, &Text::new(t).unwrap(), Millis(1)).unwrap();
+            s.store_offline(&luke, &hans, &Text::new(t).unwrap(), Millis(1))
+                .unwrap();
         }
         let got = s.offline_for(&luke, 0, 100).unwrap();
         let texts: Vec<_> = got.iter().map(|m| m.text.as_str()).collect();
@@ -280,7 +294,13 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.blocks().unwrap(), [(u("luke"), u("hans"))]);
         assert_eq!(s.offline_count(&u("luke")).unwrap(), 1);
-        assert_eq!(s.lockouts(Millis(999)).unwrap(), [(u("vader"), Millis(1000))]);
-        assert!(s.lockouts(Millis(1000)).unwrap().is_empty(), "expired lockouts are dropped");
+        assert_eq!(
+            s.lockouts(Millis(999)).unwrap(),
+            [(u("vader"), Millis(1000))]
+        );
+        assert!(
+            s.lockouts(Millis(1000)).unwrap().is_empty(),
+            "expired lockouts are dropped"
+        );
     }
 }

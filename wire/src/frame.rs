@@ -51,7 +51,10 @@ pub fn encode<T: Serialize>(msg: &T, dst: &mut BytesMut, max: usize) -> Result<(
 /// `Ok(None)` means "need more bytes" and leaves `src` untouched (it may reserve room for the
 /// rest of a frame whose length is within `max`). Any error means the stream is unusable: the
 /// caller should drop the connection.
-pub fn decode<T: DeserializeOwned>(src: &mut BytesMut, max: usize) -> Result<Option<T>, FrameError> {
+pub fn decode<T: DeserializeOwned>(
+    src: &mut BytesMut,
+    max: usize,
+) -> Result<Option<T>, FrameError> {
     if src.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -127,7 +130,9 @@ mod tests {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         let cap_before = buf.capacity();
         let err = decode::<ClientMsg>(&mut buf, 64 * 1024).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len, max } if len == u32::MAX as usize && max == 64 * 1024));
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max } if len == u32::MAX as usize && max == 64 * 1024)
+        );
         assert_eq!(buf.capacity(), cap_before);
     }
 

@@ -33,12 +33,23 @@ pub enum ClientMsg {
 /// A logged-in user's command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    Message { to: UserName, text: Text },
-    Broadcast { text: Text },
+    Message {
+        to: UserName,
+        text: Text,
+    },
+    Broadcast {
+        text: Text,
+    },
     WhoElse,
-    WhoElseSince { secs: u64 },
-    Block { user: UserName },
-    Unblock { user: UserName },
+    WhoElseSince {
+        secs: u64,
+    },
+    Block {
+        user: UserName,
+    },
+    Unblock {
+        user: UserName,
+    },
     /// The user did something the tracker does not otherwise see (a local command, a private
     /// message); counts as activity for the inactivity timeout.
     Activity,
@@ -49,9 +60,13 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Answer to `ClientMsg::Hello`.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// The client's version is not spoken here; the connection closes after this frame.
-    Unsupported { version: u32 },
+    Unsupported {
+        version: u32,
+    },
     UserCheck(UserCheck),
     Login(LoginResult),
     Reply(Reply),
@@ -81,13 +96,27 @@ pub enum LoginResult {
 pub enum Reply {
     /// The message was handed to the online recipient's connection (`stored == false`) or
     /// written durably for offline delivery (`stored == true`).
-    Sent { to: UserName, stored: bool },
+    Sent {
+        to: UserName,
+        stored: bool,
+    },
     /// `skipped`: some online users did not get it because they blocked the sender.
-    Broadcast { skipped: bool },
-    WhoElse { users: Vec<UserName> },
-    WhoElseSince { secs: u64, users: Vec<UserName> },
-    Blocked { user: UserName },
-    Unblocked { user: UserName },
+    Broadcast {
+        skipped: bool,
+    },
+    WhoElse {
+        users: Vec<UserName>,
+    },
+    WhoElseSince {
+        secs: u64,
+        users: Vec<UserName>,
+    },
+    Blocked {
+        user: UserName,
+    },
+    Unblocked {
+        user: UserName,
+    },
     Refused(Refusal),
     /// Answer to `Request::Activity`.
     Active,
@@ -115,12 +144,21 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// A message (direct or broadcast) relayed while the recipient is online.
-    Message { from: UserName, text: Text },
+    Message {
+        from: UserName,
+        text: Text,
+    },
     /// Messages stored while the recipient was offline, oldest first. Acknowledge with
     /// `ClientMsg::OfflineAck`; unacknowledged ones are delivered again at the next login.
-    Offline { messages: Vec<OfflineMessage> },
-    LoggedIn { user: UserName },
-    LoggedOut { user: UserName },
+    Offline {
+        messages: Vec<OfflineMessage>,
+    },
+    LoggedIn {
+        user: UserName,
+    },
+    LoggedOut {
+        user: UserName,
+    },
     /// The tracker logged this user out for inactivity; the connection closes after this.
     TimedOut,
 }

@@ -1,0 +1,219 @@
+//! What the user types, parsed into a [`Command`] with no I/O, so every rule about command
+//! syntax is unit-tested here and the session loop only ever sees valid commands.
+
+use wire::{IdError, Text, UserName};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Message { to: UserName, text: Text },
+    Broadcast { text: Text },
+    WhoElse,
+    WhoElseSince { secs: u64 },
+    Block { user: UserName },
+    Unblock { user: UserName },
+    Logout,
+    Help,
+}
+
+/// Why a line is not a command; `Display` is what the user sees.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("Error. Invalid command")]
+    Unknown,
+    #[error("Error. Usage: {0}")]
+    Usage(&'static str),
+    #[error("Error. Invalid user")]
+    BadUser,
+    #[error("Error. {0}")]
+    BadText(IdError),
+}
+
+/// One line per command, shown by `help` and in usage errors.
+pub const HELP: &[(&str, &str)] = &[
+    (
+        "message <user> <message>",
+        "send a message (stored if they are offline)",
+    ),
+    ("broadcast <message>", "send a message to everyone online"),
+    ("whoelse", "list the other users online now"),
+    (
+        "whoelsesince <seconds>",
+        "list users online at any time in the last <seconds>",
+    ),
+    (
+        "block <user>",
+        "stop <user> from messaging you or seeing your presence",
+    ),
+    ("unblock <user>", "undo block"),
+    ("logout", "log out and quit (end of input does the same)"),
+    ("help", "show this list"),
+];
+
+fn usage(cmd: &str) -> ParseError {
+    let text = HELP
+        .iter()
+        .find(|(syntax, _)| syntax.split(' ').next() == Some(cmd))
+        .map(|(syntax, _)| *syntax)
+        .unwrap_or("help");
+    ParseError::Usage(text)
+}
+
+fn user(word: &str) -> Result<UserName, ParseError> {
+    UserName::new(word).map_err(|_| ParseError::BadUser)
+}
+
+fn text(rest: &str) -> Result<Text, ParseError> {
+    Text::new(rest).map_err(ParseError::BadText)
+}
+
+/// Splits off the first whitespace-separated word; the rest keeps its inner spacing.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+impl Command {
+    /// Parses a non-empty line. Command words are case-insensitive; names are not.
+    pub fn parse(line: &str) -> Result<Command, ParseError> {
+        let (cmd, rest) = word(line.trim_end());
+        let lower = cmd.to_ascii_lowercase();
+        let one_user = |rest: &str| -> Result<UserName, ParseError> {
+            match word(rest) {
+                (u, "") if !u.is_empty() => user(u),
+                _ => Err(usage(&lower)),
+            }
+        };
+        let none = |rest: &str, c: Command| {
+            if rest.is_empty() {
+                Ok(c)
+            } else {
+                Err(usage(&lower))
+            }
+        };
+        match lower.as_str() {
+            "message" => {
+                let (to, msg) = word(rest);
+                if to.is_empty() || msg.is_empty() {
+                    return Err(usage("message"));
+                }
+                Ok(Command::Message {
+                    to: user(to)?,
+                    text: text(msg)?,
+                })
+            }
+            "broadcast" if !rest.is_empty() => Ok(Command::Broadcast { text: text(rest)? }),
+            "broadcast" => Err(usage("broadcast")),
+            "whoelse" => none(rest, Command::WhoElse),
+            "whoelsesince" => match word(rest) {
+                (n, "") => n
+                    .parse::<u64>()
+                    .map(|secs| Command::WhoElseSince { secs })
+                    .map_err(|_| usage("whoelsesince")),
+                _ => Err(usage("whoelsesince")),
+            },
+            "block" => Ok(Command::Block {
+                user: one_user(rest)?,
+            }),
+            "unblock" => Ok(Command::Unblock {
+                user: one_user(rest)?,
+            }),
+            "logout" => none(rest, Command::Logout),
+            "help" => Ok(Command::Help),
+            _ => Err(ParseError::Unknown),
+        }
+    }
+}
+
+/// The `help` text.
+pub fn help_text() -> Vec<String> {
+    let width = HELP.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+    HELP.iter()
+        .map(|(syntax, what)| format!("{syntax:width$}  {what}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> UserName {
+        UserName::new(s).unwrap()
+    }
+
+    #[test]
+    fn parses_the_spec_commands() {
+        assert_eq!(
+            Command::parse("message yoda Hey Dude"),
+            Ok(Command::Message {
+                to: u("yoda"),
+                text: Text::new("Hey Dude").unwrap()
+            })
+        );
+        assert_eq!(
+            Command::parse("broadcast  vader   sucks "),
+            Ok(Command::Broadcast {
+                text: Text::new("vader   sucks").unwrap()
+            })
+        );
+        assert_eq!(Command::parse("whoelse"), Ok(Command::WhoElse));
+        assert_eq!(
+            Command::parse("whoelsesince 200"),
+            Ok(Command::WhoElseSince { secs: 200 })
+        );
+        assert_eq!(
+            Command::parse("block hans"),
+            Ok(Command::Block { user: u("hans") })
+        );
+        assert_eq!(
+            Command::parse("unblock hans"),
+            Ok(Command::Unblock { user: u("hans") })
+        );
+        assert_eq!(Command::parse("logout"), Ok(Command::Logout));
+        assert_eq!(Command::parse("WhoElse"), Ok(Command::WhoElse));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(Command::parse("whatsthetime"), Err(ParseError::Unknown));
+        assert_eq!(
+            Command::parse("whatsthetime").unwrap_err().to_string(),
+            "Error. Invalid command"
+        );
+        assert_eq!(
+            Command::parse("message yoda"),
+            Err(ParseError::Usage("message <user> <message>"))
+        );
+        assert_eq!(
+            Command::parse("whoelsesince soon"),
+            Err(ParseError::Usage("whoelsesince <seconds>"))
+        );
+        assert_eq!(
+            Command::parse("whoelsesince -5"),
+            Err(ParseError::Usage("whoelsesince <seconds>"))
+        );
+        assert_eq!(
+            Command::parse("block"),
+            Err(ParseError::Usage("block <user>"))
+        );
+        assert_eq!(
+            Command::parse("block a b"),
+            Err(ParseError::Usage("block <user>"))
+        );
+        assert_eq!(
+            Command::parse("whoelse now"),
+            Err(ParseError::Usage("whoelse"))
+        );
+        let long = format!("broadcast {}", "x".repeat(5000));
+        assert!(matches!(Command::parse(&long), Err(ParseError::BadText(_))));
+    }
+
+    #[test]
+    fn help_has_a_line_per_command() {
+        let h = help_text();
+        assert_eq!(h.len(), HELP.len());
+        assert!(h.iter().any(|l| l.starts_with("whoelsesince <seconds>")));
+    }
+}

@@ -1,0 +1,11 @@
+//! The swarmchat terminal client. See ARCHITECTURE.md.
+//!
+//! Map: `command` (typed line → `Command`, no I/O), `terminal` (line editor or plain lines,
+//! and printing above the input), `tracker_link` (the tracker connection), `render` (every
+//! text the user sees for what the tracker says), `session` (login and the command loop).
+
+pub mod command;
+pub mod render;
+pub mod session;
+pub mod terminal;
+pub mod tracker_link;

@@ -1,0 +1,350 @@
+//! Test harness: starts the real `tracker` and `peer` binaries on 127.0.0.1 with OS-picked
+//! ports and temp dirs, reads their output on threads, and kills every process it started
+//! (by PID, on drop). Every wait is bounded by a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait for any expected line; generous for a loaded 2-core CI machine.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The fixture users and passwords.
+pub const CREDENTIALS: &str = include_str!("../../../fixtures/credentials.txt");
+
+pub fn password(user: &str) -> &'static str {
+    CREDENTIALS
+        .lines()
+        .find_map(|l| l.strip_prefix(user).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{user} is not a fixture user"))
+}
+
+/// A built binary of this workspace, next to the test executable's profile directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Reads a child's output lines on a thread into a channel, keeping a transcript.
+struct Lines {
+    rx: Receiver<String>,
+    transcript: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn spawn(r: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = channel();
+        let transcript = Arc::new(Mutex::new(Vec::new()));
+        let t = transcript.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                t.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, transcript }
+    }
+
+    fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().join("\n")
+    }
+}
+
+pub struct Tracker {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr: Lines,
+    args: (u64, u64),
+}
+
+impl Tracker {
+    /// A tracker on the fixture credentials with the given block duration and timeout (s).
+    pub fn start(block_duration: u64, timeout: u64) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
+        Self::start_in(dir, block_duration, timeout)
+    }
+
+    /// Starts (or restarts) a tracker whose credentials and state live in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, block_duration: u64, timeout: u64) -> Tracker {
+        let mut child = Command::new(bin("tracker"))
+            .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
+            .args(["--bind", "127.0.0.1"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracker");
+        let stderr = Lines::spawn(child.stderr.take().unwrap());
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stderr.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening addr=").nth(1) {
+                        break rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tracker did not start:\n{}", stderr.transcript());
+                }
+            }
+        };
+        Tracker {
+            child,
+            addr,
+            dir,
+            stderr,
+            args: (block_duration, timeout),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A peer connected to this tracker, not logged in yet, with its own temp folder.
+    pub fn peer(&self) -> Peer {
+        Peer::start(self.addr)
+    }
+
+    /// A peer logged in as `user`.
+    pub fn login(&self, user: &str) -> Peer {
+        let mut p = self.peer();
+        p.login(user);
+        p
+    }
+
+    /// `kill -9`, then a new tracker process on the same state, credentials and port.
+    pub fn crash_and_restart(mut self) -> Tracker {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let (block, timeout) = self.args;
+        Tracker::start_in(dir, block, timeout)
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.transcript()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the tracker's answer to `unblock <self>` prints: the round-trip marker of
+/// [`Peer::sync`].
+const SYNC_MARK: &str = "Error. Cannot unblock self";
+
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Lines,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Peer {
+    pub fn start(tracker: SocketAddr) -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin("peer"))
+            .arg(tracker.ip().to_string())
+            .arg(tracker.port().to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start peer");
+        let stdin = child.stdin.take();
+        // Anything on stderr is a bug (debug output must never reach a user's terminal);
+        // fold it into the transcript so a test that checks output sees it.
+        let out = Lines::spawn(child.stdout.take().unwrap());
+        let err = child.stderr.take().unwrap();
+        let transcript = out.transcript.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                transcript.lock().unwrap().push(format!("[stderr] {line}"));
+            }
+        });
+        Peer {
+            child,
+            stdin,
+            out,
+            dir,
+            name: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes standard input (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for a line containing `want` and returns it; panics with the transcript if it
+    /// does not come in time. Lines before it are consumed.
+    pub fn expect(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line containing {want:?} within {WAIT:?}. Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: output ended before {want:?}. Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            }
+        }
+    }
+
+    /// Waits until a line containing each of `wants` has appeared, in any order.
+    pub fn expect_all(&mut self, wants: &[String]) {
+        let mut missing: Vec<&String> = wants.iter().collect();
+        let deadline = Instant::now() + WAIT;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = missing.iter().position(|w| line.contains(w.as_str())) {
+                        missing.swap_remove(i);
+                    }
+                }
+                Err(e) => panic!(
+                    "{}: still missing {missing:?} ({e:?}). Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            }
+        }
+    }
+
+    /// The next line, exactly.
+    pub fn next_line(&mut self) -> String {
+        match self.out.rx.recv_timeout(WAIT) {
+            Ok(l) => l,
+            Err(e) => panic!(
+                "{}: no next line ({e:?}). Transcript:\n{}",
+                self.name,
+                self.out.transcript()
+            ),
+        }
+    }
+
+    /// Runs `line` and returns every line printed until a following round trip to the
+    /// tracker completes. Events queued before `line`'s reply are included, since the
+    /// tracker writes queued events before a reply.
+    pub fn run(&mut self, line: &str) -> Vec<String> {
+        self.send(line);
+        self.sync()
+    }
+
+    /// Everything printed since the last read, up to a round trip to the tracker.
+    pub fn sync(&mut self) -> Vec<String> {
+        assert!(!self.name.is_empty(), "sync needs a logged-in peer");
+        let marker = format!("unblock {}", self.name);
+        self.send(&marker);
+        let mut got = Vec::new();
+        loop {
+            let l = self.next_line();
+            if l == SYNC_MARK {
+                return got;
+            }
+            got.push(l);
+        }
+    }
+
+    /// Logs in as `user` and waits for the welcome.
+    pub fn login(&mut self, user: &str) {
+        self.name = user.to_owned();
+        self.expect("Username:");
+        self.send(user);
+        self.expect("Password:");
+        self.send(password(user));
+        self.expect("Welcome to the greatest messaging application ever!");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} did not exit. Transcript:\n{}",
+            self.name,
+            self.out.transcript()
+        );
+    }
+
+    pub fn transcript(&self) -> String {
+        self.out.transcript()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `tracker` and `peer` binaries on 127.0.0.1.
+//!
+//! Build the binaries first: the README's test command does (`cargo build --bins`).
+
+mod common;
+
+mod auth;
+mod chat;
+mod robustness;
