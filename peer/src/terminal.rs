@@ -10,6 +10,7 @@
 //! ExternalPrinter) on a terminal; one flushed line per call otherwise, no escape codes.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use rustyline::error::ReadlineError;
@@ -60,6 +61,8 @@ pub struct Terminal {
     asks: std_mpsc::Sender<Ask>,
     lines: mpsc::UnboundedReceiver<Input>,
     saved: Option<SavedMode>,
+    /// A `readline` is in progress (its half-typed line is on screen).
+    reading: Arc<AtomicBool>,
 }
 
 impl Terminal {
@@ -71,12 +74,15 @@ impl Terminal {
             if let Ok(mut editor) = DefaultEditor::new() {
                 if let Ok(p) = editor.create_external_printer() {
                     let saved = SavedMode::save();
-                    std::thread::spawn(move || read_editor(editor, ask_rx, line_tx));
+                    let reading = Arc::new(AtomicBool::new(false));
+                    let r = reading.clone();
+                    std::thread::spawn(move || read_editor(editor, r, ask_rx, line_tx));
                     return Terminal {
                         printer: Printer(Some(Arc::new(Mutex::new(Box::new(p))))),
                         asks: ask_tx,
                         lines: line_rx,
                         saved,
+                        reading,
                     };
                 }
             }
@@ -89,6 +95,7 @@ impl Terminal {
             asks: ask_tx,
             lines: line_rx,
             saved: None,
+            reading: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -122,18 +129,28 @@ impl Terminal {
     pub fn restore(&self) {
         if let Some(s) = &self.saved {
             s.restore();
+            if self.reading.load(Ordering::SeqCst) {
+                // End the abandoned input line so the shell prompt starts on a fresh one.
+                println!();
+            }
         }
     }
 }
 
 fn read_editor(
     mut editor: DefaultEditor,
+    reading: Arc<AtomicBool>,
     asks: std_mpsc::Receiver<Ask>,
     lines: mpsc::UnboundedSender<Input>,
 ) {
     for ask in asks {
         let input = match ask {
-            Ask::Line(prompt) => match editor.readline(&prompt) {
+            Ask::Line(prompt) => match {
+                reading.store(true, Ordering::SeqCst);
+                let r = editor.readline(&prompt);
+                reading.store(false, Ordering::SeqCst);
+                r
+            } {
                 Ok(line) => {
                     if !line.trim().is_empty() {
                         let _ = editor.add_history_entry(line.as_str());
