@@ -13,7 +13,6 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
-use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::sync::mpsc;
 
@@ -145,21 +144,21 @@ fn read_editor(
 ) {
     for ask in asks {
         let input = match ask {
-            Ask::Line(prompt) => match {
+            Ask::Line(prompt) => {
                 reading.store(true, Ordering::SeqCst);
-                let r = editor.readline(&prompt);
+                let read = editor.readline(&prompt);
                 reading.store(false, Ordering::SeqCst);
-                r
-            } {
-                Ok(line) => {
-                    if !line.trim().is_empty() {
-                        let _ = editor.add_history_entry(line.as_str());
+                match read {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        Input::Line(line)
                     }
-                    Input::Line(line)
+                    // Ctrl-C, Ctrl-D, or a terminal error: the user is leaving.
+                    Err(_) => Input::End,
                 }
-                Err(ReadlineError::Interrupted | ReadlineError::Eof) => Input::End,
-                Err(_) => Input::End,
-            },
+            }
             Ask::Secret(prompt) => match rpassword::prompt_password(prompt) {
                 Ok(line) => Input::Line(line),
                 Err(_) => Input::End,
