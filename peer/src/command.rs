@@ -11,6 +11,9 @@ pub enum Command {
     WhoElseSince { secs: u64 },
     Block { user: UserName },
     Unblock { user: UserName },
+    StartPrivate { user: UserName },
+    Private { to: UserName, text: Text },
+    StopPrivate { user: UserName },
     Logout,
     Help,
 }
@@ -45,6 +48,15 @@ pub const HELP: &[(&str, &str)] = &[
         "stop <user> from messaging you or seeing your presence",
     ),
     ("unblock <user>", "undo block"),
+    (
+        "startprivate <user>",
+        "open a direct (peer-to-peer) chat with <user>",
+    ),
+    (
+        "private <user> <message>",
+        "send over the direct chat; the tracker never sees it",
+    ),
+    ("stopprivate <user>", "close the direct chat with <user>"),
     ("logout", "log out and quit (end of input does the same)"),
     ("help", "show this list"),
 ];
@@ -94,14 +106,16 @@ impl Command {
             }
         };
         match lower.as_str() {
-            "message" => {
+            "message" | "private" => {
                 let (to, msg) = word(rest);
                 if to.is_empty() || msg.is_empty() {
-                    return Err(usage("message"));
+                    return Err(usage(&lower));
                 }
-                Ok(Command::Message {
-                    to: user(to)?,
-                    text: text(msg)?,
+                let (to, text) = (user(to)?, text(msg)?);
+                Ok(if lower == "message" {
+                    Command::Message { to, text }
+                } else {
+                    Command::Private { to, text }
                 })
             }
             "broadcast" if !rest.is_empty() => Ok(Command::Broadcast { text: text(rest)? }),
@@ -118,6 +132,12 @@ impl Command {
                 user: one_user(rest)?,
             }),
             "unblock" => Ok(Command::Unblock {
+                user: one_user(rest)?,
+            }),
+            "startprivate" => Ok(Command::StartPrivate {
+                user: one_user(rest)?,
+            }),
+            "stopprivate" => Ok(Command::StopPrivate {
                 user: one_user(rest)?,
             }),
             "logout" => none(rest, Command::Logout),
@@ -173,6 +193,25 @@ mod tests {
         );
         assert_eq!(Command::parse("logout"), Ok(Command::Logout));
         assert_eq!(Command::parse("WhoElse"), Ok(Command::WhoElse));
+        assert_eq!(
+            Command::parse("startprivate luke"),
+            Ok(Command::StartPrivate { user: u("luke") })
+        );
+        assert_eq!(
+            Command::parse("private luke hey dude"),
+            Ok(Command::Private {
+                to: u("luke"),
+                text: Text::new("hey dude").unwrap()
+            })
+        );
+        assert_eq!(
+            Command::parse("stopprivate luke"),
+            Ok(Command::StopPrivate { user: u("luke") })
+        );
+        assert_eq!(
+            Command::parse("private luke"),
+            Err(ParseError::Usage("private <user> <message>"))
+        );
     }
 
     #[test]

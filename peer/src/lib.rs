@@ -1,10 +1,12 @@
 //! The swarmchat terminal client. See ARCHITECTURE.md.
 //!
 //! Map: `command` (typed line → `Command`, no I/O), `terminal` (line editor or plain lines,
-//! and printing above the input), `tracker_link` (the tracker connection), `render` (every
+//! and printing above the input), `tracker_link` (the tracker connection), `p2p` (private connections: listener,
+//! tickets, one task per connection), `render` (every
 //! text the user sees for what the tracker says), `session` (login and the command loop).
 
 pub mod command;
+pub mod p2p;
 pub mod render;
 pub mod session;
 pub mod terminal;

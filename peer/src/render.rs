@@ -13,6 +13,7 @@ pub enum Asked {
     WhoElseSince,
     Block,
     Unblock,
+    StartPrivate,
     Activity,
     Logout,
 }
@@ -55,6 +56,8 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         Reply::Blocked { user } => vec![format!("{user} is blocked")],
         Reply::Unblocked { user } => vec![format!("{user} is unblocked")],
         Reply::Refused(why) => vec![refusal(asked, why)],
+        // Confirmed once the connection is open (`private_started`).
+        Reply::PrivateGranted { .. } => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
     }
 }
@@ -65,10 +68,18 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
         Refusal::SelfTarget => match asked {
             Asked::Block => "Error. Cannot block self".into(),
             Asked::Unblock => "Error. Cannot unblock self".into(),
+            Asked::StartPrivate => "Error. Cannot start private messaging with self".into(),
             _ => "Error. Cannot message self".into(),
         },
+        Refusal::BlockedByRecipient { user } if asked == Asked::StartPrivate => {
+            format!("Error. Cannot start private messaging as {user} has blocked you")
+        }
         Refusal::BlockedByRecipient { .. } => {
             "Your message could not be delivered as the recipient has blocked you".into()
+        }
+        Refusal::Offline { user } => format!("Error. {user} is offline"),
+        Refusal::NotReachable { user } => {
+            format!("Error. {user} does not accept private messages")
         }
         Refusal::NotBlocked { user } => format!("Error. {user} was not blocked"),
         Refusal::AlreadyBlocked { user } => format!("Error. {user} is already blocked"),
@@ -89,5 +100,37 @@ pub fn event(e: &Event) -> Vec<String> {
         Event::LoggedIn { user } => vec![format!("{user} logged in")],
         Event::LoggedOut { user } => vec![format!("{user} logged out")],
         Event::TimedOut => vec![TIMED_OUT.into()],
+        Event::PrivateTicket { .. } => vec![],
     }
+}
+
+pub fn private_started(user: &UserName) -> String {
+    format!("Start private messaging with {user}")
+}
+pub fn private_incoming(user: &UserName) -> String {
+    format!("{user} started private messaging with you")
+}
+pub fn private_already(user: &UserName) -> String {
+    format!("Private messaging with {user} is already enabled")
+}
+pub fn private_failed(user: &UserName, why: &str) -> String {
+    format!("Error. Could not start private messaging with {user}: {why}")
+}
+pub fn private_text(from: &UserName, text: &wire::Text) -> String {
+    format!("{from}(private): {text}")
+}
+pub fn private_not_enabled(user: &UserName) -> String {
+    format!("Error. Private messaging to {user} not enabled")
+}
+pub fn private_gone(user: &UserName) -> String {
+    format!("{user} is no longer online")
+}
+pub fn private_stopped_by(user: &UserName) -> String {
+    format!("{user} stopped private messaging")
+}
+pub fn private_stopped(user: &UserName) -> String {
+    format!("Stopped private messaging with {user}")
+}
+pub fn private_none(user: &UserName) -> String {
+    format!("Error. No private messaging session with {user}")
 }

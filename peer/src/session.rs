@@ -1,14 +1,19 @@
-//! The client's life: log in, then run commands and show what arrives until logout.
+//! The client's life: open the private-chat listener, log in, then run commands and show
+//! what arrives (from the tracker and from private connections) until logout.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, LoginResult, Password, Reply, Request, ServerMsg, UserCheck, UserName,
+    ClientMsg, Event, LoginResult, Password, PeerMsg, Reply, Request, ServerMsg, UserCheck,
+    UserName,
 };
 
 use crate::command::{help_text, Command};
+use crate::p2p::{Ended, P2p, P2pEvent, PeerHandle};
 use crate::render::{self, Asked};
 use crate::terminal::{Input, Printer, Terminal};
 use crate::tracker_link::{LinkError, TrackerLink};
@@ -17,6 +22,22 @@ use crate::tracker_link::{LinkError, TrackerLink};
 /// refused or the server went away.
 pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
     let out = term.printer();
+    // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
+    // login and hands it (with a ticket) to whoever may connect.
+    let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
+        Ok(l) => l,
+        Err(e) => {
+            out.line(format!(
+                "Error. Cannot open a port for private messaging: {e}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let p2p = P2p::new(events_tx);
+    tokio::spawn(p2p.clone().listen(listener));
+
     let mut link = match TrackerLink::connect(server).await {
         Ok(l) => l,
         Err(e) => {
@@ -24,14 +45,28 @@ pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match login(&mut link, term, &out).await {
-        Ok(Some(user)) => match session(&mut link, term, &out, &user).await {
-            Ok(code) => code,
-            Err(e) => {
-                out.line(format!("Error. {e}"));
-                ExitCode::FAILURE
+    let code = match login(&mut link, term, &out, p2p_port).await {
+        Ok(Some(me)) => {
+            p2p.set_me(me.clone());
+            let mut s = Session {
+                link,
+                out: out.clone(),
+                me,
+                pending: VecDeque::new(),
+                p2p,
+                events,
+                chats: Chats::default(),
+            };
+            let result = s.run(term).await;
+            s.chats.close_all().await;
+            match result {
+                Ok(code) => code,
+                Err(e) => {
+                    out.line(format!("Error. {e}"));
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Ok(None) => ExitCode::SUCCESS,
         Err(Refused(code)) => code,
     };
@@ -53,6 +88,7 @@ async fn login(
     link: &mut TrackerLink,
     term: &mut Terminal,
     out: &Printer,
+    p2p_port: u16,
 ) -> Result<Option<UserName>, Refused> {
     let user = loop {
         let Input::Line(line) = term.prompt("Username: ").await else {
@@ -71,10 +107,8 @@ async fn login(
         }
     };
     loop {
-        let Input::Line(line) = ({
-            term.ask_secret("Password: ");
-            term.next().await
-        }) else {
+        term.ask_secret("Password: ");
+        let Input::Line(line) = term.next().await else {
             return Ok(None);
         };
         let Ok(password) = Password::new(line) else {
@@ -85,7 +119,7 @@ async fn login(
         link.send(ClientMsg::Login {
             user: user.clone(),
             password,
-            p2p_port: 0,
+            p2p_port,
         })
         .await?;
         let text = match link.recv().await? {
@@ -115,120 +149,242 @@ fn unexpected(out: &Printer, msg: &ServerMsg) -> Refused {
     Refused(ExitCode::FAILURE)
 }
 
-/// Requests sent and not yet answered, oldest first.
+/// Open private chats, by the other user's name.
 #[derive(Default)]
-struct Pending(VecDeque<Asked>);
+struct Chats {
+    open: HashMap<UserName, PeerHandle>,
+    /// Connections that broke: the next `private` to them says they are gone.
+    gone: HashSet<UserName>,
+    /// Users the tracker says logged out while a chat with them was open. A normal logout
+    /// sends `Bye` first; without one (the process died) their next `private` says gone.
+    departed: HashSet<UserName>,
+}
 
-async fn session(
-    link: &mut TrackerLink,
-    term: &mut Terminal,
-    out: &Printer,
-    me: &UserName,
-) -> Result<ExitCode, LinkError> {
-    let mut pending = Pending::default();
-    let mut leaving = false;
-    term.ask("> ");
-    loop {
-        tokio::select! {
-            input = term.next(), if !leaving => {
-                let line = match input {
-                    Input::Line(l) => l,
-                    Input::End => {
-                        leaving = true;
-                        send(link, &mut pending, Asked::Logout, Request::Logout).await?;
-                        continue;
+impl Chats {
+    /// Says `Bye` on every open chat (logout, timeout, lost tracker).
+    async fn close_all(&mut self) {
+        let closing = self.open.drain().map(|(_, h)| h.close(PeerMsg::Bye));
+        futures_util::future::join_all(closing).await;
+    }
+}
+
+struct Session {
+    link: TrackerLink,
+    out: Printer,
+    me: UserName,
+    /// Requests sent and not yet answered, oldest first (replies come in request order).
+    pending: VecDeque<Asked>,
+    p2p: P2p,
+    events: mpsc::UnboundedReceiver<P2pEvent>,
+    chats: Chats,
+}
+
+/// What the loop should do after handling something.
+enum Next {
+    Continue,
+    Exit(ExitCode),
+}
+
+impl Session {
+    async fn run(&mut self, term: &mut Terminal) -> Result<ExitCode, LinkError> {
+        let mut leaving = false;
+        term.ask("> ");
+        loop {
+            let next = tokio::select! {
+                input = term.next(), if !leaving => {
+                    match input {
+                        Input::Line(l) if l.trim().is_empty() => {}
+                        Input::Line(l) => leaving = self.run_line(&l).await?,
+                        Input::End => {
+                            leaving = true;
+                            self.chats.close_all().await;
+                            self.send(Asked::Logout, Request::Logout).await?;
+                        }
                     }
-                };
-                if line.trim().is_empty() {
-                    term.ask("> ");
-                    continue;
+                    if !leaving {
+                        term.ask("> ");
+                    }
+                    Next::Continue
                 }
-                if run_line(link, &mut pending, out, me, &line).await? {
-                    leaving = true;
-                } else {
-                    term.ask("> ");
+                msg = self.link.recv() => self.on_tracker(msg?).await?,
+                Some(event) = self.events.recv() => {
+                    self.on_p2p(event).await;
+                    Next::Continue
+                }
+            };
+            if let Next::Exit(code) = next {
+                return Ok(code);
+            }
+        }
+    }
+
+    async fn send(&mut self, asked: Asked, req: Request) -> Result<(), LinkError> {
+        self.link.send(ClientMsg::Request(req)).await?;
+        self.pending.push_back(asked);
+        Ok(())
+    }
+
+    fn print(&self, lines: impl IntoIterator<Item = String>) {
+        for l in lines {
+            self.out.line(l);
+        }
+    }
+
+    /// Runs one typed line. `Ok(true)` when it was `logout`.
+    async fn run_line(&mut self, line: &str) -> Result<bool, LinkError> {
+        let cmd = match Command::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                self.out.line(e.to_string());
+                // Typing counts as activity even when the line is wrong.
+                self.send(Asked::Activity, Request::Activity).await?;
+                return Ok(false);
+            }
+        };
+        let (asked, req) = match cmd {
+            Command::Message { to, text } => (Asked::Message, Request::Message { to, text }),
+            Command::Broadcast { text } => (Asked::Broadcast, Request::Broadcast { text }),
+            Command::WhoElse => (Asked::WhoElse, Request::WhoElse),
+            Command::WhoElseSince { secs } => (Asked::WhoElseSince, Request::WhoElseSince { secs }),
+            Command::Block { user } => (Asked::Block, Request::Block { user }),
+            Command::Unblock { user } => (Asked::Unblock, Request::Unblock { user }),
+            Command::StartPrivate { user } if self.chats.open.contains_key(&user) => {
+                self.out.line(render::private_already(&user));
+                (Asked::Activity, Request::Activity)
+            }
+            Command::StartPrivate { user } => (Asked::StartPrivate, Request::StartPrivate { user }),
+            Command::Private { to, text } => {
+                self.private(&to, text);
+                // The text stays between the two peers; the tracker only hears "active".
+                (Asked::Activity, Request::Activity)
+            }
+            Command::StopPrivate { user } => {
+                match self.chats.open.remove(&user) {
+                    Some(h) => {
+                        h.close(PeerMsg::Bye).await;
+                        self.out.line(render::private_stopped(&user));
+                    }
+                    None => self.out.line(render::private_none(&user)),
+                }
+                (Asked::Activity, Request::Activity)
+            }
+            Command::Logout => {
+                // Tell private partners first, so they read "stopped" before "logged out".
+                self.chats.close_all().await;
+                (Asked::Logout, Request::Logout)
+            }
+            Command::Help => {
+                self.print(help_text());
+                (Asked::Activity, Request::Activity)
+            }
+        };
+        let logout = asked == Asked::Logout;
+        self.send(asked, req).await?;
+        Ok(logout)
+    }
+
+    fn private(&mut self, to: &UserName, text: wire::Text) {
+        let departed = self.chats.departed.remove(to);
+        match self.chats.open.remove(to) {
+            Some(h) if !departed && h.send_text(text) => {
+                self.chats.open.insert(to.clone(), h);
+            }
+            // The connection is dead or its user logged out without saying goodbye.
+            Some(_) => self.out.line(render::private_gone(to)),
+            None if self.chats.gone.remove(to) => self.out.line(render::private_gone(to)),
+            None => self.out.line(render::private_not_enabled(to)),
+        }
+    }
+
+    async fn on_tracker(&mut self, msg: ServerMsg) -> Result<Next, LinkError> {
+        match msg {
+            ServerMsg::Reply(r) => {
+                let asked = self.pending.pop_front().unwrap_or(Asked::Activity);
+                self.print(render::reply(asked, &r));
+                match r {
+                    Reply::LoggedOut => {
+                        if asked == Asked::Logout {
+                            self.out.line("Logged out");
+                        }
+                        return Ok(Next::Exit(ExitCode::SUCCESS));
+                    }
+                    Reply::PrivateGranted { user, addr, ticket } => {
+                        self.p2p.connect(user, addr, ticket);
+                    }
+                    _ => {}
                 }
             }
-            msg = link.recv() => {
-                match msg {
-                    Ok(ServerMsg::Reply(r)) => {
-                        let asked = pending.0.pop_front().unwrap_or(Asked::Activity);
-                        for l in render::reply(asked, &r) {
-                            out.line(l);
-                        }
-                        if r == Reply::LoggedOut {
-                            if asked == Asked::Logout {
-                                out.line("Logged out");
-                            }
-                            return Ok(ExitCode::SUCCESS);
+            ServerMsg::Event(e) => {
+                self.print(render::event(&e));
+                match e {
+                    Event::Offline { messages } => {
+                        if let Some(last) = messages.last() {
+                            self.link
+                                .send(ClientMsg::OfflineAck { up_to: last.id })
+                                .await?;
                         }
                     }
-                    Ok(ServerMsg::Event(e)) => {
-                        for l in render::event(&e) {
-                            out.line(l);
-                        }
-                        match e {
-                            Event::Offline { messages } => {
-                                if let Some(last) = messages.last() {
-                                    link.send(ClientMsg::OfflineAck { up_to: last.id }).await?;
-                                }
-                            }
-                            Event::TimedOut => return Ok(ExitCode::SUCCESS),
-                            _ => {}
-                        }
+                    Event::PrivateTicket { from, ticket } => self.p2p.tickets.add(ticket, from),
+                    Event::LoggedOut { user } if self.chats.open.contains_key(&user) => {
+                        self.chats.departed.insert(user);
                     }
-                    Ok(other) => return Err(LinkError::Unexpected(format!("{other:?}"))),
-                    Err(e) => return Err(e),
+                    Event::LoggedIn { user } => {
+                        self.chats.departed.remove(&user);
+                    }
+                    Event::TimedOut => return Ok(Next::Exit(ExitCode::SUCCESS)),
+                    _ => {}
+                }
+            }
+            other => return Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+        Ok(Next::Continue)
+    }
+
+    async fn on_p2p(&mut self, event: P2pEvent) {
+        match event {
+            P2pEvent::Opened(h) => self.opened(h).await,
+            P2pEvent::OpenFailed { user, why } => {
+                self.out.line(render::private_failed(&user, &why));
+            }
+            P2pEvent::Text { user, text, .. } => self.out.line(render::private_text(&user, &text)),
+            P2pEvent::Closed { user, id, why } => {
+                if self.chats.open.get(&user).is_none_or(|h| h.id != id) {
+                    return; // an older connection, already replaced or closed
+                }
+                self.chats.open.remove(&user);
+                self.chats.departed.remove(&user);
+                match why {
+                    Ended::Bye => self.out.line(render::private_stopped_by(&user)),
+                    Ended::Lost => {
+                        self.chats.gone.insert(user);
+                    }
+                    Ended::Superseded => {}
                 }
             }
         }
     }
-}
 
-async fn send(
-    link: &mut TrackerLink,
-    pending: &mut Pending,
-    asked: Asked,
-    req: Request,
-) -> Result<(), LinkError> {
-    link.send(ClientMsg::Request(req)).await?;
-    pending.0.push_back(asked);
-    Ok(())
-}
-
-/// Runs one typed line. `Ok(true)` when it was `logout`.
-async fn run_line(
-    link: &mut TrackerLink,
-    pending: &mut Pending,
-    out: &Printer,
-    _me: &UserName,
-    line: &str,
-) -> Result<bool, LinkError> {
-    let cmd = match Command::parse(line) {
-        Ok(c) => c,
-        Err(e) => {
-            out.line(e.to_string());
-            // Typing counts as activity even when the line is wrong.
-            send(link, pending, Asked::Activity, Request::Activity).await?;
-            return Ok(false);
+    async fn opened(&mut self, new: PeerHandle) {
+        let user = new.user.clone();
+        let outgoing = new.initiator == self.me;
+        self.chats.gone.remove(&user);
+        self.chats.departed.remove(&user);
+        if outgoing {
+            self.out.line(render::private_started(&user));
         }
-    };
-    let (asked, req) = match cmd {
-        Command::Message { to, text } => (Asked::Message, Request::Message { to, text }),
-        Command::Broadcast { text } => (Asked::Broadcast, Request::Broadcast { text }),
-        Command::WhoElse => (Asked::WhoElse, Request::WhoElse),
-        Command::WhoElseSince { secs } => (Asked::WhoElseSince, Request::WhoElseSince { secs }),
-        Command::Block { user } => (Asked::Block, Request::Block { user }),
-        Command::Unblock { user } => (Asked::Unblock, Request::Unblock { user }),
-        Command::Logout => (Asked::Logout, Request::Logout),
-        Command::Help => {
-            for l in help_text() {
-                out.line(l);
+        let Some(old) = self.chats.open.remove(&user) else {
+            if !outgoing {
+                self.out.line(render::private_incoming(&user));
             }
-            (Asked::Activity, Request::Activity)
-        }
-    };
-    let logout = asked == Asked::Logout;
-    send(link, pending, asked, req).await?;
-    Ok(logout)
+            self.chats.open.insert(user, new);
+            return;
+        };
+        // Two connections to the same user. From the same initiator, the newer one wins (the
+        // initiator evidently gave up on the old). If both users started at once, both
+        // sides keep the one opened by the smaller name, so they agree without talking.
+        let keep_new = old.initiator == new.initiator || new.initiator < old.initiator;
+        let (keep, drop) = if keep_new { (new, old) } else { (old, new) };
+        self.chats.open.insert(user, keep);
+        drop.close(PeerMsg::Superseded).await;
+    }
 }

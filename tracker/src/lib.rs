@@ -3,7 +3,7 @@
 //!
 //! Map: `credentials` (who may log in), `store` (SQLite: everything that must survive a
 //! crash), `lockout` (the 3-strike rule), `state` (the in-memory `Tracker` and its request
-//! entry point), `auth`/`presence`/`chat` (the rules, by family), `server` (sockets, tasks,
+//! entry point), `auth`/`presence`/`chat`/`private` (the rules, by family), `server` (sockets, tasks,
 //! timeouts), `clock` (injected time).
 
 mod auth;
@@ -12,6 +12,7 @@ pub mod clock;
 pub mod credentials;
 pub mod lockout;
 mod presence;
+mod private;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -159,6 +159,7 @@ impl Tracker {
             Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
             Request::Block { user } => self.block(me, &user),
             Request::Unblock { user } => self.unblock(me, &user),
+            Request::StartPrivate { user } => self.start_private(me, &user),
             Request::Activity => Reply::Active,
             Request::Logout => {
                 self.end_session(me, conn, now);
@@ -230,6 +231,11 @@ pub(crate) mod testkit {
     }
 
     pub fn login(t: &mut Tracker, user: &str, now: Millis) -> Client {
+        login_p2p(t, user, now, 0)
+    }
+
+    /// Logs in a client whose private-chat listener is on `p2p_port` (0: none).
+    pub fn login_p2p(t: &mut Tracker, user: &str, now: Millis, p2p_port: u16) -> Client {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let conn = rand::random();
         let r = t.login(
@@ -239,7 +245,7 @@ pub(crate) mod testkit {
             conn,
             tx,
             Ipv4Addr::LOCALHOST.into(),
-            0,
+            p2p_port,
         );
         assert_eq!(r, LoginResult::Welcome);
         Client {

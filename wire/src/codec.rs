@@ -29,6 +29,13 @@ impl<In, Out> WireCodec<In, Out> {
     }
 }
 
+impl<In, Out> WireCodec<In, Out> {
+    /// Changes the cap, e.g. raising it once a handshake has authenticated the other side.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.min(MAX_FRAME_LEN);
+    }
+}
+
 impl<In, Out> Default for WireCodec<In, Out> {
     fn default() -> Self {
         Self::new()

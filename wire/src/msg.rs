@@ -6,9 +6,23 @@
 //! exactly one `Reply`, in request order; `Event`s (incoming messages, presence) are pushed at
 //! any time in between and are never replies.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Password, Text, UserName};
+
+/// A one-time permission, issued by the tracker, for one user to open one private
+/// connection to another user's listener. 128 random bits: unguessable, never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ticket(pub [u8; 16]);
+
+/// Printed as a short prefix only, so logs never carry a usable ticket.
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ticket({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
 
 /// Client → tracker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +62,10 @@ pub enum Request {
         user: UserName,
     },
     Unblock {
+        user: UserName,
+    },
+    /// Ask for `user`'s listener address and a ticket to connect to it.
+    StartPrivate {
         user: UserName,
     },
     /// The user did something the tracker does not otherwise see (a local command, a private
@@ -117,6 +135,12 @@ pub enum Reply {
     Unblocked {
         user: UserName,
     },
+    /// Answer to `StartPrivate`: connect to `addr` and present `ticket`.
+    PrivateGranted {
+        user: UserName,
+        addr: SocketAddr,
+        ticket: Ticket,
+    },
     Refused(Refusal),
     /// Answer to `Request::Activity`.
     Active,
@@ -137,6 +161,10 @@ pub enum Refusal {
     NotBlocked { user: UserName },
     /// `block` of a user who is already blocked.
     AlreadyBlocked { user: UserName },
+    /// The user is not logged in.
+    Offline { user: UserName },
+    /// The user's client does not accept private connections.
+    NotReachable { user: UserName },
     /// The tracker could not carry it out durably (storage failure); nothing was done.
     Unavailable,
 }
@@ -161,6 +189,11 @@ pub enum Event {
     },
     /// The tracker logged this user out for inactivity; the connection closes after this.
     TimedOut,
+    /// `from` was granted a private connection to this user's listener with `ticket`.
+    PrivateTicket {
+        from: UserName,
+        ticket: Ticket,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,4 +201,36 @@ pub struct OfflineMessage {
     pub id: u64,
     pub from: UserName,
     pub text: Text,
+}
+
+/// Peer ↔ peer, on a connection to a peer's listener. The connecting side's first frame is
+/// `Hello`; the listener answers `Accepted` or `Refused` (and closes). After that both sides
+/// may send `Text` at any time; `Bye` ends the session on purpose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    Hello {
+        version: u32,
+        ticket: Ticket,
+    },
+    Accepted,
+    Refused(PeerRefusal),
+    /// A private message.
+    Text {
+        text: Text,
+    },
+    /// `stopprivate` or logout: the session is over.
+    Bye,
+    /// Both users opened a session at once; this connection is dropped in favour of the
+    /// other. Not shown to the user.
+    Superseded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRefusal {
+    /// The ticket is unknown, already used or expired.
+    BadTicket,
+    /// Protocol version mismatch; carries the listener's.
+    Version(u32),
+    /// The listener is at its connection limit.
+    Busy,
 }

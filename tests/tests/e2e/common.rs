@@ -348,3 +348,77 @@ impl Drop for Peer {
         self.kill();
     }
 }
+
+/// A program speaking the wire protocol directly over a blocking socket: a test double for
+/// clients that do not behave (forgers, scanners, junk senders).
+pub struct Raw {
+    stream: std::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub fn send<T: serde::Serialize>(&mut self, msg: &T) {
+        let mut out = bytes::BytesMut::new();
+        wire::encode(msg, &mut out, wire::MAX_FRAME_LEN).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` if the other side closed the connection.
+    pub fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        use std::io::Read;
+        loop {
+            if let Some(m) = wire::decode(&mut self.buf, wire::MAX_FRAME_LEN).unwrap() {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("raw read: {e}"),
+            }
+        }
+    }
+
+    /// Logs in to the tracker as `user` (p2p port 0), returning the connection.
+    pub fn login(tracker: SocketAddr, user: &str) -> Raw {
+        use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
+        let mut raw = Raw::connect(tracker);
+        raw.send(&ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        });
+        assert!(matches!(raw.recv(), Some(ServerMsg::Hello { .. })));
+        raw.send(&ClientMsg::Login {
+            user: UserName::new(user).unwrap(),
+            password: Password::new(password(user)).unwrap(),
+            p2p_port: 0,
+        });
+        assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
+        raw
+    }
+
+    /// Sends a request and returns its reply, skipping events.
+    pub fn request(&mut self, req: wire::Request) -> wire::Reply {
+        self.send(&wire::ClientMsg::Request(req));
+        loop {
+            match self.recv() {
+                Some(wire::ServerMsg::Reply(r)) => return r,
+                Some(wire::ServerMsg::Event(_)) => {}
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+    }
+}

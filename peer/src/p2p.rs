@@ -1,0 +1,369 @@
+//! Private connections between peers: the listener every client runs, the tickets that
+//! say who may connect, and one task per open connection.
+//!
+//! Trust comes only from the tracker: a connection is accepted when its first frame
+//! presents a ticket the tracker gave us (via `Event::PrivateTicket`), and the other side's
+//! name is the one that came with the ticket, never one the connecting program claims.
+//! Each ticket opens one connection, once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use wire::codec::WireCodec;
+use wire::{PeerMsg, PeerRefusal, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION};
+
+/// How long an unused ticket stays valid.
+const TICKET_LIFETIME: Duration = Duration::from_secs(60);
+/// How long an incoming connection may wait for its ticket to arrive from the tracker: the
+/// requester can reach us before the tracker's notice does.
+const TICKET_WAIT: Duration = Duration::from_secs(5);
+/// Connect, handshake and farewell deadlines.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+const FAREWELL: Duration = Duration::from_secs(1);
+/// Frames before authentication are tiny; junk cannot make us allocate.
+const HANDSHAKE_FRAME: usize = 1024;
+/// Incoming connections at once; more wait in the kernel's backlog.
+const MAX_INCOMING: usize = 256;
+/// Private messages queued per connection before `private` reports it as gone.
+const QUEUE: usize = 256;
+
+type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
+
+/// Tickets the tracker has issued for connections to us, not yet used.
+#[derive(Default)]
+pub struct TicketBook {
+    inner: Mutex<Book>,
+    added: Notify,
+}
+
+#[derive(Default)]
+struct Book {
+    /// Unused tickets: who may connect with each, and until when.
+    open: HashMap<Ticket, (UserName, Instant)>,
+    /// Used tickets, until they would have expired: a replay is refused at once instead of
+    /// waiting for a ticket that will never come.
+    used: HashMap<Ticket, Instant>,
+}
+
+impl Book {
+    fn prune(&mut self, now: Instant) {
+        self.open.retain(|_, (_, expires)| *expires > now);
+        self.used.retain(|_, expires| *expires > now);
+    }
+}
+
+/// What a claim found.
+enum Claim {
+    Granted(UserName),
+    Refused,
+    NotYet,
+}
+
+impl TicketBook {
+    pub fn add(&self, ticket: Ticket, from: UserName) {
+        let now = Instant::now();
+        let mut book = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        book.prune(now);
+        book.open.insert(ticket, (from, now + TICKET_LIFETIME));
+        drop(book);
+        self.added.notify_waiters();
+    }
+
+    fn try_claim(&self, ticket: &Ticket) -> Claim {
+        let now = Instant::now();
+        let mut book = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        book.prune(now);
+        if book.used.contains_key(ticket) {
+            return Claim::Refused;
+        }
+        match book.open.remove(ticket) {
+            Some((user, expires)) => {
+                book.used.insert(*ticket, expires);
+                Claim::Granted(user)
+            }
+            None => Claim::NotYet,
+        }
+    }
+
+    /// Takes `ticket` out of the book, waiting up to `wait` for it to arrive. `None` for a
+    /// ticket that never came, expired, or was used already.
+    pub async fn claim(&self, ticket: &Ticket, wait: Duration) -> Option<UserName> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register for the wake-up before looking, so an `add` in between is not missed.
+            let added = self.added.notified();
+            match self.try_claim(ticket) {
+                Claim::Granted(user) => return Some(user),
+                Claim::Refused => return None,
+                Claim::NotYet => {}
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Why a private connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The other side said `Bye` (stopprivate, logout).
+    Bye,
+    /// The other side replaced this connection with a newer one.
+    Superseded,
+    /// The connection broke or the other side misbehaved.
+    Lost,
+}
+
+/// What private connections report to the session loop.
+#[derive(Debug)]
+pub enum P2pEvent {
+    Opened(PeerHandle),
+    OpenFailed { user: UserName, why: String },
+    Text { user: UserName, id: u64, text: Text },
+    Closed { user: UserName, id: u64, why: Ended },
+}
+
+/// One open private connection. Dropping it closes the connection without a farewell.
+#[derive(Debug)]
+pub struct PeerHandle {
+    pub id: u64,
+    pub user: UserName,
+    /// Who opened it: decides which of two crossing connections survives.
+    pub initiator: UserName,
+    tx: mpsc::Sender<PeerMsg>,
+    task: JoinHandle<()>,
+}
+
+impl PeerHandle {
+    /// Queues a private message; `false` if the connection is gone.
+    pub fn send_text(&self, text: Text) -> bool {
+        self.tx.try_send(PeerMsg::Text { text }).is_ok()
+    }
+
+    /// Says `farewell` (`Bye` or `Superseded`), closes, and waits briefly for it to go out.
+    pub async fn close(self, farewell: PeerMsg) {
+        let _ = self.tx.send(farewell).await;
+        drop(self.tx);
+        let _ = tokio::time::timeout(FAREWELL, self.task).await;
+    }
+}
+
+/// Shared by the listener and outgoing connections.
+#[derive(Clone)]
+pub struct P2p {
+    me: Arc<Mutex<Option<UserName>>>,
+    pub tickets: Arc<TicketBook>,
+    events: mpsc::UnboundedSender<P2pEvent>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl P2p {
+    pub fn new(events: mpsc::UnboundedSender<P2pEvent>) -> P2p {
+        P2p {
+            me: Arc::new(Mutex::new(None)),
+            tickets: Arc::default(),
+            events,
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Called once logged in: our own name, as initiator of outgoing connections.
+    pub fn set_me(&self, me: UserName) {
+        *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+    }
+
+    fn me(&self) -> Option<UserName> {
+        self.me.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Accepts private connections until the listener fails.
+    pub async fn listen(self, listener: TcpListener) {
+        let limit = Arc::new(Semaphore::new(MAX_INCOMING));
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let p2p = self.clone();
+            tokio::spawn(async move {
+                p2p.accept(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn accept(&self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
+        let hello = tokio::time::timeout(HANDSHAKE, framed.next()).await;
+        let Ok(Some(Ok(PeerMsg::Hello { version, ticket }))) = hello else {
+            return; // junk, silence or the wrong frame: just close
+        };
+        if version != PROTOCOL_VERSION {
+            let _ = framed
+                .send(PeerMsg::Refused(PeerRefusal::Version(PROTOCOL_VERSION)))
+                .await;
+            return;
+        }
+        let Some(user) = self.tickets.claim(&ticket, TICKET_WAIT).await else {
+            let _ = framed.send(PeerMsg::Refused(PeerRefusal::BadTicket)).await;
+            return;
+        };
+        if framed.send(PeerMsg::Accepted).await.is_err() {
+            return;
+        }
+        let handle = self.spawn(framed, user.clone(), user);
+        let _ = self.events.send(P2pEvent::Opened(handle));
+    }
+
+    /// Connects to `user` at `addr` with `ticket`, in the background; the result arrives as
+    /// `Opened` or `OpenFailed`.
+    pub fn connect(&self, user: UserName, addr: SocketAddr, ticket: Ticket) {
+        let p2p = self.clone();
+        tokio::spawn(async move {
+            let event = match p2p.open(&user, addr, ticket).await {
+                Ok(handle) => P2pEvent::Opened(handle),
+                Err(why) => P2pEvent::OpenFailed { user, why },
+            };
+            let _ = p2p.events.send(event);
+        });
+    }
+
+    async fn open(
+        &self,
+        user: &UserName,
+        addr: SocketAddr,
+        ticket: Ticket,
+    ) -> Result<PeerHandle, String> {
+        let me = self.me().ok_or("not logged in")?;
+        let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
+            Err(_) => return Err(format!("no answer from {addr}")),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
+        framed
+            .send(PeerMsg::Hello {
+                version: PROTOCOL_VERSION,
+                ticket,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(HANDSHAKE, framed.next()).await {
+            Ok(Some(Ok(PeerMsg::Accepted))) => Ok(self.spawn(framed, user.clone(), me)),
+            Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
+            Ok(Some(Ok(_))) => Err("unexpected answer".into()),
+            Ok(Some(Err(e))) => Err(e.to_string()),
+            Ok(None) => Err("connection closed".into()),
+            Err(_) => Err("no answer".into()),
+        }
+    }
+
+    fn spawn(&self, mut framed: PeerFramed, user: UserName, initiator: UserName) -> PeerHandle {
+        // Authenticated: the other side may now send full-size frames.
+        framed.codec_mut().set_max(MAX_FRAME_LEN);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let events = self.events.clone();
+        let task = tokio::spawn(run(framed, user.clone(), id, rx, events));
+        PeerHandle {
+            id,
+            user,
+            initiator,
+            tx,
+            task,
+        }
+    }
+}
+
+/// One open private connection: writes what the session queues, reports what arrives.
+async fn run(
+    mut framed: PeerFramed,
+    user: UserName,
+    id: u64,
+    mut rx: mpsc::Receiver<PeerMsg>,
+    events: mpsc::UnboundedSender<P2pEvent>,
+) {
+    let why = loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(msg) => {
+                    let last = matches!(msg, PeerMsg::Bye | PeerMsg::Superseded);
+                    if framed.send(msg).await.is_err() {
+                        break Some(Ended::Lost);
+                    }
+                    if last {
+                        break None;
+                    }
+                }
+                // Closed by us without a farewell.
+                None => break None,
+            },
+            frame = framed.next() => match frame {
+                Some(Ok(PeerMsg::Text { text })) => {
+                    let _ = events.send(P2pEvent::Text { user: user.clone(), id, text });
+                }
+                Some(Ok(PeerMsg::Bye)) => break Some(Ended::Bye),
+                Some(Ok(PeerMsg::Superseded)) => break Some(Ended::Superseded),
+                // A handshake frame now, junk, or a broken connection.
+                Some(Ok(_)) | Some(Err(_)) | None => break Some(Ended::Lost),
+            },
+        }
+    };
+    if let Some(why) = why {
+        let _ = events.send(P2pEvent::Closed { user, id, why });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> UserName {
+        UserName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_ticket_opens_once() {
+        let book = TicketBook::default();
+        let t = Ticket([7; 16]);
+        book.add(t, u("hans"));
+        assert_eq!(book.claim(&t, Duration::ZERO).await, Some(u("hans")));
+        // Reuse is refused at once, even by a claim willing to wait.
+        assert_eq!(book.claim(&t, Duration::from_secs(3600)).await, None);
+        assert_eq!(book.claim(&Ticket([8; 16]), Duration::ZERO).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_waits_for_a_ticket_still_on_its_way() {
+        let book = Arc::new(TicketBook::default());
+        let t = Ticket([1; 16]);
+        let b = book.clone();
+        let claim = tokio::spawn(async move { b.claim(&t, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        book.add(t, u("luke"));
+        assert_eq!(claim.await.unwrap(), Some(u("luke")));
+
+        // Never arrives: refused after the wait.
+        let never = Ticket([2; 16]);
+        let started = tokio::time::Instant::now();
+        assert_eq!(book.claim(&never, Duration::from_secs(5)).await, None);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,273 @@
+//! Private (peer-to-peer) chat: section 8's sample 7, the refusals, session lifetime, and
+//! that nobody can pose as someone else on a peer's listener.
+
+use std::time::Duration;
+
+use wire::{
+    PeerMsg, PeerRefusal, Refusal, Reply, Request, Text, Ticket, UserName, PROTOCOL_VERSION,
+};
+
+use crate::common::*;
+
+/// Sample 7 line by line.
+#[test]
+fn sample_7_private_messages_both_ways() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut yoda = t.login("yoda");
+    let mut luke = t.login("luke");
+    hans.sync();
+    yoda.sync();
+
+    assert_eq!(
+        hans.run("private luke hey dude"),
+        ["Error. Private messaging to luke not enabled"]
+    );
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    luke.expect("hans started private messaging with you");
+    hans.send("private luke hey dude");
+    luke.expect("hans(private): hey dude");
+    // luke answers without a startprivate of his own.
+    luke.send("private hans hello");
+    hans.expect("luke(private): hello");
+    // Relayed messages still work alongside.
+    hans.send("message yoda force is strong");
+    yoda.expect("hans: force is strong");
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    yoda.expect("hans logged out");
+    luke.expect("hans stopped private messaging");
+    luke.expect("hans logged out");
+    assert!(
+        !yoda.transcript().contains("(private)"),
+        "yoda saw none of it"
+    );
+}
+
+#[test]
+fn startprivate_refusals() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.sync();
+    assert_eq!(hans.run("startprivate bob"), ["Error. Invalid user"]);
+    assert_eq!(
+        hans.run("startprivate hans"),
+        ["Error. Cannot start private messaging with self"]
+    );
+    assert_eq!(hans.run("startprivate vader"), ["Error. vader is offline"]);
+    assert_eq!(luke.run("block hans"), ["hans is blocked"]);
+    assert_eq!(
+        hans.run("startprivate luke"),
+        ["Error. Cannot start private messaging as luke has blocked you"]
+    );
+    // Refused while luke is offline too, without saying whether he is online.
+    luke.send("logout");
+    assert!(luke.wait_exit().success());
+    assert_eq!(
+        hans.run("startprivate luke"),
+        ["Error. Cannot start private messaging as luke has blocked you"]
+    );
+    // The block is one-way.
+    let mut luke = t.login("luke");
+    luke.send("startprivate hans");
+    luke.expect("Start private messaging with hans");
+    hans.expect("luke started private messaging with you");
+}
+
+/// The spec: a session started before a block stays usable.
+#[test]
+fn a_session_started_before_a_block_stays_usable() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    luke.expect("hans started private messaging with you");
+    assert_eq!(luke.run("block hans"), ["hans is blocked"]);
+    hans.send("private luke still here");
+    luke.expect("hans(private): still here");
+    assert_eq!(
+        hans.run("message luke relayed"),
+        ["Your message could not be delivered as the recipient has blocked you"]
+    );
+}
+
+#[test]
+fn stopprivate_tells_the_other_side_and_ends_the_session() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    luke.expect("hans started private messaging with you");
+    assert_eq!(
+        hans.run("startprivate luke"),
+        ["Private messaging with luke is already enabled"]
+    );
+    assert_eq!(
+        hans.run("stopprivate luke"),
+        ["Stopped private messaging with luke"]
+    );
+    luke.expect("hans stopped private messaging");
+    assert_eq!(
+        luke.run("private hans are you there"),
+        ["Error. Private messaging to hans not enabled"]
+    );
+    assert_eq!(
+        hans.run("stopprivate luke"),
+        ["Error. No private messaging session with luke"]
+    );
+    // It can be started again.
+    luke.send("startprivate hans");
+    luke.expect("Start private messaging with hans");
+    luke.send("private hans back again");
+    hans.expect("luke(private): back again");
+}
+
+/// End of input logs out and closes private sessions, telling the other side.
+#[test]
+fn end_of_input_closes_private_sessions() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    let mut leia = t.login("leia");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    hans.send("startprivate leia");
+    hans.expect("Start private messaging with leia");
+    hans.close_stdin();
+    assert!(hans.wait_exit().success());
+    luke.expect("hans stopped private messaging");
+    leia.expect("hans stopped private messaging");
+}
+
+/// A peer killed mid-session: the other side is told it is gone when it next writes.
+#[test]
+fn a_peer_killed_mid_session_is_reported_gone() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    luke.expect("hans started private messaging with you");
+    luke.kill();
+    hans.expect("luke logged out");
+    assert_eq!(
+        hans.run("private luke hello?"),
+        ["luke is no longer online"]
+    );
+    assert_eq!(
+        hans.run("private luke hello?"),
+        ["Error. Private messaging to luke not enabled"]
+    );
+}
+
+/// Private commands count as activity: hans types only private messages and stays logged
+/// in past the 2-second timeout; idle luke is logged out, and the session with him ends.
+#[test]
+fn private_commands_count_as_activity() {
+    let t = Tracker::start(60, 2);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    for i in 0..6 {
+        hans.send(&format!("private luke tick {i}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    luke.expect("You have been logged out due to inactivity");
+    assert!(luke.wait_exit().success());
+    hans.expect("luke logged out");
+    hans.expect("luke stopped private messaging");
+    assert!(!hans.transcript().contains("You have been logged out"));
+}
+
+fn ticket_of(reply: Reply) -> (std::net::SocketAddr, Ticket) {
+    match reply {
+        Reply::PrivateGranted { addr, ticket, .. } => (addr, ticket),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// Nobody can pose as someone else: the listener takes the sender's name from a ticket the
+/// tracker issued, each ticket works once, forged tickets and junk get nowhere, and the real
+/// session is undisturbed throughout.
+#[test]
+fn forged_and_reused_tickets_are_refused() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut luke = t.login("luke");
+    hans.send("startprivate luke");
+    hans.expect("Start private messaging with luke");
+    luke.expect("hans started private messaging with you");
+
+    // yoda, speaking the protocol by hand, is granted a ticket and uses it: accepted, and
+    // luke sees the name that came with the ticket.
+    let mut yoda = Raw::login(t.addr, "yoda");
+    let (addr, ticket) = ticket_of(yoda.request(Request::StartPrivate {
+        user: UserName::new("luke").unwrap(),
+    }));
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    let mut p2p = Raw::connect(addr);
+    p2p.send(&PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket,
+    });
+    assert_eq!(p2p.recv(), Some(PeerMsg::Accepted));
+    p2p.send(&PeerMsg::Text {
+        text: Text::new("it is me, yoda").unwrap(),
+    });
+    luke.expect("yoda(private): it is me, yoda");
+
+    // The same ticket again: refused.
+    let mut reuse = Raw::connect(addr);
+    reuse.send(&PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket,
+    });
+    assert_eq!(reuse.recv(), Some(PeerMsg::Refused(PeerRefusal::BadTicket)));
+    assert_eq!(reuse.recv::<PeerMsg>(), None, "and closed");
+
+    // A blocked user scanning for the port with a made-up ticket: refused.
+    assert_eq!(luke.run("block vader"), ["vader is blocked"]);
+    let mut vader = Raw::login(t.addr, "vader");
+    assert_eq!(
+        vader.request(Request::StartPrivate {
+            user: UserName::new("luke").unwrap()
+        }),
+        Reply::Refused(Refusal::BlockedByRecipient {
+            user: UserName::new("luke").unwrap()
+        })
+    );
+    let mut forged = Raw::connect(addr);
+    forged.send(&PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket: Ticket([0x42; 16]),
+    });
+    assert_eq!(
+        forged.recv(),
+        Some(PeerMsg::Refused(PeerRefusal::BadTicket))
+    );
+
+    // Text before any hello, junk, and an oversized frame: closed without an answer.
+    let mut early = Raw::connect(addr);
+    early.send(&PeerMsg::Text {
+        text: Text::new("hans here, honest").unwrap(),
+    });
+    assert_eq!(early.recv::<PeerMsg>(), None);
+    let mut junk = Raw::connect(addr);
+    junk.send_bytes(b"\x00\x00\x00\x03abc");
+    assert_eq!(junk.recv::<PeerMsg>(), None);
+    let mut huge = Raw::connect(addr);
+    huge.send_bytes(&(64 * 1024 * 1024u32).to_be_bytes());
+    assert_eq!(huge.recv::<PeerMsg>(), None);
+
+    // The real session kept working, both ways.
+    hans.send("private luke still fine?");
+    luke.expect("hans(private): still fine?");
+    luke.send("private hans yes");
+    hans.expect("luke(private): yes");
+    assert!(!luke.transcript().contains("hans here, honest"));
+}

@@ -1,0 +1,118 @@
+//! Private (peer-to-peer) chat: the tracker's only part is the introduction. It checks the
+//! request, hands the requester the target's listener address and a fresh one-time
+//! ticket, and gives the target the same ticket so its listener can tell who is
+//! connecting. The messages themselves never pass through the tracker.
+
+use std::net::SocketAddr;
+
+use wire::{Event, Refusal, Reply, ServerMsg, Ticket, UserName};
+
+use crate::state::Tracker;
+
+impl Tracker {
+    pub(crate) fn start_private(&mut self, me: &UserName, user: &UserName) -> Reply {
+        if !self.creds.contains(user) {
+            return Reply::Refused(Refusal::InvalidUser { user: user.clone() });
+        }
+        if user == me {
+            return Reply::Refused(Refusal::SelfTarget);
+        }
+        // Checked before presence, so a user who blocked `me` stays invisible to them.
+        if self.has_blocked(user, me) {
+            return Reply::Refused(Refusal::BlockedByRecipient { user: user.clone() });
+        }
+        let Some(target) = self.sessions.get(user) else {
+            return Reply::Refused(Refusal::Offline { user: user.clone() });
+        };
+        if target.p2p_port == 0 {
+            return Reply::Refused(Refusal::NotReachable { user: user.clone() });
+        }
+        let addr = SocketAddr::new(target.ip, target.p2p_port);
+        // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
+        let ticket = Ticket(rand::random());
+        let event = ServerMsg::Event(Event::PrivateTicket {
+            from: me.clone(),
+            ticket,
+        });
+        if !self.push(user, event) {
+            return Reply::Refused(Refusal::Offline { user: user.clone() });
+        }
+        Reply::PrivateGranted {
+            user: user.clone(),
+            addr,
+            ticket,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testkit::*;
+    use wire::Request;
+
+    fn start(user: &str) -> Request {
+        Request::StartPrivate { user: u(user) }
+    }
+
+    #[test]
+    fn grants_a_fresh_ticket_to_both_sides() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4002);
+        luke.events();
+        let Reply::PrivateGranted { user, addr, ticket } = req(&mut t, &hans, start("luke"), T0)
+        else {
+            panic!()
+        };
+        assert_eq!(user, u("luke"));
+        assert_eq!(addr.port(), 4002);
+        assert_eq!(
+            luke.events(),
+            [Event::PrivateTicket {
+                from: u("hans"),
+                ticket
+            }]
+        );
+        let Reply::PrivateGranted { ticket: again, .. } = req(&mut t, &hans, start("luke"), T0)
+        else {
+            panic!()
+        };
+        assert_ne!(ticket, again, "every grant has its own ticket");
+    }
+
+    #[test]
+    fn refuses_invalid_self_offline_blocked_and_unreachable() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let luke = login_p2p(&mut t, "luke", T0, 4002);
+        let _yoda = login(&mut t, "yoda", T0); // no listener
+        let refused = |r| Reply::Refused(r);
+        assert_eq!(
+            req(&mut t, &hans, start("bob"), T0),
+            refused(Refusal::InvalidUser { user: u("bob") })
+        );
+        assert_eq!(
+            req(&mut t, &hans, start("hans"), T0),
+            refused(Refusal::SelfTarget)
+        );
+        assert_eq!(
+            req(&mut t, &hans, start("vader"), T0),
+            refused(Refusal::Offline { user: u("vader") })
+        );
+        assert_eq!(
+            req(&mut t, &hans, start("yoda"), T0),
+            refused(Refusal::NotReachable { user: u("yoda") })
+        );
+        req(&mut t, &luke, Request::Block { user: u("hans") }, T0);
+        assert_eq!(
+            req(&mut t, &hans, start("luke"), T0),
+            refused(Refusal::BlockedByRecipient { user: u("luke") })
+        );
+        // The block is one-way: luke may still start a session with hans.
+        assert!(matches!(
+            req(&mut t, &luke, start("hans"), T0),
+            Reply::PrivateGranted { .. }
+        ));
+    }
+}
