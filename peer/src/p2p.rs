@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use wire::codec::WireCodec;
-use wire::{PeerMsg, PeerRefusal, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use wire::{
+    PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
 
 /// How long an unused ticket stays valid.
 const TICKET_LIFETIME: Duration = Duration::from_secs(60);
@@ -211,7 +213,12 @@ impl P2p {
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
         let hello = tokio::time::timeout(HANDSHAKE, framed.next()).await;
-        let Ok(Some(Ok(PeerMsg::Hello { version, ticket }))) = hello else {
+        let Ok(Some(Ok(PeerMsg::Hello {
+            version,
+            ticket,
+            purpose: Purpose::Chat,
+        }))) = hello
+        else {
             return; // junk, silence or the wrong frame: just close
         };
         if version != PROTOCOL_VERSION {
@@ -262,6 +269,7 @@ impl P2p {
             .send(PeerMsg::Hello {
                 version: PROTOCOL_VERSION,
                 ticket,
+                purpose: Purpose::Chat,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -14,6 +14,12 @@ pub enum Asked {
     Block,
     Unblock,
     StartPrivate,
+    Register,
+    /// A request the user did not type (chunk announcements): its success is silent.
+    Quiet,
+    SearchFile,
+    SearchChunk,
+    Download,
     Activity,
     Logout,
 }
@@ -58,6 +64,33 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         Reply::Refused(why) => vec![refusal(asked, why)],
         // Confirmed once the connection is open (`private_started`).
         Reply::PrivateGranted { .. } => vec![],
+        Reply::Registered { name, size, chunks } => {
+            vec![format!(
+                "{name} registered ({}, {chunks} chunks)",
+                human_size(*size)
+            )]
+        }
+        Reply::FileHolders { users, .. } if users.is_empty() => vec!["Not available".into()],
+        Reply::FileHolders { users, .. } => std::iter::once("Available".to_string())
+            .chain(users.iter().map(|u| u.to_string()))
+            .collect(),
+        Reply::ChunkHolders { chunks, .. } => chunks
+            .iter()
+            .map(|(c, users)| {
+                let who = if users.is_empty() {
+                    "Not available".to_string()
+                } else {
+                    users
+                        .iter()
+                        .map(|u| u.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!("Chunk {}: {who}", c + 1)
+            })
+            .collect(),
+        // The download driver takes it from here.
+        Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
     }
 }
@@ -78,6 +111,20 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             "Your message could not be delivered as the recipient has blocked you".into()
         }
         Refusal::Offline { user } => format!("Error. {user} is offline"),
+        Refusal::UnknownFile { .. } if asked == Asked::SearchChunk => "Not available".into(),
+        Refusal::UnknownFile { name } => format!("Error. No file named {name} is registered"),
+        Refusal::FileConflict {
+            name,
+            same_content: false,
+            ..
+        } => format!("a different file named {name} is already registered"),
+        Refusal::FileConflict { name, chunks, .. } => format!(
+            "Error. {name} is already registered in {chunks} chunks; use register {name} {chunks}"
+        ),
+        Refusal::BadChunk { chunk, count } => format!(
+            "Error. There is no chunk {}: the file has chunks 1 to {count}",
+            u64::from(*chunk) + 1
+        ),
         Refusal::NotReachable { user } => {
             format!("Error. {user} does not accept private messages")
         }
@@ -133,4 +180,33 @@ pub fn private_stopped(user: &UserName) -> String {
 }
 pub fn private_none(user: &UserName) -> String {
     format!("Error. No private messaging session with {user}")
+}
+
+/// Sizes as people read them: bytes below 1 KiB, else one decimal in binary units.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_size(0), "0 bytes");
+        assert_eq!(human_size(1023), "1023 bytes");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(1 << 30), "1.0 GiB");
+        assert_eq!(human_size(u64::MAX), "16384.0 PiB");
+    }
 }

@@ -3,13 +3,14 @@
 //!
 //! Map: `credentials` (who may log in), `store` (SQLite: everything that must survive a
 //! crash), `lockout` (the 3-strike rule), `state` (the in-memory `Tracker` and its request
-//! entry point), `auth`/`presence`/`chat`/`private` (the rules, by family), `server` (sockets, tasks,
+//! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `server` (sockets, tasks,
 //! timeouts), `clock` (injected time).
 
 mod auth;
 mod chat;
 pub mod clock;
 pub mod credentials;
+mod files;
 pub mod lockout;
 mod presence;
 mod private;

@@ -41,6 +41,7 @@ impl Tracker {
             }
         }
         tracing::debug!(%user, "logged out");
+        self.forget_holdings(user);
         self.notify_presence(user, Event::LoggedOut { user: user.clone() });
     }
 

@@ -11,21 +11,38 @@ use crate::state::Tracker;
 
 impl Tracker {
     pub(crate) fn start_private(&mut self, me: &UserName, user: &UserName) -> Reply {
+        match self.introduce(me, user) {
+            Ok((addr, ticket)) => Reply::PrivateGranted {
+                user: user.clone(),
+                addr,
+                ticket,
+            },
+            Err(refusal) => Reply::Refused(refusal),
+        }
+    }
+
+    /// Checks that `me` may connect to `user`'s listener and, if so, issues a ticket for it:
+    /// given to `user` now (as an event) and returned with the address for `me`.
+    pub(crate) fn introduce(
+        &mut self,
+        me: &UserName,
+        user: &UserName,
+    ) -> Result<(SocketAddr, Ticket), Refusal> {
         if !self.creds.contains(user) {
-            return Reply::Refused(Refusal::InvalidUser { user: user.clone() });
+            return Err(Refusal::InvalidUser { user: user.clone() });
         }
         if user == me {
-            return Reply::Refused(Refusal::SelfTarget);
+            return Err(Refusal::SelfTarget);
         }
         // Checked before presence, so a user who blocked `me` stays invisible to them.
         if self.has_blocked(user, me) {
-            return Reply::Refused(Refusal::BlockedByRecipient { user: user.clone() });
+            return Err(Refusal::BlockedByRecipient { user: user.clone() });
         }
         let Some(target) = self.sessions.get(user) else {
-            return Reply::Refused(Refusal::Offline { user: user.clone() });
+            return Err(Refusal::Offline { user: user.clone() });
         };
         if target.p2p_port == 0 {
-            return Reply::Refused(Refusal::NotReachable { user: user.clone() });
+            return Err(Refusal::NotReachable { user: user.clone() });
         }
         let addr = SocketAddr::new(target.ip, target.p2p_port);
         // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
@@ -35,13 +52,9 @@ impl Tracker {
             ticket,
         });
         if !self.push(user, event) {
-            return Reply::Refused(Refusal::Offline { user: user.clone() });
+            return Err(Refusal::Offline { user: user.clone() });
         }
-        Reply::PrivateGranted {
-            user: user.clone(),
-            addr,
-            ticket,
-        }
+        Ok((addr, ticket))
     }
 }
 

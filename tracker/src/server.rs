@@ -22,8 +22,9 @@ use crate::state::{ConnId, Tracker, OUTBOUND_QUEUE};
 
 /// Simultaneous connections; one more waits in the kernel's backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 20_000;
-/// Clients only send small frames; anything bigger is an attack or a bug.
-pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
+/// Clients only send small frames (the largest, a `Register` of 256 chunk hashes, is under
+/// 10 KiB); anything bigger is an attack or a bug.
+pub const MAX_CLIENT_FRAME: usize = 32 * 1024;
 /// Frames a connection may send before logging in (`CheckUser` + `Login` attempts).
 const MAX_LOGIN_FRAMES: usize = 64;
 /// How long a connection may stay silent before logging in, at least.

@@ -55,6 +55,9 @@ pub struct Tracker {
     pub(crate) blocks: HashMap<UserName, HashSet<UserName>>,
     /// Users whose queue overflowed during the current operation; logged out by `settle`.
     lagging: Vec<(UserName, ConnId)>,
+    /// The file registry: descriptions (durable) and which online user holds which chunks
+    /// (per session: clients re-announce what they hold when they log in).
+    pub(crate) files: HashMap<wire::FileName, crate::files::FileEntry>,
 }
 
 impl Tracker {
@@ -72,6 +75,11 @@ impl Tracker {
         for (user, until) in store.lockouts(now)? {
             lockouts.restore(user, until);
         }
+        let files = store
+            .files()?
+            .into_iter()
+            .map(|meta| (meta.name().clone(), crate::files::FileEntry::new(meta)))
+            .collect();
         let mut blocks: HashMap<UserName, HashSet<UserName>> = HashMap::new();
         for (a, b) in store.blocks()? {
             blocks.entry(a).or_default().insert(b);
@@ -84,6 +92,7 @@ impl Tracker {
             lockouts,
             blocks,
             lagging: Vec::new(),
+            files,
         })
     }
 
@@ -160,6 +169,11 @@ impl Tracker {
             Request::Block { user } => self.block(me, &user),
             Request::Unblock { user } => self.unblock(me, &user),
             Request::StartPrivate { user } => self.start_private(me, &user),
+            Request::Register { meta, have } => self.register(me, meta, have),
+            Request::HaveChunk { name, chunk } => self.have_chunk(me, &name, chunk),
+            Request::SearchFile { name } => self.search_file(me, &name),
+            Request::SearchChunk { name, chunks } => self.search_chunk(me, &name, &chunks),
+            Request::Locate { name, from } => self.locate(me, &name, from.as_ref()),
             Request::Activity => Reply::Active,
             Request::Logout => {
                 self.end_session(me, conn, now);

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use wire::{OfflineMessage, Text, UserName};
+use wire::{FileMeta, OfflineMessage, Text, UserName};
 
 use crate::clock::Millis;
 
@@ -23,6 +23,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database holds an invalid value: {0}")]
     Corrupt(#[from] wire::IdError),
+    #[error("state database holds an invalid file description: {0}")]
+    CorruptMeta(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode a file description: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
 }
 
 pub struct Store {
@@ -50,6 +54,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     logout_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_by_logout ON sessions (logout_at);
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,
+    meta BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lockouts (
     user  TEXT PRIMARY KEY,
     until INTEGER NOT NULL
@@ -218,6 +226,26 @@ impl Store {
         for r in rows {
             let (u, t) = r?;
             out.push((UserName::new(u)?, Millis(t as u64)));
+        }
+        Ok(out)
+    }
+
+    /// Records a newly registered file. Its description is stored as MessagePack, the same
+    /// encoding (and validation on the way back) as on the wire.
+    pub fn put_file(&self, meta: &FileMeta) -> Result<(), StoreError> {
+        let blob = rmp_serde::to_vec(meta)?;
+        self.db
+            .prepare_cached("INSERT OR REPLACE INTO files (name, meta) VALUES (?1, ?2)")?
+            .execute(params![meta.name().as_str(), blob])?;
+        Ok(())
+    }
+
+    pub fn files(&self) -> Result<Vec<FileMeta>, StoreError> {
+        let mut stmt = self.db.prepare("SELECT meta FROM files")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(rmp_serde::from_slice(&r?)?);
         }
         Ok(out)
     }

@@ -25,6 +25,8 @@ pub enum IdError {
     Whitespace { what: &'static str },
     #[error("{what} contains a control character")]
     Control { what: &'static str },
+    #[error("file names must be plain names: no path separators, not . or ..")]
+    NotPlain,
 }
 
 fn check(s: &str, what: &'static str, max: usize, allow_space: bool) -> Result<(), IdError> {

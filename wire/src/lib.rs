@@ -11,6 +11,7 @@
 //! tracker's or peer's behaviour. Its core has no runtime dependency; the `codec` feature adds
 //! a tokio-util `Decoder`/`Encoder` adapter over the same pure functions.
 
+pub mod files;
 pub mod frame;
 pub mod ids;
 pub mod msg;
@@ -18,6 +19,7 @@ pub mod msg;
 #[cfg(feature = "codec")]
 pub mod codec;
 
+pub use files::{Digest, FileMeta, FileName, MetaError, BLOCK_LEN, MAX_CHUNKS, STATE_DIR};
 pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
 pub use ids::{IdError, Password, Text, UserName};
 pub use msg::*;

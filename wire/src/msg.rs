@@ -10,11 +10,14 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{FileMeta, FileName};
 use crate::ids::{Password, Text, UserName};
 
 /// A one-time permission, issued by the tracker, for one user to open one private
 /// connection to another user's listener. 128 random bits: unguessable, never reused.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Serialized as 16 bytes of MessagePack `bin` (see `files.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket(pub [u8; 16]);
 
 /// Printed as a short prefix only, so logs never carry a usable ticket.
@@ -67,6 +70,31 @@ pub enum Request {
     /// Ask for `user`'s listener address and a ticket to connect to it.
     StartPrivate {
         user: UserName,
+    },
+    /// Share a file, or announce the chunks we hold of one (at login, to resume). Creates
+    /// the registry entry if the name is new; otherwise `meta` must match it exactly.
+    Register {
+        meta: FileMeta,
+        have: Vec<u32>,
+    },
+    /// We now hold (verified) this chunk.
+    HaveChunk {
+        name: FileName,
+        chunk: u32,
+    },
+    SearchFile {
+        name: FileName,
+    },
+    /// Chunk numbers are 0-based on the wire.
+    SearchChunk {
+        name: FileName,
+        chunks: Vec<u32>,
+    },
+    /// What is needed to download `name`: its description, and for every online holder
+    /// (or only `from`, checked like `StartPrivate`) its chunks, address and a ticket.
+    Locate {
+        name: FileName,
+        from: Option<UserName>,
     },
     /// The user did something the tracker does not otherwise see (a local command, a private
     /// message); counts as activity for the inactivity timeout.
@@ -141,6 +169,27 @@ pub enum Reply {
         addr: SocketAddr,
         ticket: Ticket,
     },
+    Registered {
+        name: FileName,
+        size: u64,
+        chunks: u32,
+    },
+    /// Answer to `HaveChunk`.
+    Noted,
+    /// Online users holding at least one chunk (empty: not available).
+    FileHolders {
+        name: FileName,
+        users: Vec<UserName>,
+    },
+    /// Per asked chunk, its online holders (empty: not available).
+    ChunkHolders {
+        name: FileName,
+        chunks: Vec<(u32, Vec<UserName>)>,
+    },
+    Located {
+        meta: FileMeta,
+        holders: Vec<Holder>,
+    },
     Refused(Refusal),
     /// Answer to `Request::Activity`.
     Active,
@@ -167,6 +216,17 @@ pub enum Refusal {
     NotReachable { user: UserName },
     /// The tracker could not carry it out durably (storage failure); nothing was done.
     Unavailable,
+    /// No file of that name is registered.
+    UnknownFile { name: FileName },
+    /// A different file is registered under that name. `same_content`: same bytes, split
+    /// into `chunks` chunks.
+    FileConflict {
+        name: FileName,
+        same_content: bool,
+        chunks: u32,
+    },
+    /// Chunk number out of range (0-based) for a file of `count` chunks.
+    BadChunk { chunk: u32, count: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +256,16 @@ pub enum Event {
     },
 }
 
+/// One peer to download from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub user: UserName,
+    pub addr: SocketAddr,
+    pub ticket: Ticket,
+    /// 0-based chunk numbers it holds.
+    pub chunks: Vec<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OfflineMessage {
     pub id: u64,
@@ -211,6 +281,7 @@ pub enum PeerMsg {
     Hello {
         version: u32,
         ticket: Ticket,
+        purpose: Purpose,
     },
     Accepted,
     Refused(PeerRefusal),
@@ -223,6 +294,29 @@ pub enum PeerMsg {
     /// Both users opened a session at once; this connection is dropped in favour of the
     /// other. Not shown to the user.
     Superseded,
+    /// On a `Transfer` connection: send me this chunk (0-based).
+    GetChunk {
+        name: FileName,
+        chunk: u32,
+    },
+    /// The chunk follows: `len` bytes in `Data` frames of at most `BLOCK_LEN` bytes.
+    ChunkStart {
+        len: u64,
+    },
+    Data {
+        bytes: bytes::Bytes,
+    },
+    /// We do not hold that chunk (or that file); nothing follows.
+    NoChunk,
+}
+
+/// What a connection to a peer's listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Purpose {
+    /// A private chat session, shown to the user.
+    Chat,
+    /// Chunk requests; not shown to the user.
+    Transfer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use wire::{
-    PeerMsg, PeerRefusal, Refusal, Reply, Request, Text, Ticket, UserName, PROTOCOL_VERSION,
+    PeerMsg, PeerRefusal, Purpose, Refusal, Reply, Request, Text, Ticket, UserName,
+    PROTOCOL_VERSION,
 };
 
 use crate::common::*;
@@ -214,6 +215,7 @@ fn forged_and_reused_tickets_are_refused() {
     p2p.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket,
+        purpose: Purpose::Chat,
     });
     assert_eq!(p2p.recv(), Some(PeerMsg::Accepted));
     p2p.send(&PeerMsg::Text {
@@ -226,6 +228,7 @@ fn forged_and_reused_tickets_are_refused() {
     reuse.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket,
+        purpose: Purpose::Chat,
     });
     assert_eq!(reuse.recv(), Some(PeerMsg::Refused(PeerRefusal::BadTicket)));
     assert_eq!(reuse.recv::<PeerMsg>(), None, "and closed");
@@ -245,6 +248,7 @@ fn forged_and_reused_tickets_are_refused() {
     forged.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket: Ticket([0x42; 16]),
+        purpose: Purpose::Chat,
     });
     assert_eq!(
         forged.recv(),

@@ -48,7 +48,7 @@ fn junk_on_the_tracker_port_does_not_disturb_logged_in_users() {
     assert!(t.alive());
     drop(silent);
     let log = t.log();
-    assert!(log.contains("exceeds the 16384-byte limit"), "{log}");
+    assert!(log.contains("exceeds the 32768-byte limit"), "{log}");
 }
 
 fn bytes_of(msg: &wire::ClientMsg) -> Vec<u8> {

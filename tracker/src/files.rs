@@ -1,0 +1,422 @@
+//! The file registry: which files exist (name, size, chunk hashes) and which online user
+//! holds which chunks. The tracker never sees file bytes.
+//!
+//! A file's description is durable (SQLite) so a name keeps meaning the same content across
+//! restarts. Holdings live only as long as the holder's session: a client announces what
+//! it holds when it logs in (`Register` with its chunk list), so the registry never offers
+//! a chunk from someone who cannot serve it now.
+
+use std::collections::{BTreeSet, HashMap};
+
+use wire::{FileMeta, FileName, Holder, Refusal, Reply, UserName};
+
+use crate::state::Tracker;
+
+pub(crate) struct FileEntry {
+    pub meta: FileMeta,
+    /// Online user → chunks they hold (0-based). Never holds an empty set.
+    pub holders: HashMap<UserName, BTreeSet<u32>>,
+}
+
+impl FileEntry {
+    pub fn new(meta: FileMeta) -> Self {
+        Self {
+            meta,
+            holders: HashMap::new(),
+        }
+    }
+}
+
+fn unknown(name: &FileName) -> Reply {
+    Reply::Refused(Refusal::UnknownFile { name: name.clone() })
+}
+
+fn bad_chunk(chunk: u32, count: u32) -> Reply {
+    Reply::Refused(Refusal::BadChunk { chunk, count })
+}
+
+impl Tracker {
+    pub(crate) fn register(&mut self, me: &UserName, meta: FileMeta, have: Vec<u32>) -> Reply {
+        let count = meta.chunk_count();
+        if let Some(&bad) = have.iter().find(|&&c| c >= count) {
+            return bad_chunk(bad, count);
+        }
+        let name = meta.name().clone();
+        match self.files.get(&name) {
+            Some(entry) if entry.meta != meta => {
+                let same_content =
+                    entry.meta.size() == meta.size() && entry.meta.sha256() == meta.sha256();
+                return Reply::Refused(Refusal::FileConflict {
+                    name,
+                    same_content,
+                    chunks: entry.meta.chunk_count(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                if let Err(e) = self.store.put_file(&meta) {
+                    tracing::error!(error = %e, "could not store file description");
+                    return Reply::Refused(Refusal::Unavailable);
+                }
+                self.files
+                    .insert(name.clone(), FileEntry::new(meta.clone()));
+            }
+        }
+        if !have.is_empty() {
+            let entry = self.files.get_mut(&name).expect("inserted above");
+            entry.holders.entry(me.clone()).or_default().extend(have);
+        }
+        Reply::Registered {
+            name,
+            size: meta.size(),
+            chunks: count,
+        }
+    }
+
+    pub(crate) fn have_chunk(&mut self, me: &UserName, name: &FileName, chunk: u32) -> Reply {
+        let Some(entry) = self.files.get_mut(name) else {
+            return unknown(name);
+        };
+        let count = entry.meta.chunk_count();
+        if chunk >= count {
+            return bad_chunk(chunk, count);
+        }
+        entry.holders.entry(me.clone()).or_default().insert(chunk);
+        Reply::Noted
+    }
+
+    /// Holders of `name` that `me` may see: not `me`, not users who blocked `me`.
+    fn visible_holders<'a>(
+        &'a self,
+        me: &'a UserName,
+        entry: &'a FileEntry,
+    ) -> impl Iterator<Item = (&'a UserName, &'a BTreeSet<u32>)> + 'a {
+        entry
+            .holders
+            .iter()
+            .filter(move |(u, _)| *u != me && !self.has_blocked(u, me))
+    }
+
+    pub(crate) fn search_file(&self, me: &UserName, name: &FileName) -> Reply {
+        let mut users: Vec<UserName> = match self.files.get(name) {
+            Some(entry) => self
+                .visible_holders(me, entry)
+                .map(|(u, _)| u.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        users.sort();
+        Reply::FileHolders {
+            name: name.clone(),
+            users,
+        }
+    }
+
+    pub(crate) fn search_chunk(&self, me: &UserName, name: &FileName, chunks: &[u32]) -> Reply {
+        let Some(entry) = self.files.get(name) else {
+            return unknown(name);
+        };
+        let count = entry.meta.chunk_count();
+        if let Some(&bad) = chunks.iter().find(|&&c| c >= count) {
+            return bad_chunk(bad, count);
+        }
+        let found = chunks
+            .iter()
+            .map(|&c| {
+                let mut users: Vec<UserName> = self
+                    .visible_holders(me, entry)
+                    .filter(|(_, held)| held.contains(&c))
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                users.sort();
+                (c, users)
+            })
+            .collect();
+        Reply::ChunkHolders {
+            name: name.clone(),
+            chunks: found,
+        }
+    }
+
+    /// Everything needed to download `name`, with a fresh ticket per holder. With `from`,
+    /// only that user, refused exactly as `startprivate` would be.
+    pub(crate) fn locate(
+        &mut self,
+        me: &UserName,
+        name: &FileName,
+        from: Option<&UserName>,
+    ) -> Reply {
+        let Some(entry) = self.files.get(name) else {
+            return unknown(name);
+        };
+        let meta = entry.meta.clone();
+        let candidates: Vec<(UserName, Vec<u32>)> = match from {
+            Some(user) => {
+                let held = entry.holders.get(user).map(|s| s.iter().copied().collect());
+                vec![(user.clone(), held.unwrap_or_default())]
+            }
+            None => {
+                let mut all: Vec<(UserName, Vec<u32>)> = self
+                    .visible_holders(me, entry)
+                    .map(|(u, held)| (u.clone(), held.iter().copied().collect()))
+                    .collect();
+                all.sort();
+                all
+            }
+        };
+        let mut holders = Vec::new();
+        for (user, chunks) in candidates {
+            match self.introduce(me, &user) {
+                Ok((addr, ticket)) => holders.push(Holder {
+                    user,
+                    addr,
+                    ticket,
+                    chunks,
+                }),
+                // A named holder's refusal is the answer; among all holders, an unreachable
+                // one is simply left out.
+                Err(refusal) if from.is_some() => return Reply::Refused(refusal),
+                Err(_) => {}
+            }
+        }
+        Reply::Located { meta, holders }
+    }
+
+    /// The user's session ended: they can no longer serve anything.
+    pub(crate) fn forget_holdings(&mut self, user: &UserName) {
+        for entry in self.files.values_mut() {
+            entry.holders.remove(user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testkit::*;
+    use wire::{Digest, Event, Request};
+
+    fn meta(name: &str, fill: u8) -> FileMeta {
+        FileMeta::new(
+            FileName::new(name).unwrap(),
+            25,
+            10,
+            vec![
+                Digest([fill; 32]),
+                Digest([fill + 1; 32]),
+                Digest([fill + 2; 32]),
+            ],
+            Digest([fill; 32]),
+        )
+        .unwrap()
+    }
+    fn f(name: &str) -> FileName {
+        FileName::new(name).unwrap()
+    }
+    fn register(m: FileMeta, have: &[u32]) -> Request {
+        Request::Register {
+            meta: m,
+            have: have.to_vec(),
+        }
+    }
+
+    #[test]
+    fn register_search_and_conflicts() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let yoda = login_p2p(&mut t, "yoda", T0, 4002);
+        let luke = login_p2p(&mut t, "luke", T0, 4003);
+        assert_eq!(
+            req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0),
+            Reply::Registered {
+                name: f("a.bin"),
+                size: 25,
+                chunks: 3
+            }
+        );
+        // Same content again: yoda becomes a holder too.
+        assert!(matches!(
+            req(&mut t, &yoda, register(meta("a.bin", 1), &[1]), T0),
+            Reply::Registered { .. }
+        ));
+        // Different content under the same name: refused.
+        assert_eq!(
+            req(&mut t, &luke, register(meta("a.bin", 9), &[0, 1, 2]), T0),
+            Reply::Refused(Refusal::FileConflict {
+                name: f("a.bin"),
+                same_content: false,
+                chunks: 3
+            })
+        );
+        assert_eq!(
+            req(&mut t, &luke, Request::SearchFile { name: f("a.bin") }, T0),
+            Reply::FileHolders {
+                name: f("a.bin"),
+                users: vec![u("hans"), u("yoda")]
+            }
+        );
+        assert_eq!(
+            req(&mut t, &luke, Request::SearchFile { name: f("nope") }, T0),
+            Reply::FileHolders {
+                name: f("nope"),
+                users: vec![]
+            }
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::SearchChunk {
+                    name: f("a.bin"),
+                    chunks: vec![0, 1]
+                },
+                T0
+            ),
+            Reply::ChunkHolders {
+                name: f("a.bin"),
+                chunks: vec![(0, vec![u("hans")]), (1, vec![u("hans"), u("yoda")])]
+            }
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::SearchChunk {
+                    name: f("a.bin"),
+                    chunks: vec![3]
+                },
+                T0
+            ),
+            Reply::Refused(Refusal::BadChunk { chunk: 3, count: 3 })
+        );
+        // luke downloads chunk 2 and says so.
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::HaveChunk {
+                    name: f("a.bin"),
+                    chunk: 2
+                },
+                T0
+            ),
+            Reply::Noted
+        );
+        // hans logs out: only what online users hold remains.
+        req(&mut t, &hans, Request::Logout, T0);
+        let Reply::ChunkHolders { chunks, .. } = req(
+            &mut t,
+            &yoda,
+            Request::SearchChunk {
+                name: f("a.bin"),
+                chunks: vec![0, 2],
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(chunks, vec![(0, vec![]), (2, vec![u("luke")])]);
+    }
+
+    #[test]
+    fn locate_issues_tickets_to_reachable_holders_only() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut yoda = login_p2p(&mut t, "yoda", T0, 4002);
+        let vader = login_p2p(&mut t, "vader", T0, 4003);
+        let luke = login_p2p(&mut t, "luke", T0, 4004);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        req(&mut t, &yoda, register(meta("a.bin", 1), &[2]), T0);
+        req(&mut t, &vader, register(meta("a.bin", 1), &[0]), T0);
+        req(&mut t, &vader, Request::Block { user: u("luke") }, T0);
+        yoda.events();
+        let Reply::Located { meta: m, holders } = req(
+            &mut t,
+            &luke,
+            Request::Locate {
+                name: f("a.bin"),
+                from: None,
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(m, meta("a.bin", 1));
+        let who: Vec<_> = holders
+            .iter()
+            .map(|h| (h.user.as_str(), h.chunks.clone()))
+            .collect();
+        assert_eq!(
+            who,
+            [("hans", vec![0, 1, 2]), ("yoda", vec![2])],
+            "vader blocked luke"
+        );
+        let yoda_ticket = holders[1].ticket;
+        assert_eq!(
+            yoda.events(),
+            [Event::PrivateTicket {
+                from: u("luke"),
+                ticket: yoda_ticket
+            }]
+        );
+
+        // Named holder: refused like startprivate.
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::Locate {
+                    name: f("a.bin"),
+                    from: Some(u("vader"))
+                },
+                T0
+            ),
+            Reply::Refused(Refusal::BlockedByRecipient { user: u("vader") })
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::Locate {
+                    name: f("a.bin"),
+                    from: Some(u("r2d2"))
+                },
+                T0
+            ),
+            Reply::Refused(Refusal::Offline { user: u("r2d2") })
+        );
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::Locate {
+                    name: f("zzz"),
+                    from: None
+                },
+                T0
+            ),
+            Reply::Refused(Refusal::UnknownFile { name: f("zzz") })
+        );
+    }
+
+    #[test]
+    fn descriptions_survive_a_restart_holdings_do_not() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        let luke = login_p2p(&mut t2, "luke", T0, 4004);
+        assert_eq!(
+            req(&mut t2, &luke, Request::SearchFile { name: f("a.bin") }, T0),
+            Reply::FileHolders {
+                name: f("a.bin"),
+                users: vec![]
+            }
+        );
+        assert!(matches!(
+            req(&mut t2, &luke, register(meta("a.bin", 9), &[0]), T0),
+            Reply::Refused(Refusal::FileConflict { .. })
+        ));
+    }
+}
