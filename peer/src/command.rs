@@ -1,19 +1,59 @@
 //! What the user types, parsed into a [`Command`] with no I/O, so every rule about command
 //! syntax is unit-tested here and the session loop only ever sees valid commands.
 
-use wire::{IdError, Text, UserName};
+use wire::{FileName, IdError, Text, UserName, MAX_CHUNKS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Message { to: UserName, text: Text },
-    Broadcast { text: Text },
+    Message {
+        to: UserName,
+        text: Text,
+    },
+    Broadcast {
+        text: Text,
+    },
     WhoElse,
-    WhoElseSince { secs: u64 },
-    Block { user: UserName },
-    Unblock { user: UserName },
-    StartPrivate { user: UserName },
-    Private { to: UserName, text: Text },
-    StopPrivate { user: UserName },
+    WhoElseSince {
+        secs: u64,
+    },
+    Block {
+        user: UserName,
+    },
+    Unblock {
+        user: UserName,
+    },
+    StartPrivate {
+        user: UserName,
+    },
+    Private {
+        to: UserName,
+        text: Text,
+    },
+    StopPrivate {
+        user: UserName,
+    },
+    /// Share a file from `--dir`, split into `chunks` pieces.
+    Register {
+        name: FileName,
+        chunks: usize,
+    },
+    SearchFile {
+        name: FileName,
+    },
+    /// Chunk numbers 0-based (typed 1-based).
+    SearchChunk {
+        name: FileName,
+        chunks: Vec<u32>,
+    },
+    Download {
+        name: FileName,
+    },
+    /// `private <user> download <file> <chunk>`: one chunk (0-based) from one user.
+    FetchChunk {
+        from: UserName,
+        name: FileName,
+        chunk: u32,
+    },
     Logout,
     Help,
 }
@@ -29,7 +69,12 @@ pub enum ParseError {
     BadUser,
     #[error("Error. {0}")]
     BadText(IdError),
+    #[error("Error. {0}")]
+    BadFile(IdError),
 }
+
+/// Chunks a file is split into when `register` is not told.
+pub const DEFAULT_CHUNKS: usize = 10;
 
 /// One line per command, shown by `help` and in usage errors.
 pub const HELP: &[(&str, &str)] = &[
@@ -57,14 +102,59 @@ pub const HELP: &[(&str, &str)] = &[
         "send over the direct chat; the tracker never sees it",
     ),
     ("stopprivate <user>", "close the direct chat with <user>"),
+    (
+        "register <file> [<chunks>]",
+        "share a file from your folder, in <chunks> pieces (default 10)",
+    ),
+    (
+        "searchFile <file>",
+        "which online users hold some of <file>",
+    ),
+    (
+        "searchChunk <file> <chunk>...",
+        "which online users hold these chunks (numbered from 1)",
+    ),
+    (
+        "download <file>",
+        "fetch <file> from every peer holding it, in parallel",
+    ),
+    (
+        "private <user> download <file> <chunk>",
+        "fetch one chunk from <user>",
+    ),
     ("logout", "log out and quit (end of input does the same)"),
     ("help", "show this list"),
 ];
 
+/// `private <user> download <file> <chunk>` is a chunk request, not a message.
+fn fetch_chunk(to: &str, msg: &str) -> Result<Option<Command>, ParseError> {
+    let words: Vec<&str> = msg.split_whitespace().collect();
+    match words[..] {
+        ["download", f, n] => match chunk_number(n) {
+            Some(chunk) => Ok(Some(Command::FetchChunk {
+                from: user(to)?,
+                name: file(f)?,
+                chunk,
+            })),
+            None => Err(ParseError::Usage(
+                "private <user> download <file> <chunk>, chunks numbered from 1",
+            )),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn usage(cmd: &str) -> ParseError {
     let text = HELP
         .iter()
-        .find(|(syntax, _)| syntax.split(' ').next() == Some(cmd))
+        .find(|(syntax, _)| {
+            syntax
+                .split(' ')
+                .next()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+                == Some(cmd)
+        })
         .map(|(syntax, _)| *syntax)
         .unwrap_or("help");
     ParseError::Usage(text)
@@ -72,6 +162,15 @@ fn usage(cmd: &str) -> ParseError {
 
 fn user(word: &str) -> Result<UserName, ParseError> {
     UserName::new(word).map_err(|_| ParseError::BadUser)
+}
+
+fn file(word: &str) -> Result<FileName, ParseError> {
+    FileName::new(word).map_err(ParseError::BadFile)
+}
+
+/// A chunk number as typed (from 1), as it travels (from 0).
+fn chunk_number(word: &str) -> Option<u32> {
+    word.parse::<u32>().ok().filter(|&n| n >= 1).map(|n| n - 1)
 }
 
 fn text(rest: &str) -> Result<Text, ParseError> {
@@ -111,6 +210,11 @@ impl Command {
                 if to.is_empty() || msg.is_empty() {
                     return Err(usage(&lower));
                 }
+                if lower == "private" {
+                    if let Some(fetch) = fetch_chunk(to, msg)? {
+                        return Ok(fetch);
+                    }
+                }
                 let (to, text) = (user(to)?, text(msg)?);
                 Ok(if lower == "message" {
                     Command::Message { to, text }
@@ -140,6 +244,47 @@ impl Command {
             "stopprivate" => Ok(Command::StopPrivate {
                 user: one_user(rest)?,
             }),
+            "register" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let chunks = match words[..] {
+                    [_] => DEFAULT_CHUNKS,
+                    [_, n] => match n.parse::<usize>() {
+                        Ok(n) if (1..=MAX_CHUNKS).contains(&n) => n,
+                        _ => {
+                            return Err(ParseError::Usage(
+                                "register <file> [<chunks>], 1 to 256 chunks",
+                            ))
+                        }
+                    },
+                    _ => return Err(usage("register")),
+                };
+                Ok(Command::Register {
+                    name: file(words[0])?,
+                    chunks,
+                })
+            }
+            "searchfile" => match word(rest) {
+                (f, "") if !f.is_empty() => Ok(Command::SearchFile { name: file(f)? }),
+                _ => Err(usage("searchfile")),
+            },
+            "searchchunk" => {
+                let mut words = rest.split_whitespace();
+                let (Some(f), numbers) = (words.next(), words) else {
+                    return Err(usage("searchchunk"));
+                };
+                let chunks: Option<Vec<u32>> = numbers.map(chunk_number).collect();
+                match chunks {
+                    Some(c) if !c.is_empty() => Ok(Command::SearchChunk {
+                        name: file(f)?,
+                        chunks: c,
+                    }),
+                    _ => Err(usage("searchchunk")),
+                }
+            }
+            "download" => match word(rest) {
+                (f, "") if !f.is_empty() => Ok(Command::Download { name: file(f)? }),
+                _ => Err(usage("download")),
+            },
             "logout" => none(rest, Command::Logout),
             "help" => Ok(Command::Help),
             _ => Err(ParseError::Unknown),
@@ -211,6 +356,83 @@ mod tests {
         assert_eq!(
             Command::parse("private luke"),
             Err(ParseError::Usage("private <user> <message>"))
+        );
+    }
+
+    fn f(s: &str) -> FileName {
+        FileName::new(s).unwrap()
+    }
+
+    #[test]
+    fn parses_the_file_commands() {
+        assert_eq!(
+            Command::parse("register a.bin"),
+            Ok(Command::Register {
+                name: f("a.bin"),
+                chunks: 10
+            })
+        );
+        assert_eq!(
+            Command::parse("register a.bin 4"),
+            Ok(Command::Register {
+                name: f("a.bin"),
+                chunks: 4
+            })
+        );
+        assert!(matches!(
+            Command::parse("register a.bin 0"),
+            Err(ParseError::Usage(_))
+        ));
+        assert!(matches!(
+            Command::parse("register a.bin 257"),
+            Err(ParseError::Usage(_))
+        ));
+        assert!(matches!(
+            Command::parse("register ../etc/passwd"),
+            Err(ParseError::BadFile(_))
+        ));
+        assert_eq!(
+            Command::parse("searchFile a.bin"),
+            Ok(Command::SearchFile { name: f("a.bin") })
+        );
+        assert_eq!(
+            Command::parse("searchChunk a.bin 1 3"),
+            Ok(Command::SearchChunk {
+                name: f("a.bin"),
+                chunks: vec![0, 2]
+            })
+        );
+        assert_eq!(
+            Command::parse("searchChunk a.bin 0"),
+            Err(ParseError::Usage("searchChunk <file> <chunk>..."))
+        );
+        assert_eq!(
+            Command::parse("searchChunk a.bin"),
+            Err(ParseError::Usage("searchChunk <file> <chunk>..."))
+        );
+        assert_eq!(
+            Command::parse("download a.bin"),
+            Ok(Command::Download { name: f("a.bin") })
+        );
+        assert_eq!(
+            Command::parse("private hans download a.bin 3"),
+            Ok(Command::FetchChunk {
+                from: u("hans"),
+                name: f("a.bin"),
+                chunk: 2
+            })
+        );
+        assert!(matches!(
+            Command::parse("private hans download a.bin x"),
+            Err(ParseError::Usage(_))
+        ));
+        // Anything else after `private <user>` is a message.
+        assert_eq!(
+            Command::parse("private hans download it now please"),
+            Ok(Command::Private {
+                to: u("hans"),
+                text: Text::new("download it now please").unwrap()
+            })
         );
     }
 

@@ -6,8 +6,12 @@
 //! text the user sees for what the tracker says), `session` (login and the command loop).
 
 pub mod command;
+pub mod download;
+pub mod hash;
+pub mod library;
 pub mod p2p;
 pub mod render;
 pub mod session;
 pub mod terminal;
 pub mod tracker_link;
+pub mod transfer;

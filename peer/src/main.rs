@@ -44,7 +44,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .and_then(|mut a| a.next())
             .with_context(|| format!("cannot resolve server address {}", args.server_ip))?;
         let mut term = peer::terminal::Terminal::start();
-        let code = peer::session::run(server, &mut term).await;
+        let code = peer::session::run(server, &args.dir, &mut term).await;
         Ok(code)
     })
     // The runtime is dropped here; the terminal reader thread may still be blocked in a

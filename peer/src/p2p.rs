@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
+
+use crate::library::Library;
 use wire::codec::WireCodec;
 use wire::{
     PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -163,15 +165,17 @@ impl PeerHandle {
 #[derive(Clone)]
 pub struct P2p {
     me: Arc<Mutex<Option<UserName>>>,
+    library: Arc<Library>,
     pub tickets: Arc<TicketBook>,
     events: mpsc::UnboundedSender<P2pEvent>,
     next_id: Arc<AtomicU64>,
 }
 
 impl P2p {
-    pub fn new(events: mpsc::UnboundedSender<P2pEvent>) -> P2p {
+    pub fn new(events: mpsc::UnboundedSender<P2pEvent>, library: Arc<Library>) -> P2p {
         P2p {
             me: Arc::new(Mutex::new(None)),
+            library,
             tickets: Arc::default(),
             events,
             next_id: Arc::new(AtomicU64::new(1)),
@@ -216,7 +220,7 @@ impl P2p {
         let Ok(Some(Ok(PeerMsg::Hello {
             version,
             ticket,
-            purpose: Purpose::Chat,
+            purpose,
         }))) = hello
         else {
             return; // junk, silence or the wrong frame: just close
@@ -232,6 +236,12 @@ impl P2p {
             return;
         };
         if framed.send(PeerMsg::Accepted).await.is_err() {
+            return;
+        }
+        if purpose == Purpose::Transfer {
+            // Chunk requests: served quietly, never shown as a chat.
+            framed.codec_mut().set_max(MAX_FRAME_LEN);
+            crate::transfer::serve(framed, self.library.clone()).await;
             return;
         }
         let handle = self.spawn(framed, user.clone(), user);

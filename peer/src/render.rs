@@ -20,6 +20,10 @@ pub enum Asked {
     SearchFile,
     SearchChunk,
     Download,
+    /// `private <user> download <file> <chunk>` (0-based).
+    Fetch {
+        chunk: u32,
+    },
     Activity,
     Logout,
 }

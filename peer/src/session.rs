@@ -3,16 +3,20 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, LoginResult, Password, PeerMsg, Reply, Request, ServerMsg, UserCheck,
-    UserName,
+    ClientMsg, Event, FileMeta, FileName, LoginResult, Password, PeerMsg, Reply, Request,
+    ServerMsg, UserCheck, UserName,
 };
 
 use crate::command::{help_text, Command};
+use crate::download::{self, JobEvent, Plan};
+use crate::library::Library;
 use crate::p2p::{Ended, P2p, P2pEvent, PeerHandle};
 use crate::render::{self, Asked};
 use crate::terminal::{Input, Printer, Terminal};
@@ -20,8 +24,15 @@ use crate::tracker_link::{LinkError, TrackerLink};
 
 /// How the client ended: 0 after logout, end of input or a timeout; 1 when login was
 /// refused or the server went away.
-pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
+pub async fn run(server: SocketAddr, dir: &Path, term: &mut Terminal) -> ExitCode {
     let out = term.printer();
+    let lib = match Library::open(dir) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            out.line(format!("Error. {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
     // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
     // login and hands it (with a ticket) to whoever may connect.
     let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
@@ -35,7 +46,7 @@ pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
     };
     let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (events_tx, events) = mpsc::unbounded_channel();
-    let p2p = P2p::new(events_tx);
+    let p2p = P2p::new(events_tx, lib.clone());
     tokio::spawn(p2p.clone().listen(listener));
 
     let mut link = match TrackerLink::connect(server).await {
@@ -48,6 +59,7 @@ pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
     let code = match login(&mut link, term, &out, p2p_port).await {
         Ok(Some(me)) => {
             p2p.set_me(me.clone());
+            let (jobs_tx, jobs) = mpsc::unbounded_channel();
             let mut s = Session {
                 link,
                 out: out.clone(),
@@ -56,8 +68,16 @@ pub async fn run(server: SocketAddr, term: &mut Terminal) -> ExitCode {
                 p2p,
                 events,
                 chats: Chats::default(),
+                lib,
+                jobs_tx,
+                jobs,
+                registering: HashMap::new(),
+                busy: false,
             };
-            let result = s.run(term).await;
+            let result = match s.announce().await {
+                Ok(()) => s.run(term).await,
+                Err(e) => Err(e),
+            };
             s.chats.close_all().await;
             match result {
                 Ok(code) => code,
@@ -177,6 +197,14 @@ struct Session {
     p2p: P2p,
     events: mpsc::UnboundedReceiver<P2pEvent>,
     chats: Chats,
+    lib: Arc<Library>,
+    jobs_tx: mpsc::UnboundedSender<JobEvent>,
+    /// Results of work done in the background: file hashing, downloads.
+    jobs: mpsc::UnboundedReceiver<JobEvent>,
+    /// Files hashed and sent to the tracker, kept until it accepts them.
+    registering: HashMap<FileName, FileMeta>,
+    /// A download is locating or running: commands wait until it ends (it owns the screen).
+    busy: bool,
 }
 
 /// What the loop should do after handling something.
@@ -186,12 +214,28 @@ enum Next {
 }
 
 impl Session {
+    /// Tells the tracker which files and chunks we hold, so others can fetch them and our
+    /// own downloads resume where they stopped.
+    async fn announce(&mut self) -> Result<(), LinkError> {
+        for (meta, have) in self.lib.holdings() {
+            self.send(Asked::Quiet, Request::Register { meta, have })
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn run(&mut self, term: &mut Terminal) -> Result<ExitCode, LinkError> {
         let mut leaving = false;
-        term.ask("> ");
+        // Whether a line has been asked for and not yet received.
+        let mut asking = false;
         loop {
+            if !asking && !leaving && !self.busy {
+                term.ask("> ");
+                asking = true;
+            }
             let next = tokio::select! {
-                input = term.next(), if !leaving => {
+                input = term.next(), if asking => {
+                    asking = false;
                     match input {
                         Input::Line(l) if l.trim().is_empty() => {}
                         Input::Line(l) => leaving = self.run_line(&l).await?,
@@ -201,9 +245,6 @@ impl Session {
                             self.send(Asked::Logout, Request::Logout).await?;
                         }
                     }
-                    if !leaving {
-                        term.ask("> ");
-                    }
                     Next::Continue
                 }
                 msg = self.link.recv() => self.on_tracker(msg?).await?,
@@ -211,11 +252,38 @@ impl Session {
                     self.on_p2p(event).await;
                     Next::Continue
                 }
+                Some(job) = self.jobs.recv() => {
+                    self.on_job(job).await?;
+                    Next::Continue
+                }
             };
             if let Next::Exit(code) = next {
                 return Ok(code);
             }
         }
+    }
+
+    async fn on_job(&mut self, job: JobEvent) -> Result<(), LinkError> {
+        match job {
+            JobEvent::Described { name, result } => match result {
+                Ok(meta) => {
+                    let have = (0..meta.chunk_count()).collect();
+                    self.registering.insert(name, meta.clone());
+                    self.send(Asked::Register, Request::Register { meta, have })
+                        .await?;
+                }
+                Err(e) => self.out.line(format!("Error. {e}")),
+            },
+            JobEvent::Have { name, chunk } => {
+                self.send(Asked::Quiet, Request::HaveChunk { name, chunk })
+                    .await?;
+            }
+            JobEvent::Done { lines } => {
+                self.print(lines);
+                self.busy = false;
+            }
+        }
+        Ok(())
     }
 
     async fn send(&mut self, asked: Asked, req: Request) -> Result<(), LinkError> {
@@ -268,6 +336,33 @@ impl Session {
                 }
                 (Asked::Activity, Request::Activity)
             }
+            Command::Register { name, chunks } => {
+                let (lib, out) = (self.lib.clone(), self.jobs_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let result = lib.describe(&name, chunks).map_err(|e| e.to_string());
+                    let _ = out.send(JobEvent::Described { name, result });
+                });
+                // The request follows once the file is hashed.
+                (Asked::Activity, Request::Activity)
+            }
+            Command::SearchFile { name } => (Asked::SearchFile, Request::SearchFile { name }),
+            Command::SearchChunk { name, chunks } => {
+                (Asked::SearchChunk, Request::SearchChunk { name, chunks })
+            }
+            Command::Download { name } => {
+                self.busy = true;
+                (Asked::Download, Request::Locate { name, from: None })
+            }
+            Command::FetchChunk { from, name, chunk } => {
+                self.busy = true;
+                (
+                    Asked::Fetch { chunk },
+                    Request::Locate {
+                        name,
+                        from: Some(from),
+                    },
+                )
+            }
             Command::Logout => {
                 // Tell private partners first, so they read "stopped" before "logged out".
                 self.chats.close_all().await;
@@ -300,8 +395,37 @@ impl Session {
         match msg {
             ServerMsg::Reply(r) => {
                 let asked = self.pending.pop_front().unwrap_or(Asked::Activity);
-                self.print(render::reply(asked, &r));
+                // Announcements the user did not type are silent unless refused.
+                if asked != Asked::Quiet || matches!(r, Reply::Refused(_)) {
+                    self.print(render::reply(asked, &r));
+                }
+                if matches!(asked, Asked::Download | Asked::Fetch { .. })
+                    && !matches!(r, Reply::Located { .. })
+                {
+                    self.busy = false; // refused: nothing to download
+                }
                 match r {
+                    Reply::Registered { name, .. } => {
+                        if let Some(meta) = self.registering.remove(&name) {
+                            if let Err(e) = self.lib.add_complete(meta) {
+                                self.out.line(format!("Error. {e}"));
+                            }
+                        }
+                    }
+                    Reply::Located { meta, holders } => {
+                        let only = match asked {
+                            Asked::Fetch { chunk } => Some(chunk),
+                            _ => None,
+                        };
+                        let plan = Plan {
+                            meta,
+                            holders,
+                            only,
+                        };
+                        let (lib, out, jobs) =
+                            (self.lib.clone(), self.out.clone(), self.jobs_tx.clone());
+                        tokio::spawn(download::run(plan, lib, out, jobs));
+                    }
                     Reply::LoggedOut => {
                         if asked == Asked::Logout {
                             self.out.line("Logged out");

@@ -31,14 +31,34 @@ enum Ask {
 
 type SharedPrinter = Arc<Mutex<Box<dyn ExternalPrinter + Send>>>;
 
-/// Prints whole lines without disturbing what the user is typing. Cheap to clone.
+/// Prints whole lines without disturbing what the user is typing, or the progress bars of
+/// a download. Cheap to clone.
 #[derive(Clone)]
-pub struct Printer(Option<SharedPrinter>);
+pub struct Printer {
+    editor: Option<SharedPrinter>,
+    progress: Arc<Mutex<Option<indicatif::MultiProgress>>>,
+}
 
 impl Printer {
+    fn new(editor: Option<SharedPrinter>) -> Printer {
+        Printer {
+            editor,
+            progress: Arc::default(),
+        }
+    }
+
+    /// While `Some`, lines go above these bars instead.
+    pub fn set_progress(&self, bars: Option<indicatif::MultiProgress>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = bars;
+    }
+
     pub fn line(&self, text: impl AsRef<str>) {
         let text = text.as_ref();
-        match &self.0 {
+        if let Some(bars) = &*self.progress.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = bars.println(text);
+            return;
+        }
+        match &self.editor {
             Some(p) => {
                 let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
                 // One call per line: rustyline redraws the prompt after each.
@@ -77,7 +97,7 @@ impl Terminal {
                     let r = reading.clone();
                     std::thread::spawn(move || read_editor(editor, r, ask_rx, line_tx));
                     return Terminal {
-                        printer: Printer(Some(Arc::new(Mutex::new(Box::new(p))))),
+                        printer: Printer::new(Some(Arc::new(Mutex::new(Box::new(p))))),
                         asks: ask_tx,
                         lines: line_rx,
                         saved,
@@ -86,7 +106,7 @@ impl Terminal {
                 }
             }
         }
-        let printer = Printer(None);
+        let printer = Printer::new(None);
         let p = printer.clone();
         std::thread::spawn(move || read_plain(p, ask_rx, line_tx));
         Terminal {

@@ -1,0 +1,428 @@
+//! The user's folder (`--dir`): the files they share and download, and what we know about
+//! them.
+//!
+//! Layout:
+//! - `<dir>/<name>`: a complete file (registered by us, or downloaded and verified).
+//! - `<dir>/.swarmchat/<name>.meta`: its manifest: description, which chunks we hold
+//!   (verified), whether it is complete. Rewritten atomically (temp file + rename).
+//! - `<dir>/.swarmchat/<name>.part`: a download in progress, full size, verified chunks in
+//!   place. Renamed to `<dir>/<name>` once complete and its whole SHA-256 matches.
+//!
+//! We serve a chunk only if the manifest says we hold it: every chunk of a file we
+//! registered, and only verified chunks of a download. All file reads and writes are
+//! streamed in blocks; no whole file or chunk is ever in memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use wire::{FileMeta, FileName, BLOCK_LEN, STATE_DIR};
+
+use crate::hash::Hasher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Meta(#[from] wire::MetaError),
+    #[error("{path} already exists and is not the file being downloaded")]
+    Exists { path: PathBuf },
+    #[error("the downloaded file's SHA-256 does not match; kept as {path}")]
+    WholeHash { path: PathBuf },
+    #[error("cannot save the manifest {path}: {why}")]
+    Manifest { path: PathBuf, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
+    move |source| LibraryError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    meta: FileMeta,
+    have: BTreeSet<u32>,
+    complete: bool,
+}
+
+/// Where the bytes of a chunk we hold are.
+#[derive(Debug, Clone)]
+pub struct ChunkSource {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+pub struct Library {
+    dir: PathBuf,
+    state: PathBuf,
+    /// Held briefly for lookups and updates, never across I/O on file contents.
+    files: Mutex<HashMap<FileName, Manifest>>,
+}
+
+impl Library {
+    /// Opens (creating the state folder if needed) and reads every manifest. A manifest
+    /// whose complete file has gone or changed size is forgotten.
+    pub fn open(dir: &Path) -> Result<Library, LibraryError> {
+        let state = dir.join(STATE_DIR);
+        std::fs::create_dir_all(&state).map_err(io(&state))?;
+        let mut files = HashMap::new();
+        for entry in std::fs::read_dir(&state).map_err(io(&state))? {
+            let path = entry.map_err(io(&state))?.path();
+            if path.extension().is_none_or(|e| e != "meta") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(m) = rmp_serde::from_slice::<Manifest>(&bytes) else {
+                continue;
+            };
+            let data = if m.complete {
+                dir.join(m.meta.name().as_str())
+            } else {
+                state.join(format!("{}.part", m.meta.name()))
+            };
+            if std::fs::metadata(&data).is_ok_and(|d| d.len() == m.meta.size()) {
+                files.insert(m.meta.name().clone(), m);
+            }
+        }
+        Ok(Library {
+            dir: dir.to_owned(),
+            state,
+            files: Mutex::new(files),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileName, Manifest>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn path_of(&self, name: &FileName) -> PathBuf {
+        self.dir.join(name.as_str())
+    }
+
+    fn part_path(&self, name: &FileName) -> PathBuf {
+        self.state.join(format!("{name}.part"))
+    }
+
+    fn manifest_path(&self, name: &FileName) -> PathBuf {
+        self.state.join(format!("{name}.meta"))
+    }
+
+    /// Everything we hold, to announce to the tracker at login.
+    pub fn holdings(&self) -> Vec<(FileMeta, Vec<u32>)> {
+        let mut out: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|m| !m.have.is_empty())
+            .map(|m| (m.meta.clone(), m.have.iter().copied().collect()))
+            .collect();
+        out.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        out
+    }
+
+    /// Chunks of `name` we hold.
+    pub fn have(&self, name: &FileName) -> BTreeSet<u32> {
+        self.lock()
+            .get(name)
+            .map(|m| m.have.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads `<dir>/<name>` once, computing the SHA-256 of each of (at most) `wanted`
+    /// chunks and of the whole file. Blocking: run it off the async threads.
+    pub fn describe(&self, name: &FileName, wanted: usize) -> Result<FileMeta, LibraryError> {
+        let path = self.path_of(name);
+        let mut file = File::open(&path).map_err(io(&path))?;
+        let size = file.metadata().map_err(io(&path))?.len();
+        let chunk_size = FileMeta::chunk_size_for(size, wanted);
+        let mut whole = Hasher::new();
+        let mut chunks = Vec::new();
+        let mut chunk = Hasher::new();
+        let mut in_chunk = 0u64;
+        let mut buf = vec![0u8; BLOCK_LEN];
+        let mut total = 0u64;
+        loop {
+            let room = (chunk_size - in_chunk).min(buf.len() as u64) as usize;
+            let n = file.read(&mut buf[..room]).map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            whole.update(&buf[..n]);
+            chunk.update(&buf[..n]);
+            in_chunk += n as u64;
+            total += n as u64;
+            if in_chunk == chunk_size {
+                chunks.push(std::mem::take(&mut chunk).finish());
+                in_chunk = 0;
+            }
+        }
+        if in_chunk > 0 {
+            chunks.push(chunk.finish());
+        }
+        // The file may have changed while we read it; describe what we actually read.
+        let size = total;
+        Ok(FileMeta::new(
+            name.clone(),
+            size,
+            if size == 0 { 1 } else { chunk_size },
+            chunks,
+            whole.finish(),
+        )?)
+    }
+
+    /// Records a file we registered: we hold every chunk of `<dir>/<name>`.
+    pub fn add_complete(&self, meta: FileMeta) -> Result<(), LibraryError> {
+        let m = Manifest {
+            have: (0..meta.chunk_count()).collect(),
+            complete: true,
+            meta,
+        };
+        self.save(&m)?;
+        self.lock().insert(m.meta.name().clone(), m);
+        Ok(())
+    }
+
+    /// Where to read `chunk` of `name` from, if we hold it.
+    pub fn source(&self, name: &FileName, chunk: u32) -> Option<ChunkSource> {
+        let files = self.lock();
+        let m = files.get(name)?;
+        if !m.have.contains(&chunk) {
+            return None;
+        }
+        let (offset, len) = m.meta.chunk_range(chunk)?;
+        let path = if m.complete {
+            self.path_of(name)
+        } else {
+            self.part_path(name)
+        };
+        Some(ChunkSource { path, offset, len })
+    }
+
+    /// Gets ready to download `meta`: the part file exists at full size. Returns the chunks
+    /// already held (all of them if the file is complete). A stale partial download of
+    /// different content under the same name is discarded.
+    pub fn prepare(&self, meta: &FileMeta) -> Result<BTreeSet<u32>, LibraryError> {
+        let name = meta.name();
+        if let Some(m) = self.lock().get(name) {
+            if m.meta == *meta {
+                if m.complete {
+                    return Ok(m.have.clone());
+                }
+                let part = self.part_path(name);
+                if std::fs::metadata(&part).is_ok_and(|d| d.len() == meta.size()) {
+                    return Ok(m.have.clone());
+                }
+            }
+        }
+        let target = self.path_of(name);
+        if target.exists() {
+            return Err(LibraryError::Exists { path: target });
+        }
+        let part = self.part_path(name);
+        let f = File::create(&part).map_err(io(&part))?;
+        f.set_len(meta.size()).map_err(io(&part))?;
+        let m = Manifest {
+            meta: meta.clone(),
+            have: BTreeSet::new(),
+            complete: false,
+        };
+        self.save(&m)?;
+        self.lock().insert(name.clone(), m);
+        Ok(BTreeSet::new())
+    }
+
+    /// Opens the part file of a prepared download for writing chunks into.
+    pub fn part_file(&self, name: &FileName) -> Result<File, LibraryError> {
+        let part = self.part_path(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&part)
+            .map_err(io(&part))
+    }
+
+    /// `chunk` of `name` has been written and verified: from now on we hold and serve it.
+    pub fn verified(&self, name: &FileName, chunk: u32) -> Result<(), LibraryError> {
+        let m = {
+            let mut files = self.lock();
+            let Some(m) = files.get_mut(name) else {
+                return Ok(());
+            };
+            m.have.insert(chunk);
+            m.clone()
+        };
+        self.save(&m)
+    }
+
+    /// All chunks are verified: checks the whole file's SHA-256, then moves it into place
+    /// atomically (rename within the same folder tree). Blocking.
+    pub fn finish(&self, name: &FileName) -> Result<PathBuf, LibraryError> {
+        let Some(mut m) = self.lock().get(name).cloned() else {
+            return Err(LibraryError::Manifest {
+                path: self.manifest_path(name),
+                why: "unknown download".into(),
+            });
+        };
+        let target = self.path_of(name);
+        if m.complete {
+            return Ok(target);
+        }
+        let part = self.part_path(name);
+        let file = File::open(&part).map_err(io(&part))?;
+        file.sync_all().map_err(io(&part))?;
+        let mut whole = Hasher::new();
+        let mut buf = vec![0u8; BLOCK_LEN];
+        let mut offset = 0;
+        while offset < m.meta.size() {
+            let n = (m.meta.size() - offset).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], offset)
+                .map_err(io(&part))?;
+            whole.update(&buf[..n]);
+            offset += n as u64;
+        }
+        if whole.finish() != *m.meta.sha256() {
+            return Err(LibraryError::WholeHash { path: part });
+        }
+        if target.exists() {
+            return Err(LibraryError::Exists { path: target });
+        }
+        std::fs::rename(&part, &target).map_err(io(&target))?;
+        m.complete = true;
+        self.save(&m)?;
+        self.lock().insert(name.clone(), m);
+        Ok(target)
+    }
+
+    fn save(&self, m: &Manifest) -> Result<(), LibraryError> {
+        let path = self.manifest_path(m.meta.name());
+        let fail = |why: String| LibraryError::Manifest {
+            path: path.clone(),
+            why,
+        };
+        let bytes = rmp_serde::to_vec(m).map_err(|e| fail(e.to_string()))?;
+        let tmp = path.with_extension("meta.tmp");
+        let mut f = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
+        f.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
+        f.sync_data().map_err(|e| fail(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::sha256;
+
+    fn name(s: &str) -> FileName {
+        FileName::new(s).unwrap()
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn describe_hashes_each_chunk_and_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(1000);
+        std::fs::write(dir.path().join("f.bin"), &data).unwrap();
+        let lib = Library::open(dir.path()).unwrap();
+        let meta = lib.describe(&name("f.bin"), 10).unwrap();
+        assert_eq!(meta.size(), 1000);
+        assert_eq!(meta.chunk_count(), 10);
+        assert_eq!(meta.sha256(), &sha256(&data));
+        for c in 0..10 {
+            let (off, len) = meta.chunk_range(c).unwrap();
+            let want = sha256(&data[off as usize..(off + len) as usize]);
+            assert_eq!(meta.chunk_hash(c), Some(&want));
+        }
+        assert!(lib.describe(&name("missing"), 10).is_err());
+    }
+
+    #[test]
+    fn download_lifecycle_survives_reopen_and_checks_the_whole_hash() {
+        let src = tempfile::tempdir().unwrap();
+        let data = sample(3000);
+        std::fs::write(src.path().join("f.bin"), &data).unwrap();
+        let meta = Library::open(src.path())
+            .unwrap()
+            .describe(&name("f.bin"), 3)
+            .unwrap();
+
+        let dst = tempfile::tempdir().unwrap();
+        let lib = Library::open(dst.path()).unwrap();
+        assert!(lib.prepare(&meta).unwrap().is_empty());
+        let part = lib.part_file(meta.name()).unwrap();
+        let (off, len) = meta.chunk_range(1).unwrap();
+        part.write_all_at(&data[off as usize..(off + len) as usize], off)
+            .unwrap();
+        lib.verified(meta.name(), 1).unwrap();
+        assert!(lib.source(meta.name(), 1).is_some());
+        assert!(
+            lib.source(meta.name(), 0).is_none(),
+            "not verified, not served"
+        );
+
+        // A restart remembers the verified chunk.
+        let lib = Library::open(dst.path()).unwrap();
+        assert_eq!(lib.prepare(&meta).unwrap(), BTreeSet::from([1]));
+        assert_eq!(lib.holdings(), [(meta.clone(), vec![1])]);
+        let part = lib.part_file(meta.name()).unwrap();
+        for c in [0, 2] {
+            let (off, len) = meta.chunk_range(c).unwrap();
+            part.write_all_at(&data[off as usize..(off + len) as usize], off)
+                .unwrap();
+            lib.verified(meta.name(), c).unwrap();
+        }
+        let path = lib.finish(meta.name()).unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert!(lib.source(meta.name(), 0).is_some());
+    }
+
+    #[test]
+    fn finish_refuses_a_file_whose_whole_hash_is_wrong() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f.bin"), sample(100)).unwrap();
+        let meta = Library::open(src.path())
+            .unwrap()
+            .describe(&name("f.bin"), 1)
+            .unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let lib = Library::open(dst.path()).unwrap();
+        lib.prepare(&meta).unwrap();
+        lib.verified(meta.name(), 0).unwrap(); // claimed, but the bytes are zeros
+        assert!(matches!(
+            lib.finish(meta.name()),
+            Err(LibraryError::WholeHash { .. })
+        ));
+        assert!(!dst.path().join("f.bin").exists());
+    }
+
+    #[test]
+    fn prepare_will_not_overwrite_someone_elses_file() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f.bin"), sample(100)).unwrap();
+        let meta = Library::open(src.path())
+            .unwrap()
+            .describe(&name("f.bin"), 2)
+            .unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::write(dst.path().join("f.bin"), b"mine").unwrap();
+        let lib = Library::open(dst.path()).unwrap();
+        assert!(matches!(
+            lib.prepare(&meta),
+            Err(LibraryError::Exists { .. })
+        ));
+    }
+}

@@ -1,0 +1,262 @@
+//! Moving chunk bytes between peers, on `Transfer` connections to a peer's listener.
+//!
+//! Serving: answer each `GetChunk` with `ChunkStart { len }` and the bytes in `Data` frames
+//! of at most `BLOCK_LEN`, read from disk one block at a time, or with `NoChunk` when the
+//! library does not hold that chunk (never bytes of anything else).
+//!
+//! Fetching: one task per peer runs the chunk requests the scheduler gives it, writing
+//! each block into the part file at its offset and hashing it on the way; a chunk counts
+//! only if the hash matches the file's description.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use wire::codec::WireCodec;
+use wire::{FileMeta, PeerMsg, Purpose, Ticket, UserName, BLOCK_LEN, PROTOCOL_VERSION};
+
+use crate::hash::Hasher;
+use crate::library::Library;
+
+pub type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
+
+/// A serving connection with no request for this long is closed.
+const SERVE_IDLE: Duration = Duration::from_secs(120);
+/// Longest wait for any frame while fetching a chunk.
+const FETCH_IDLE: Duration = Duration::from_secs(30);
+const CONNECT: Duration = Duration::from_secs(10);
+
+/// Answers chunk requests on an accepted `Transfer` connection until it closes.
+pub async fn serve(mut framed: PeerFramed, lib: Arc<Library>) {
+    loop {
+        let Ok(Some(Ok(PeerMsg::GetChunk { name, chunk }))) =
+            tokio::time::timeout(SERVE_IDLE, framed.next()).await
+        else {
+            return; // closed, idle, junk, or a frame that is not a request
+        };
+        let Some(src) = lib.source(&name, chunk) else {
+            if framed.send(PeerMsg::NoChunk).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let file = match File::open(&src.path) {
+            Ok(f) => Arc::new(f),
+            Err(_) => {
+                if framed.send(PeerMsg::NoChunk).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if framed
+            .send(PeerMsg::ChunkStart { len: src.len })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let end = src.offset + src.len;
+        let mut offset = src.offset;
+        while offset < end {
+            let n = (end - offset).min(BLOCK_LEN as u64) as usize;
+            let f = file.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = BytesMut::zeroed(n);
+                f.read_exact_at(&mut buf, offset).map(|_| buf.freeze())
+            })
+            .await;
+            let Ok(Ok(bytes)) = read else {
+                return; // the file went away under us: the fetcher sees a broken transfer
+            };
+            if framed.send(PeerMsg::Data { bytes }).await.is_err() {
+                return;
+            }
+            offset += n as u64;
+        }
+    }
+}
+
+/// What a fetch task reports.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Chunk written and its hash matched.
+    Verified { peer: UserName, chunk: u32 },
+    /// The peer does not hold it.
+    Refused { peer: UserName, chunk: u32 },
+    /// The bytes did not match the hash (or the peer broke the protocol mid-chunk).
+    Corrupt { peer: UserName, chunk: u32 },
+    /// The connection could not be opened or broke; `chunk` was in progress, if any.
+    Gone {
+        peer: UserName,
+        chunk: Option<u32>,
+        why: String,
+    },
+}
+
+/// Everything a fetch task needs about the download.
+pub struct FetchTarget {
+    pub meta: Arc<FileMeta>,
+    pub part: Arc<File>,
+    /// Bytes received so far by this task, for progress display.
+    pub received: Arc<AtomicU64>,
+}
+
+/// Connects to `peer` and fetches the chunks sent on `jobs`, one after another, until the
+/// channel closes or the connection fails.
+pub async fn fetch(
+    peer: UserName,
+    addr: SocketAddr,
+    ticket: Ticket,
+    target: FetchTarget,
+    mut jobs: mpsc::UnboundedReceiver<u32>,
+    results: mpsc::UnboundedSender<Fetched>,
+) {
+    let mut framed = match open(addr, ticket).await {
+        Ok(f) => f,
+        Err(why) => {
+            let _ = results.send(Fetched::Gone {
+                peer,
+                chunk: None,
+                why,
+            });
+            return;
+        }
+    };
+    while let Some(chunk) = jobs.recv().await {
+        let outcome = fetch_one(&mut framed, &target, chunk).await;
+        let report = match outcome {
+            Ok(true) => Fetched::Verified {
+                peer: peer.clone(),
+                chunk,
+            },
+            Ok(false) => Fetched::Refused {
+                peer: peer.clone(),
+                chunk,
+            },
+            Err(FetchError::Corrupt) => Fetched::Corrupt {
+                peer: peer.clone(),
+                chunk,
+            },
+            Err(FetchError::Broken(why)) => {
+                let _ = results.send(Fetched::Gone {
+                    peer,
+                    chunk: Some(chunk),
+                    why,
+                });
+                return;
+            }
+        };
+        let corrupt = matches!(report, Fetched::Corrupt { .. });
+        if results.send(report).is_err() || corrupt {
+            return; // a peer that sent bad bytes is not asked again
+        }
+    }
+}
+
+async fn open(addr: SocketAddr, ticket: Ticket) -> Result<PeerFramed, String> {
+    let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
+        Err(_) => return Err("no answer".into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, WireCodec::with_max(1024));
+    framed
+        .send(PeerMsg::Hello {
+            version: PROTOCOL_VERSION,
+            ticket,
+            purpose: Purpose::Transfer,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(CONNECT, framed.next()).await {
+        Ok(Some(Ok(PeerMsg::Accepted))) => {
+            framed.codec_mut().set_max(wire::MAX_FRAME_LEN);
+            Ok(framed)
+        }
+        Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
+        _ => Err("handshake failed".into()),
+    }
+}
+
+enum FetchError {
+    Corrupt,
+    Broken(String),
+}
+
+async fn next(framed: &mut PeerFramed) -> Result<PeerMsg, FetchError> {
+    match tokio::time::timeout(FETCH_IDLE, framed.next()).await {
+        Ok(Some(Ok(m))) => Ok(m),
+        Ok(Some(Err(e))) => Err(FetchError::Broken(e.to_string())),
+        Ok(None) => Err(FetchError::Broken("connection closed".into())),
+        Err(_) => Err(FetchError::Broken("timed out".into())),
+    }
+}
+
+/// `Ok(true)`: verified and written; `Ok(false)`: the peer does not hold it.
+async fn fetch_one(
+    framed: &mut PeerFramed,
+    t: &FetchTarget,
+    chunk: u32,
+) -> Result<bool, FetchError> {
+    let (offset, len) = t
+        .meta
+        .chunk_range(chunk)
+        .expect("scheduler asks only for real chunks");
+    framed
+        .send(PeerMsg::GetChunk {
+            name: t.meta.name().clone(),
+            chunk,
+        })
+        .await
+        .map_err(|e| FetchError::Broken(e.to_string()))?;
+    match next(framed).await? {
+        PeerMsg::NoChunk => return Ok(false),
+        PeerMsg::ChunkStart { len: l } if l == len => {}
+        _ => return Err(FetchError::Corrupt),
+    }
+    let mut hasher = Hasher::new();
+    let mut got = 0u64;
+    while got < len {
+        let PeerMsg::Data { bytes } = next(framed).await? else {
+            return Err(FetchError::Corrupt);
+        };
+        if bytes.is_empty() || got + bytes.len() as u64 > len {
+            return Err(FetchError::Corrupt);
+        }
+        let at = offset + got;
+        got += bytes.len() as u64;
+        hasher = write_block(t.part.clone(), hasher, bytes, at).await?;
+        t.received.fetch_add(got - (at - offset), Ordering::Relaxed);
+    }
+    if Some(&hasher.finish()) == t.meta.chunk_hash(chunk) {
+        Ok(true)
+    } else {
+        Err(FetchError::Corrupt)
+    }
+}
+
+/// Hashes and writes one block off the async threads.
+async fn write_block(
+    part: Arc<File>,
+    mut hasher: Hasher,
+    bytes: Bytes,
+    at: u64,
+) -> Result<Hasher, FetchError> {
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&bytes);
+        part.write_all_at(&bytes, at).map(|_| hasher)
+    })
+    .await
+    .map_err(|e| FetchError::Broken(e.to_string()))?
+    .map_err(|e| FetchError::Broken(format!("cannot write: {e}")))
+}
