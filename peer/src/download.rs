@@ -282,8 +282,12 @@ async fn finish(lib: &Arc<Library>, name: &FileName, meta: &FileMeta, verb: &str
     }
 }
 
-/// Progress on screen: bars on a terminal, one line per verified chunk otherwise.
+/// Progress on screen: bars on a terminal, one line per verified chunk otherwise, nothing
+/// for a single chunk (its result line says it all).
 enum Progress {
+    Quiet {
+        out: Printer,
+    },
     Lines {
         out: Printer,
         name: FileName,
@@ -298,7 +302,10 @@ enum Progress {
 
 impl Progress {
     fn new(out: &Printer, name: &FileName, bytes: u64, whole: bool) -> Progress {
-        if !std::io::stdout().is_terminal() || !whole {
+        if !whole {
+            return Progress::Quiet { out: out.clone() };
+        }
+        if !std::io::stdout().is_terminal() {
             return Progress::Lines {
                 out: out.clone(),
                 name: name.clone(),
@@ -363,7 +370,9 @@ impl Progress {
 
     fn note(&self, line: String) {
         match self {
-            Progress::Lines { out, .. } | Progress::Bars { out, .. } => out.line(line),
+            Progress::Quiet { out } | Progress::Lines { out, .. } | Progress::Bars { out, .. } => {
+                out.line(line)
+            }
         }
     }
 

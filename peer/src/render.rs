@@ -106,10 +106,14 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             Asked::Block => "Error. Cannot block self".into(),
             Asked::Unblock => "Error. Cannot unblock self".into(),
             Asked::StartPrivate => "Error. Cannot start private messaging with self".into(),
+            Asked::Fetch { .. } => "Error. Cannot download from self".into(),
             _ => "Error. Cannot message self".into(),
         },
         Refusal::BlockedByRecipient { user } if asked == Asked::StartPrivate => {
             format!("Error. Cannot start private messaging as {user} has blocked you")
+        }
+        Refusal::BlockedByRecipient { user } if matches!(asked, Asked::Fetch { .. }) => {
+            format!("Error. Cannot download from {user} as {user} has blocked you")
         }
         Refusal::BlockedByRecipient { .. } => {
             "Your message could not be delivered as the recipient has blocked you".into()

@@ -131,6 +131,13 @@ impl Tracker {
         Peer::start(self.addr)
     }
 
+    /// A peer logged in as `user` whose folder is `dir` (kept by the caller).
+    pub fn login_in(&self, user: &str, dir: &Path) -> Peer {
+        let mut p = Peer::start_in(self.addr, dir.to_owned(), None);
+        p.login(user);
+        p
+    }
+
     /// A peer logged in as `user`.
     pub fn login(&self, user: &str) -> Peer {
         let mut p = self.peer();
@@ -176,18 +183,25 @@ pub struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
     out: Lines,
-    pub dir: tempfile::TempDir,
+    /// The peer's `--dir`.
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     pub name: String,
 }
 
 impl Peer {
+    /// A peer with a fresh temp folder.
     pub fn start(tracker: SocketAddr) -> Peer {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        Peer::start_in(tracker, tmp.path().to_owned(), Some(tmp))
+    }
+
+    pub fn start_in(tracker: SocketAddr, dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Peer {
         let mut child = Command::new(bin("peer"))
             .arg(tracker.ip().to_string())
             .arg(tracker.port().to_string())
             .arg("--dir")
-            .arg(dir.path())
+            .arg(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -209,6 +223,7 @@ impl Peer {
             stdin,
             out,
             dir,
+            _tmp: tmp,
             name: String::new(),
         }
     }
@@ -395,6 +410,11 @@ impl Raw {
 
     /// Logs in to the tracker as `user` (p2p port 0), returning the connection.
     pub fn login(tracker: SocketAddr, user: &str) -> Raw {
+        Raw::login_p2p(tracker, user, 0)
+    }
+
+    /// Logs in as `user`, telling the tracker our listener is on `p2p_port`.
+    pub fn login_p2p(tracker: SocketAddr, user: &str, p2p_port: u16) -> Raw {
         use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
         let mut raw = Raw::connect(tracker);
         raw.send(&ClientMsg::Hello {
@@ -404,7 +424,7 @@ impl Raw {
         raw.send(&ClientMsg::Login {
             user: UserName::new(user).unwrap(),
             password: Password::new(password(user)).unwrap(),
-            p2p_port: 0,
+            p2p_port,
         });
         assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
         raw
@@ -421,4 +441,18 @@ impl Raw {
             }
         }
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so test files are incompressible and
+/// every chunk differs.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }

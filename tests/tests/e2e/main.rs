@@ -8,3 +8,4 @@ mod auth;
 mod chat;
 mod private;
 mod robustness;
+mod swarm;

@@ -1,0 +1,358 @@
+//! File sharing: register, searchFile, searchChunk, one-chunk and whole-file downloads from
+//! several peers, and what happens when peers lie, die or refuse.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+
+use wire::{FileMeta, FileName, PeerMsg, Reply, Request, BLOCK_LEN, MAX_FRAME_LEN};
+
+use crate::common::*;
+
+/// Logs `user` in and shares a new random file of `len` bytes as `name`.
+fn share(t: &Tracker, user: &str, name: &str, len: usize, seed: u64) -> (Peer, Vec<u8>) {
+    let mut p = t.login(user);
+    let data = random_bytes(len, seed);
+    std::fs::write(p.dir.join(name), &data).unwrap();
+    p.send(&format!("register {name}"));
+    p.expect(&format!("{name} registered"));
+    (p, data)
+}
+
+fn file(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_default()
+}
+
+/// Runs a download and returns the final line, asserting the file arrived intact.
+fn download(p: &mut Peer, name: &str, want: &[u8]) -> String {
+    p.send(&format!("download {name}"));
+    let done = p.expect(&format!("Downloaded {name} ("));
+    assert!(file(&p.dir, name) == want, "{} has wrong content", p.name);
+    done
+}
+
+/// The spec's flows and every refusal, one command at a time.
+#[test]
+fn register_search_and_single_chunk_downloads() {
+    let t = Tracker::start(60, 120);
+    let (mut hans, data) = share(&t, "hans", "movie.bin", 100_000, 1);
+    hans.sync();
+    let mut yoda = t.login("yoda");
+    let mut luke = t.login("luke");
+    hans.sync();
+    yoda.expect("luke logged in");
+
+    assert_eq!(yoda.run("searchFile movie.bin"), ["Available", "hans"]);
+    assert_eq!(yoda.run("searchFile nope.bin"), ["Not available"]);
+    assert_eq!(
+        yoda.run("searchChunk movie.bin 1 10"),
+        ["Chunk 1: hans", "Chunk 10: hans"]
+    );
+    assert_eq!(
+        yoda.run("searchChunk movie.bin 11"),
+        ["Error. There is no chunk 11: the file has chunks 1 to 10"]
+    );
+    assert_eq!(yoda.run("searchChunk nope.bin 1"), ["Not available"]);
+
+    assert_eq!(
+        yoda.run("private hans download movie.bin 3"),
+        ["Downloaded chunk 3 of movie.bin from hans"]
+    );
+    assert_eq!(
+        luke.run("searchChunk movie.bin 3 4"),
+        ["Chunk 3: hans, yoda", "Chunk 4: hans"]
+    );
+    // A downloader serves only what it verified.
+    assert_eq!(
+        luke.run("private yoda download movie.bin 4"),
+        ["Error. yoda does not have chunk 4 of movie.bin"]
+    );
+    assert_eq!(
+        luke.run("private yoda download movie.bin 3"),
+        ["Downloaded chunk 3 of movie.bin from yoda"]
+    );
+    assert_eq!(
+        luke.run("private yoda download movie.bin 3"),
+        ["You already have chunk 3 of movie.bin"]
+    );
+    assert_eq!(
+        luke.run("private hans download movie.bin 11"),
+        ["Error. There is no chunk 11: movie.bin has chunks 1 to 10"]
+    );
+
+    // The same refusals as startprivate.
+    assert_eq!(
+        luke.run("private bob download movie.bin 1"),
+        ["Error. Invalid user"]
+    );
+    assert_eq!(
+        luke.run("private luke download movie.bin 1"),
+        ["Error. Cannot download from self"]
+    );
+    assert_eq!(
+        luke.run("private vader download movie.bin 1"),
+        ["Error. vader is offline"]
+    );
+    assert_eq!(hans.run("block luke"), ["luke is blocked"]);
+    assert_eq!(
+        luke.run("private hans download movie.bin 1"),
+        ["Error. Cannot download from hans as hans has blocked you"]
+    );
+    assert_eq!(
+        luke.run("download nope.bin"),
+        ["Error. No file named nope.bin is registered"]
+    );
+
+    // Names must be plain; content under a taken name must match.
+    assert_eq!(
+        luke.run("register ../etc/passwd"),
+        ["Error. file names must be plain names: no path separators, not . or .."]
+    );
+    assert_eq!(
+        luke.run("searchFile a/b"),
+        ["Error. file names must be plain names: no path separators, not . or .."]
+    );
+    std::fs::write(luke.dir.join("movie.bin"), b"something else entirely").unwrap();
+    luke.send("register movie.bin");
+    luke.expect("a different file named movie.bin is already registered");
+    luke.send("register missing.bin");
+    luke.expect("missing.bin: No such file or directory");
+
+    // Registering identical content adds a holder.
+    let mut leia = t.login("leia");
+    std::fs::write(leia.dir.join("movie.bin"), &data).unwrap();
+    leia.send("register movie.bin");
+    leia.expect("movie.bin registered (97.7 KiB, 10 chunks)");
+    yoda.expect("leia logged in");
+    assert_eq!(yoda.run("searchChunk movie.bin 4"), ["Chunk 4: hans, leia"]);
+    // hans blocked luke: luke is not shown hans as a holder.
+    luke.expect("leia logged in");
+    assert_eq!(luke.run("searchChunk movie.bin 4"), ["Chunk 4: leia"]);
+}
+
+/// Four peers hold the file: a fifth downloads from all of them, and gets it right.
+#[test]
+fn download_draws_on_every_holder() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "f.bin", 1_000_000, 2);
+    let mut seeders = Vec::new();
+    for user in ["yoda", "luke", "leia"] {
+        let mut p = t.login(user);
+        download(&mut p, "f.bin", &data);
+        seeders.push(p);
+    }
+    let mut vader = t.login("vader");
+    let done = download(&mut vader, "f.bin", &data);
+    assert_eq!(
+        done,
+        "Downloaded f.bin (976.6 KiB) from hans, leia, luke, yoda"
+    );
+    // One line per verified chunk.
+    assert_eq!(vader.transcript().matches("of f.bin verified").count(), 10);
+}
+
+/// After the original owner leaves, downloaders serve what they verified: two peers with
+/// half each are enough for a third.
+#[test]
+fn downloaders_serve_after_the_owner_leaves() {
+    let t = Tracker::start(60, 120);
+    let (mut hans, data) = share(&t, "hans", "f.bin", 300_000, 3);
+    let mut yoda = t.login("yoda");
+    let mut luke = t.login("luke");
+    for c in 1..=5 {
+        yoda.send(&format!("private hans download f.bin {c}"));
+        yoda.expect(&format!("Downloaded chunk {c} of f.bin from hans"));
+        luke.send(&format!("private hans download f.bin {}", c + 5));
+        luke.expect(&format!("Downloaded chunk {} of f.bin from hans", c + 5));
+    }
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    let mut leia = t.login("leia");
+    assert_eq!(leia.run("searchFile f.bin"), ["Available", "luke", "yoda"]);
+    let done = download(&mut leia, "f.bin", &data);
+    assert_eq!(done, "Downloaded f.bin (293.0 KiB) from luke, yoda");
+    // And a whole-file holder now: leia serves everything.
+    let mut vader = t.login("vader");
+    yoda.send("logout");
+    luke.send("logout");
+    assert!(yoda.wait_exit().success() && luke.wait_exit().success());
+    assert_eq!(
+        download(&mut vader, "f.bin", &data),
+        "Downloaded f.bin (293.0 KiB) from leia"
+    );
+}
+
+/// Verified chunks survive a client restart; the next download fetches only the rest.
+#[test]
+fn downloads_resume_after_a_restart() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "f.bin", 200_000, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut yoda = t.login_in("yoda", dir.path());
+    for c in [2, 7] {
+        yoda.send(&format!("private hans download f.bin {c}"));
+        yoda.expect(&format!("Downloaded chunk {c} of f.bin from hans"));
+    }
+    yoda.kill(); // no clean logout: what was verified is on disk already
+    let mut yoda = t.login_in("yoda", dir.path());
+    let mut luke = t.login("luke");
+    // Re-announced at login.
+    assert_eq!(
+        luke.run("searchChunk f.bin 2 3"),
+        ["Chunk 2: hans, yoda", "Chunk 3: hans"]
+    );
+    download(&mut yoda, "f.bin", &data);
+    assert_eq!(yoda.transcript().matches("of f.bin verified").count(), 8);
+    assert!(!yoda.transcript().contains("Chunk 2/10"));
+    assert_eq!(
+        yoda.run("download f.bin"),
+        [format!(
+            "You already have f.bin (195.3 KiB) at {}",
+            dir.path().join("f.bin").display()
+        )]
+    );
+}
+
+/// How a test double misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Misbehave {
+    /// Sends the right number of bytes, all wrong.
+    Corrupt,
+    /// Sends half a chunk, then vanishes (its tracker connection too), like a killed peer.
+    DiesMidChunk,
+}
+
+/// A seeder speaking the wire protocol by hand: logs in as `user`, registers the same file
+/// as `holder` holds, and serves it badly. Threads end with the test process.
+fn bad_seeder(t: &Tracker, user: &str, name: &str, how: Misbehave) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut tracker = Raw::login_p2p(t.addr, user, port);
+    let name = FileName::new(name).unwrap();
+    let Reply::Located { meta, .. } = tracker.request(Request::Locate { name, from: None }) else {
+        panic!("the file is registered");
+    };
+    let have = (0..meta.chunk_count()).collect();
+    assert!(matches!(
+        tracker.request(Request::Register {
+            meta: meta.clone(),
+            have
+        }),
+        Reply::Registered { .. }
+    ));
+    std::thread::spawn(move || {
+        // A handful of connections is all one test needs.
+        for stream in listener.incoming().take(4) {
+            let Ok(stream) = stream else { return };
+            if serve_badly(stream, &meta, how) {
+                drop(tracker); // vanish from the tracker too
+                return;
+            }
+        }
+        drop(tracker);
+    });
+}
+
+/// Serves one connection badly; `true` when the double has "died".
+fn serve_badly(stream: TcpStream, meta: &FileMeta, how: Misbehave) -> bool {
+    let mut s = Conn(stream, bytes::BytesMut::new());
+    let Some(PeerMsg::Hello { .. }) = s.recv() else {
+        return false;
+    };
+    s.send(&PeerMsg::Accepted); // any ticket will do: this double is not the one being tested
+    for _ in 0..64 {
+        let Some(PeerMsg::GetChunk { chunk, .. }) = s.recv() else {
+            return false;
+        };
+        let (_, len) = meta.chunk_range(chunk).unwrap();
+        s.send(&PeerMsg::ChunkStart { len });
+        let send = match how {
+            Misbehave::Corrupt => len,
+            Misbehave::DiesMidChunk => len / 2,
+        };
+        let mut sent = 0;
+        while sent < send {
+            let n = (send - sent).min(BLOCK_LEN as u64) as usize;
+            s.send(&PeerMsg::Data {
+                bytes: vec![0xAA; n].into(),
+            });
+            sent += n as u64;
+        }
+        if how == Misbehave::DiesMidChunk {
+            let _ = s.0.shutdown(std::net::Shutdown::Both);
+            return true;
+        }
+    }
+    false
+}
+
+struct Conn(TcpStream, bytes::BytesMut);
+
+impl Conn {
+    fn send(&mut self, m: &PeerMsg) {
+        let mut out = bytes::BytesMut::new();
+        wire::encode(m, &mut out, MAX_FRAME_LEN).unwrap();
+        let _ = self.0.write_all(&out);
+    }
+    fn recv(&mut self) -> Option<PeerMsg> {
+        self.0.set_read_timeout(Some(WAIT)).unwrap();
+        loop {
+            if let Some(m) = wire::decode(&mut self.1, MAX_FRAME_LEN).ok()? {
+                return Some(m);
+            }
+            let mut buf = [0u8; 4096];
+            match self.0.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.1.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}
+
+/// A peer sending corrupt bytes: its chunk is rejected and fetched elsewhere, and the
+/// file is still right.
+#[test]
+fn corrupt_chunks_are_rejected_and_fetched_elsewhere() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "f.bin", 400_000, 5);
+    bad_seeder(&t, "vader", "f.bin", Misbehave::Corrupt);
+    let mut luke = t.login("luke");
+    assert_eq!(luke.run("searchFile f.bin"), ["Available", "hans", "vader"]);
+    let done = download(&mut luke, "f.bin", &data);
+    assert_eq!(done, "Downloaded f.bin (390.6 KiB) from hans");
+    assert!(luke
+        .transcript()
+        .contains("from vader failed verification; not using vader"));
+    // The bad bytes never counted: luke serves only verified chunks, all of them good.
+    let mut leia = t.login("leia");
+    assert_eq!(
+        leia.run("searchChunk f.bin 1"),
+        ["Chunk 1: hans, luke, vader"]
+    );
+}
+
+/// A seeder that dies in the middle of a chunk: the chunk is fetched from another holder.
+#[test]
+fn a_seeder_dying_mid_chunk_does_not_stop_the_download() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "f.bin", 2_000_000, 6);
+    bad_seeder(&t, "vader", "f.bin", Misbehave::DiesMidChunk);
+    let mut luke = t.login("luke");
+    let done = download(&mut luke, "f.bin", &data);
+    assert_eq!(done, "Downloaded f.bin (1.9 MiB) from hans");
+}
+
+/// A real seeder process killed while the download runs: the rest comes from the others.
+#[test]
+fn a_real_seeder_killed_during_a_download() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "big.bin", 24_000_000, 7);
+    let mut yoda = t.login("yoda");
+    download(&mut yoda, "big.bin", &data);
+    let mut luke = t.login("luke");
+    luke.send("download big.bin");
+    luke.expect("of big.bin verified");
+    yoda.kill();
+    luke.expect("Downloaded big.bin (");
+    assert!(file(&luke.dir, "big.bin") == data);
+}
