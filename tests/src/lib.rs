@@ -1,1 +1,482 @@
-//! The end-to-end tests are in tests/; shared helpers in tests/common.
+//! Harness for the end-to-end tests and benchmarks: starts the real `tracker` and `peer`
+//! binaries on 127.0.0.1 with OS-picked ports and temp dirs, reads their output on
+//! threads, and kills every process it started (by PID, on drop). Every wait is bounded by
+//! a deadline.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait for any expected line; generous for a loaded 2-core CI machine.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The fixture users and passwords.
+pub const CREDENTIALS: &str = include_str!("../../fixtures/credentials.txt");
+
+pub fn password(user: &str) -> &'static str {
+    CREDENTIALS
+        .lines()
+        .find_map(|l| l.strip_prefix(user).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{user} is not a fixture user"))
+}
+
+/// A built binary of this workspace, in the profile directory (`target/debug`,
+/// `target/release`) of the running test or example executable
+/// (`target/<profile>/deps/<test>` or `target/<profile>/examples/<example>`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Reads a child's output lines on a thread into a channel, keeping a transcript.
+struct Lines {
+    rx: Receiver<String>,
+    transcript: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn spawn(r: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = channel();
+        let transcript = Arc::new(Mutex::new(Vec::new()));
+        let t = transcript.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                t.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, transcript }
+    }
+
+    fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().join("\n")
+    }
+}
+
+pub struct Tracker {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr: Lines,
+    args: (u64, u64),
+}
+
+impl Tracker {
+    /// A tracker on the fixture credentials with the given block duration and timeout (s).
+    pub fn start(block_duration: u64, timeout: u64) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
+        Self::start_in(dir, block_duration, timeout)
+    }
+
+    /// Starts (or restarts) a tracker whose credentials and state live in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, block_duration: u64, timeout: u64) -> Tracker {
+        let mut child = Command::new(bin("tracker"))
+            .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
+            .args(["--bind", "127.0.0.1"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracker");
+        let stderr = Lines::spawn(child.stderr.take().unwrap());
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stderr.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening addr=").nth(1) {
+                        break rest.split_whitespace().next().unwrap().parse().unwrap();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tracker did not start:\n{}", stderr.transcript());
+                }
+            }
+        };
+        Tracker {
+            child,
+            addr,
+            dir,
+            stderr,
+            args: (block_duration, timeout),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A peer connected to this tracker, not logged in yet, with its own temp folder.
+    pub fn peer(&self) -> Peer {
+        Peer::start(self.addr)
+    }
+
+    /// A peer logged in as `user` whose folder is `dir` (kept by the caller).
+    pub fn login_in(&self, user: &str, dir: &Path) -> Peer {
+        let mut p = Peer::start_in(self.addr, dir.to_owned(), None);
+        p.login(user);
+        p
+    }
+
+    /// A peer logged in as `user`.
+    pub fn login(&self, user: &str) -> Peer {
+        let mut p = self.peer();
+        p.login(user);
+        p
+    }
+
+    /// `kill -9`, then a new tracker process on the same state, credentials and port.
+    pub fn crash_and_restart(mut self) -> Tracker {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let (block, timeout) = self.args;
+        Tracker::start_in(dir, block, timeout)
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.transcript()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the tracker's answer to `unblock <self>` prints: the round-trip marker of
+/// [`Peer::sync`].
+const SYNC_MARK: &str = "Error. Cannot unblock self";
+
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Lines,
+    /// The peer's `--dir`.
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub name: String,
+}
+
+impl Peer {
+    /// A peer with a fresh temp folder.
+    pub fn start(tracker: SocketAddr) -> Peer {
+        let tmp = tempfile::tempdir().unwrap();
+        Peer::start_in(tracker, tmp.path().to_owned(), Some(tmp))
+    }
+
+    pub fn start_in(tracker: SocketAddr, dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Peer {
+        let mut child = Command::new(bin("peer"))
+            .arg(tracker.ip().to_string())
+            .arg(tracker.port().to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start peer");
+        let stdin = child.stdin.take();
+        // Anything on stderr is a bug (debug output must never reach a user's terminal);
+        // fold it into the transcript so a test that checks output sees it.
+        let out = Lines::spawn(child.stdout.take().unwrap());
+        let err = child.stderr.take().unwrap();
+        let transcript = out.transcript.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                transcript.lock().unwrap().push(format!("[stderr] {line}"));
+            }
+        });
+        Peer {
+            child,
+            stdin,
+            out,
+            dir,
+            _tmp: tmp,
+            name: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes standard input (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for a line containing `want` and returns it; panics with the transcript if it
+    /// does not come in time. Lines before it are consumed.
+    pub fn expect(&mut self, want: &str) -> String {
+        self.expect_within(want, WAIT)
+    }
+
+    /// `expect` with a deadline of its own (benchmarks moving gigabytes).
+    pub fn expect_within(&mut self, want: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line containing {want:?} within {wait:?}. Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: output ended before {want:?}. Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            }
+        }
+    }
+
+    /// Waits until a line containing each of `wants` has appeared, in any order.
+    pub fn expect_all(&mut self, wants: &[String]) {
+        let mut missing: Vec<&String> = wants.iter().collect();
+        let deadline = Instant::now() + WAIT;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = missing.iter().position(|w| line.contains(w.as_str())) {
+                        missing.swap_remove(i);
+                    }
+                }
+                Err(e) => panic!(
+                    "{}: still missing {missing:?} ({e:?}). Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            }
+        }
+    }
+
+    /// The next line, exactly.
+    pub fn next_line(&mut self) -> String {
+        match self.out.rx.recv_timeout(WAIT) {
+            Ok(l) => l,
+            Err(e) => panic!(
+                "{}: no next line ({e:?}). Transcript:\n{}",
+                self.name,
+                self.out.transcript()
+            ),
+        }
+    }
+
+    /// Runs `line` and returns every line printed until a following round trip to the
+    /// tracker completes. Events queued before `line`'s reply are included, since the
+    /// tracker writes queued events before a reply.
+    pub fn run(&mut self, line: &str) -> Vec<String> {
+        self.send(line);
+        self.sync()
+    }
+
+    /// Everything printed since the last read, up to a round trip to the tracker.
+    pub fn sync(&mut self) -> Vec<String> {
+        assert!(!self.name.is_empty(), "sync needs a logged-in peer");
+        let marker = format!("unblock {}", self.name);
+        self.send(&marker);
+        let mut got = Vec::new();
+        loop {
+            let l = self.next_line();
+            if l == SYNC_MARK {
+                return got;
+            }
+            got.push(l);
+        }
+    }
+
+    /// Logs in as `user` and waits for the welcome.
+    pub fn login(&mut self, user: &str) {
+        self.name = user.to_owned();
+        self.expect("Username:");
+        self.send(user);
+        self.expect("Password:");
+        self.send(password(user));
+        self.expect("Welcome to the greatest messaging application ever!");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} did not exit. Transcript:\n{}",
+            self.name,
+            self.out.transcript()
+        );
+    }
+
+    pub fn transcript(&self) -> String {
+        self.out.transcript()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A program speaking the wire protocol directly over a blocking socket: a test double for
+/// clients that do not behave (forgers, scanners, junk senders).
+pub struct Raw {
+    stream: std::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub fn send<T: serde::Serialize>(&mut self, msg: &T) {
+        let mut out = bytes::BytesMut::new();
+        wire::encode(msg, &mut out, wire::MAX_FRAME_LEN).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` if the other side closed the connection.
+    pub fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        use std::io::Read;
+        loop {
+            if let Some(m) = wire::decode(&mut self.buf, wire::MAX_FRAME_LEN).unwrap() {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("raw read: {e}"),
+            }
+        }
+    }
+
+    /// Logs in to the tracker as `user` (p2p port 0), returning the connection.
+    pub fn login(tracker: SocketAddr, user: &str) -> Raw {
+        Raw::login_p2p(tracker, user, 0)
+    }
+
+    /// Logs in as `user`, telling the tracker our listener is on `p2p_port`.
+    pub fn login_p2p(tracker: SocketAddr, user: &str, p2p_port: u16) -> Raw {
+        use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
+        let mut raw = Raw::connect(tracker);
+        raw.send(&ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        });
+        assert!(matches!(raw.recv(), Some(ServerMsg::Hello { .. })));
+        raw.send(&ClientMsg::Login {
+            user: UserName::new(user).unwrap(),
+            password: Password::new(password(user)).unwrap(),
+            p2p_port,
+        });
+        assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
+        raw
+    }
+
+    /// Sends a request and returns its reply, skipping events.
+    pub fn request(&mut self, req: wire::Request) -> wire::Reply {
+        self.send(&wire::ClientMsg::Request(req));
+        loop {
+            match self.recv() {
+                Some(wire::ServerMsg::Reply(r)) => return r,
+                Some(wire::ServerMsg::Event(_)) => {}
+                other => panic!("expected a reply, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so test files are incompressible and
+/// every chunk differs.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc` (Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Peak resident memory of a process so far, in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

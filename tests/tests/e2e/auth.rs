@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use harness::*;
 
 #[test]
 fn single_client_logs_in_and_out() {

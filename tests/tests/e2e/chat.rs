@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use harness::*;
 
 /// Sample 1 and 2: whoelse, an unknown command, a message, an unknown user.
 #[test]

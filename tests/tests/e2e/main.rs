@@ -2,8 +2,6 @@
 //!
 //! Build the binaries first: the README's test command does (`cargo build --bins`).
 
-mod common;
-
 mod auth;
 mod chat;
 mod private;

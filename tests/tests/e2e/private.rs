@@ -8,7 +8,7 @@ use wire::{
     PROTOCOL_VERSION,
 };
 
-use crate::common::*;
+use harness::*;
 
 /// Sample 7 line by line.
 #[test]

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::*;
+use harness::*;
 
 /// Junk, an oversized length prefix, a valid frame of the wrong kind and a silent
 /// connection each cost only their own connection; logged-in users keep chatting.

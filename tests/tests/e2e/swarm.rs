@@ -7,7 +7,7 @@ use std::path::Path;
 
 use wire::{FileMeta, FileName, PeerMsg, Reply, Request, BLOCK_LEN, MAX_FRAME_LEN};
 
-use crate::common::*;
+use harness::*;
 
 /// Logs `user` in and shares a new random file of `len` bytes as `name`.
 fn share(t: &Tracker, user: &str, name: &str, len: usize, seed: u64) -> (Peer, Vec<u8>) {

@@ -1,0 +1,212 @@
+//! Swarm benchmark: one file seeded by several real `peer` processes, downloaded by one
+//! more, all on 127.0.0.1. Prints figures; never fails on speed.
+//!
+//! Run it with `bench/swarm [SIZE]` (builds release binaries first). SIZE: bytes, or with a
+//! K/M/G suffix (binary units); default 1G.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use sha2::Digest as _;
+
+const SEEDERS: [&str; 4] = ["hans", "yoda", "luke", "leia"];
+const DOWNLOADER: &str = "vader";
+const NAME: &str = "swarm.bin";
+
+fn parse_size(s: &str) -> u64 {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .expect("SIZE: a number with an optional K/M/G suffix")
+        * mult
+}
+
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+/// Writes `size` pseudo-random bytes to `path`, returning their SHA-256.
+fn make_file(path: &std::path::Path, size: u64) -> [u8; 32] {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut hasher = sha2::Sha256::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        hasher.update(&block[..n]);
+        f.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    hasher.finalize().into()
+}
+
+fn sha256_file(path: &std::path::Path) -> [u8; 32] {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return hasher.finalize().into();
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// SHA-256 throughput of the implementation the peer uses, on `threads` threads at once.
+fn sha_ceiling(threads: usize) -> f64 {
+    let per_thread: usize = 256 << 20;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let data = vec![t as u8; 1 << 20];
+                let mut h = peer::hash::Hasher::new();
+                for _ in 0..per_thread >> 20 {
+                    h.update(&data);
+                }
+                std::hint::black_box(h.finish());
+            });
+        }
+    });
+    mb_s((per_thread * threads) as u64, start.elapsed().as_secs_f64())
+}
+
+/// Raw loopback TCP throughput: one writer, one reader, 2 GiB.
+fn tcp_ceiling() -> f64 {
+    let total: u64 = 2 << 30;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let start = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let buf = vec![7u8; 256 << 10];
+        let mut sent = 0;
+        while sent < total {
+            s.write_all(&buf).unwrap();
+            sent += buf.len() as u64;
+        }
+    });
+    let (mut r, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0;
+    while got < total {
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got += n as u64;
+    }
+    writer.join().unwrap();
+    mb_s(total, start.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let size = std::env::args()
+        .nth(1)
+        .map(|s| parse_size(&s))
+        .unwrap_or(1 << 30);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "swarm benchmark: {size} bytes, {} seeders, 1 downloader, 10 chunks, {cores} cores",
+        SEEDERS.len()
+    );
+
+    let sha1 = sha_ceiling(1);
+    let sha_all = sha_ceiling(cores);
+    let tcp = tcp_ceiling();
+
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join(NAME);
+    let want = make_file(&source, size);
+
+    let t = Tracker::start(60, 3600);
+    let long = Duration::from_secs(3600);
+    let mut seeders = Vec::new();
+    for user in SEEDERS {
+        let dir = tempfile::tempdir().unwrap();
+        // Hard links: every seeder has the file without copying a gigabyte each.
+        std::fs::hard_link(&source, dir.path().join(NAME)).unwrap();
+        let mut p = t.login_in(user, dir.path());
+        p.send(&format!("register {NAME}"));
+        p.expect_within(&format!("{NAME} registered"), long);
+        seeders.push((p, dir));
+    }
+    let seed_cpu: Vec<f64> = seeders
+        .iter()
+        .map(|(p, _)| cpu_seconds(p.pid()).unwrap_or(0.0))
+        .collect();
+
+    let dl_dir = tempfile::tempdir().unwrap();
+    let mut dl = t.login_in(DOWNLOADER, dl_dir.path());
+    let cpu_before = cpu_seconds(dl.pid()).unwrap_or(0.0);
+    let start = Instant::now();
+    dl.send(&format!("download {NAME}"));
+    let done = dl.expect_within(&format!("Downloaded {NAME}"), long);
+    let secs = start.elapsed().as_secs_f64();
+    let dl_cpu = cpu_seconds(dl.pid()).unwrap_or(0.0) - cpu_before;
+    let dl_rss = peak_rss(dl.pid()).unwrap_or(0);
+    let served_cpu: Vec<f64> = seeders
+        .iter()
+        .zip(&seed_cpu)
+        .map(|((p, _), before)| cpu_seconds(p.pid()).unwrap_or(0.0) - before)
+        .collect();
+    let ok = sha256_file(&dl_dir.path().join(NAME)) == want;
+
+    // Bytes each seeder served, from the downloader's per-chunk lines.
+    let chunk = size.div_ceil(10);
+    let transcript = dl.transcript();
+    println!();
+    println!("result:        {done}");
+    println!(
+        "sha-256 check: {}",
+        if ok {
+            "ok (matches the source file)"
+        } else {
+            "MISMATCH"
+        }
+    );
+    println!("download:      {secs:.2} s, {:.0} MB/s", mb_s(size, secs));
+    println!(
+        "downloader:    {dl_cpu:.2} CPU s, peak RSS {:.1} MiB",
+        dl_rss as f64 / (1 << 20) as f64
+    );
+    for ((user, cpu), _) in SEEDERS.iter().zip(&served_cpu).zip(&seeders) {
+        let chunks = transcript.matches(&format!("(from {user})")).count() as u64;
+        println!(
+            "seeder {user:<6} served {chunks:>2} chunks (~{:.0} MiB), {cpu:.2} CPU s",
+            (chunks * chunk).min(size) as f64 / (1 << 20) as f64
+        );
+    }
+    println!();
+    println!("ceilings on this machine:");
+    println!(
+        "  SHA-256, 1 core:      {sha1:.0} MB/s   (download at {:.2}x)",
+        mb_s(size, secs) / sha1
+    );
+    println!(
+        "  SHA-256, {cores} cores:     {sha_all:.0} MB/s   (download at {:.2}x)",
+        mb_s(size, secs) / sha_all
+    );
+    println!(
+        "  loopback TCP:         {tcp:.0} MB/s   (download at {:.2}x)",
+        mb_s(size, secs) / tcp
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
