@@ -39,7 +39,7 @@ const MAX_INCOMING: usize = 256;
 /// Private messages queued per connection before `private` reports it as gone.
 const QUEUE: usize = 256;
 
-type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
+pub type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
 
 /// Tickets the tracker has issued for connections to us, not yet used.
 #[derive(Default)]
@@ -238,9 +238,10 @@ impl P2p {
         if framed.send(PeerMsg::Accepted).await.is_err() {
             return;
         }
+        // Authenticated: the other side may now send full-size frames.
+        framed.codec_mut().set_max(MAX_FRAME_LEN);
         if purpose == Purpose::Transfer {
             // Chunk requests: served quietly, never shown as a chat.
-            framed.codec_mut().set_max(MAX_FRAME_LEN);
             crate::transfer::serve(framed, self.library.clone()).await;
             return;
         }
@@ -268,34 +269,11 @@ impl P2p {
         ticket: Ticket,
     ) -> Result<PeerHandle, String> {
         let me = self.me().ok_or("not logged in")?;
-        let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
-            Err(_) => return Err(format!("no answer from {addr}")),
-        };
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
-        framed
-            .send(PeerMsg::Hello {
-                version: PROTOCOL_VERSION,
-                ticket,
-                purpose: Purpose::Chat,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(HANDSHAKE, framed.next()).await {
-            Ok(Some(Ok(PeerMsg::Accepted))) => Ok(self.spawn(framed, user.clone(), me)),
-            Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
-            Ok(Some(Ok(_))) => Err("unexpected answer".into()),
-            Ok(Some(Err(e))) => Err(e.to_string()),
-            Ok(None) => Err("connection closed".into()),
-            Err(_) => Err("no answer".into()),
-        }
+        let framed = dial(addr, ticket, Purpose::Chat).await?;
+        Ok(self.spawn(framed, user.clone(), me))
     }
 
-    fn spawn(&self, mut framed: PeerFramed, user: UserName, initiator: UserName) -> PeerHandle {
-        // Authenticated: the other side may now send full-size frames.
-        framed.codec_mut().set_max(MAX_FRAME_LEN);
+    fn spawn(&self, framed: PeerFramed, user: UserName, initiator: UserName) -> PeerHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
         let events = self.events.clone();
@@ -307,6 +285,41 @@ impl P2p {
             tx,
             task,
         }
+    }
+}
+
+/// Connects to a peer's listener and presents `ticket` for `purpose`. On success the
+/// connection is open with the full frame cap.
+pub async fn dial(
+    addr: SocketAddr,
+    ticket: Ticket,
+    purpose: Purpose,
+) -> Result<PeerFramed, String> {
+    let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
+        Err(_) => return Err(format!("no answer from {addr}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
+    framed
+        .send(PeerMsg::Hello {
+            version: PROTOCOL_VERSION,
+            ticket,
+            purpose,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(HANDSHAKE, framed.next()).await {
+        Ok(Some(Ok(PeerMsg::Accepted))) => {
+            framed.codec_mut().set_max(MAX_FRAME_LEN);
+            Ok(framed)
+        }
+        Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
+        Ok(Some(Ok(_))) => Err("unexpected answer".into()),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => Err("connection closed".into()),
+        Err(_) => Err("no answer".into()),
     }
 }
 

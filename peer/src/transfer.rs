@@ -17,22 +17,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
-use wire::codec::WireCodec;
-use wire::{FileMeta, PeerMsg, Purpose, Ticket, UserName, BLOCK_LEN, PROTOCOL_VERSION};
+use wire::{FileMeta, PeerMsg, Purpose, Ticket, UserName, BLOCK_LEN};
 
 use crate::hash::Hasher;
 use crate::library::Library;
-
-pub type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
+use crate::p2p::{dial, PeerFramed};
 
 /// A serving connection with no request for this long is closed.
 const SERVE_IDLE: Duration = Duration::from_secs(120);
 /// Longest wait for any frame while fetching a chunk.
 const FETCH_IDLE: Duration = Duration::from_secs(30);
-const CONNECT: Duration = Duration::from_secs(10);
 
 /// Answers chunk requests on an accepted `Transfer` connection until it closes.
 pub async fn serve(mut framed: PeerFramed, lib: Arc<Library>) {
@@ -120,7 +115,7 @@ pub async fn fetch(
     mut jobs: mpsc::UnboundedReceiver<u32>,
     results: mpsc::UnboundedSender<Fetched>,
 ) {
-    let mut framed = match open(addr, ticket).await {
+    let mut framed = match dial(addr, ticket, Purpose::Transfer).await {
         Ok(f) => f,
         Err(why) => {
             let _ = results.send(Fetched::Gone {
@@ -159,32 +154,6 @@ pub async fn fetch(
         if results.send(report).is_err() || corrupt {
             return; // a peer that sent bad bytes is not asked again
         }
-    }
-}
-
-async fn open(addr: SocketAddr, ticket: Ticket) -> Result<PeerFramed, String> {
-    let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
-        Err(_) => return Err("no answer".into()),
-    };
-    let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, WireCodec::with_max(1024));
-    framed
-        .send(PeerMsg::Hello {
-            version: PROTOCOL_VERSION,
-            ticket,
-            purpose: Purpose::Transfer,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(CONNECT, framed.next()).await {
-        Ok(Some(Ok(PeerMsg::Accepted))) => {
-            framed.codec_mut().set_max(wire::MAX_FRAME_LEN);
-            Ok(framed)
-        }
-        Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
-        _ => Err("handshake failed".into()),
     }
 }
 

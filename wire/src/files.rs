@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ids::IdError;
+use crate::ids::{check, IdError};
 
 /// Most chunks a file may be split into. Keeps a `Register` (32 bytes of hash per chunk)
 /// well inside the tracker's client frame cap.
@@ -27,22 +27,7 @@ pub const STATE_DIR: &str = ".swarmchat";
 impl FileName {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
-        let what = "file name";
-        if s.is_empty() {
-            return Err(IdError::Empty { what });
-        }
-        if s.len() > MAX_FILE_NAME {
-            return Err(IdError::TooLong {
-                what,
-                max: MAX_FILE_NAME,
-            });
-        }
-        if s.chars().any(char::is_control) {
-            return Err(IdError::Control { what });
-        }
-        if s.chars().any(char::is_whitespace) {
-            return Err(IdError::Whitespace { what });
-        }
+        check(&s, "file name", MAX_FILE_NAME, false)?;
         if s.contains(['/', '\\']) || s == "." || s == ".." || s == STATE_DIR {
             return Err(IdError::NotPlain);
         }

@@ -29,7 +29,14 @@ pub enum IdError {
     NotPlain,
 }
 
-fn check(s: &str, what: &'static str, max: usize, allow_space: bool) -> Result<(), IdError> {
+/// The rules every validated string shares: non-empty, at most `max` bytes, no control
+/// characters, and (unless `allow_space`) no whitespace.
+pub(crate) fn check(
+    s: &str,
+    what: &'static str,
+    max: usize,
+    allow_space: bool,
+) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { what });
     }

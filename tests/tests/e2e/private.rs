@@ -10,6 +10,13 @@ use wire::{
 
 use harness::*;
 
+/// `a` starts a private session with `b`; both sides see it open.
+fn open_private(a: &mut Peer, b: &mut Peer) {
+    a.send(&format!("startprivate {}", b.name));
+    a.expect(&format!("Start private messaging with {}", b.name));
+    b.expect(&format!("{} started private messaging with you", a.name));
+}
+
 /// Sample 7 line by line.
 #[test]
 fn sample_7_private_messages_both_ways() {
@@ -24,9 +31,7 @@ fn sample_7_private_messages_both_ways() {
         hans.run("private luke hey dude"),
         ["Error. Private messaging to luke not enabled"]
     );
-    hans.send("startprivate luke");
-    hans.expect("Start private messaging with luke");
-    luke.expect("hans started private messaging with you");
+    open_private(&mut hans, &mut luke);
     hans.send("private luke hey dude");
     luke.expect("hans(private): hey dude");
     // luke answers without a startprivate of his own.
@@ -72,9 +77,7 @@ fn startprivate_refusals() {
     );
     // The block is one-way.
     let mut luke = t.login("luke");
-    luke.send("startprivate hans");
-    luke.expect("Start private messaging with hans");
-    hans.expect("luke started private messaging with you");
+    open_private(&mut luke, &mut hans);
 }
 
 /// The spec: a session started before a block stays usable.
@@ -83,9 +86,7 @@ fn a_session_started_before_a_block_stays_usable() {
     let t = Tracker::start(60, 120);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
-    hans.send("startprivate luke");
-    hans.expect("Start private messaging with luke");
-    luke.expect("hans started private messaging with you");
+    open_private(&mut hans, &mut luke);
     assert_eq!(luke.run("block hans"), ["hans is blocked"]);
     hans.send("private luke still here");
     luke.expect("hans(private): still here");
@@ -100,9 +101,7 @@ fn stopprivate_tells_the_other_side_and_ends_the_session() {
     let t = Tracker::start(60, 120);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
-    hans.send("startprivate luke");
-    hans.expect("Start private messaging with luke");
-    luke.expect("hans started private messaging with you");
+    open_private(&mut hans, &mut luke);
     assert_eq!(
         hans.run("startprivate luke"),
         ["Private messaging with luke is already enabled"]
@@ -150,9 +149,7 @@ fn a_peer_killed_mid_session_is_reported_gone() {
     let t = Tracker::start(60, 120);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
-    hans.send("startprivate luke");
-    hans.expect("Start private messaging with luke");
-    luke.expect("hans started private messaging with you");
+    open_private(&mut hans, &mut luke);
     luke.kill();
     hans.expect("luke logged out");
     assert_eq!(
@@ -200,9 +197,7 @@ fn forged_and_reused_tickets_are_refused() {
     let t = Tracker::start(60, 120);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
-    hans.send("startprivate luke");
-    hans.expect("Start private messaging with luke");
-    luke.expect("hans started private messaging with you");
+    open_private(&mut hans, &mut luke);
 
     // yoda, speaking the protocol by hand, is granted a ticket and uses it: accepted, and
     // luke sees the name that came with the ticket.
