@@ -86,13 +86,25 @@ impl Tracker {
         Self::start_in(dir, block_duration, timeout)
     }
 
+    /// A tracker for benchmarks: `credentials` as given, logging only what it must (its
+    /// port) so logging costs nothing measurable.
+    pub fn start_quiet(credentials: &str, timeout: u64) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), credentials).unwrap();
+        Self::launch(dir, 60, timeout, "tracker=info")
+    }
+
     /// Starts (or restarts) a tracker whose credentials and state live in `dir`.
     pub fn start_in(dir: tempfile::TempDir, block_duration: u64, timeout: u64) -> Tracker {
+        Self::launch(dir, block_duration, timeout, "debug")
+    }
+
+    fn launch(dir: tempfile::TempDir, block_duration: u64, timeout: u64, log: &str) -> Tracker {
         let mut child = Command::new(bin("tracker"))
             .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
             .args(["--bind", "127.0.0.1"])
             .current_dir(dir.path())
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -161,6 +173,13 @@ impl Tracker {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Current resident memory of the tracker process, in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
     }
 
     /// Is the process still running?

@@ -1,0 +1,410 @@
+//! Relay benchmark: how many messages the tracker relays, how fast, and what idle users
+//! cost. Load clients speak `wire` directly, all in this process. Prints figures; never
+//! fails on speed.
+//!
+//! Run it with `bench/relay` (builds release binaries first). Options:
+//! `--clients N` (100), `--messages M` per client (10000), `--rate R` offered msg/s (100000),
+//! `--seconds S` at that rate (5), `--idle K` idle clients (10000).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use harness::{cpu_seconds, peak_rss, Tracker};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use wire::codec::WireCodec;
+use wire::{
+    ClientMsg, Event, LoginResult, Password, Reply, Request, ServerMsg, Text, UserName,
+    PROTOCOL_VERSION,
+};
+
+type Rd = FramedRead<OwnedReadHalf, WireCodec<ServerMsg, ClientMsg>>;
+type Wr = FramedWrite<OwnedWriteHalf, WireCodec<ServerMsg, ClientMsg>>;
+
+/// Messages a client may have sent and not yet seen acknowledged.
+const WINDOW: usize = 128;
+
+struct Args {
+    clients: usize,
+    messages: usize,
+    rate: u64,
+    seconds: u64,
+    idle: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        clients: 100,
+        messages: 10_000,
+        rate: 100_000,
+        seconds: 5,
+        idle: 10_000,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    for pair in v.chunks(2) {
+        let n = || {
+            pair.get(1)
+                .and_then(|s| s.parse().ok())
+                .expect("a number after each option")
+        };
+        match pair[0].as_str() {
+            "--clients" => a.clients = n() as usize,
+            "--messages" => a.messages = n() as usize,
+            "--rate" => a.rate = n(),
+            "--seconds" => a.seconds = n(),
+            "--idle" => a.idle = n() as usize,
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+fn name(i: usize) -> UserName {
+    UserName::new(format!("u{i}")).unwrap()
+}
+
+async fn login(addr: SocketAddr, i: usize) -> (Rd, Wr) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (r, w) = stream.into_split();
+    let mut rd = FramedRead::new(r, WireCodec::new());
+    let mut wr = FramedWrite::new(w, WireCodec::new());
+    wr.send(ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(rd.next().await, Some(Ok(ServerMsg::Hello { .. }))));
+    wr.send(ClientMsg::Login {
+        user: name(i),
+        password: Password::new("pw").unwrap(),
+        p2p_port: 0,
+    })
+    .await
+    .unwrap();
+    match rd.next().await {
+        Some(Ok(ServerMsg::Login(LoginResult::Welcome))) => (rd, wr),
+        other => panic!("login of u{i} failed: {other:?}"),
+    }
+}
+
+/// Message text carrying its send time: exactly 32 bytes.
+fn stamp(t0: Instant) -> Text {
+    Text::new(format!("{:032}", t0.elapsed().as_nanos())).unwrap()
+}
+
+/// Latencies in microseconds, from every client.
+#[derive(Default)]
+struct Stats {
+    delivered: AtomicU64,
+    latencies: Mutex<Vec<u32>>,
+}
+
+fn percentiles(mut v: Vec<u32>) -> String {
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// Reads everything a client receives: counts deliveries, records latencies, releases the
+/// send window on each acknowledgement.
+async fn reader(mut rd: Rd, t0: Instant, stats: Arc<Stats>, window: Arc<Semaphore>) {
+    let mut lat = Vec::new();
+    while let Some(Ok(msg)) = rd.next().await {
+        match msg {
+            ServerMsg::Event(Event::Message { text, .. }) => {
+                let sent: u128 = text.as_str().parse().unwrap_or(0);
+                let now = t0.elapsed().as_nanos();
+                lat.push(((now.saturating_sub(sent)) / 1000) as u32);
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if lat.len() >= 4096 {
+                    stats.latencies.lock().unwrap().append(&mut lat);
+                }
+            }
+            ServerMsg::Reply(Reply::Sent { .. }) => window.add_permits(1),
+            ServerMsg::Reply(Reply::LoggedOut) => break,
+            ServerMsg::Reply(other) => panic!("unexpected reply {other:?}"),
+            _ => {}
+        }
+    }
+    stats.latencies.lock().unwrap().append(&mut lat);
+}
+
+/// Pseudo-random recipient other than `me`.
+fn pick(me: usize, n: usize, x: &mut u64) -> usize {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    let r = (*x % (n as u64 - 1)) as usize;
+    if r >= me {
+        r + 1
+    } else {
+        r
+    }
+}
+
+struct Run {
+    secs: f64,
+    delivered: u64,
+    latencies: Vec<u32>,
+}
+
+/// `clients` users each send `messages` 32-byte messages to random others, as fast as
+/// the window allows (`rate` = None), or at `rate` msg/s in total for `seconds`.
+async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u64, u64)>) -> Run {
+    let t0 = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..clients {
+        let (rd, wr) = login(addr, i).await;
+        let window = Arc::new(Semaphore::new(WINDOW));
+        readers.push(tokio::spawn(reader(rd, t0, stats.clone(), window.clone())));
+        writers.push((wr, window));
+    }
+    // Let the presence notices of all those logins drain before measuring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = match rate {
+        None => (clients * messages) as u64,
+        Some((r, s)) => {
+            let per_client = r / clients as u64 * s;
+            per_client * clients as u64
+        }
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (mut wr, window)) in writers.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            match rate {
+                None => {
+                    for _ in 0..messages {
+                        window.acquire().await.unwrap().forget();
+                        let to = name(pick(i, clients, &mut x));
+                        wr.feed(ClientMsg::Request(Request::Message {
+                            to,
+                            text: stamp(t0),
+                        }))
+                        .await
+                        .unwrap();
+                        if window.available_permits() == 0 {
+                            wr.flush().await.unwrap();
+                        }
+                    }
+                }
+                Some((r, s)) => {
+                    let per_client = r / clients as u64;
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let per_tick = per_client as f64 / 1000.0;
+                    let total = per_client * s;
+                    let (mut sent, mut owed) = (0u64, 0.0f64);
+                    while sent < total {
+                        tick.tick().await;
+                        owed += per_tick;
+                        while owed >= 1.0 && sent < total {
+                            owed -= 1.0;
+                            sent += 1;
+                            window.acquire().await.unwrap().forget();
+                            let to = name(pick(i, clients, &mut x));
+                            wr.feed(ClientMsg::Request(Request::Message {
+                                to,
+                                text: stamp(t0),
+                            }))
+                            .await
+                            .unwrap();
+                        }
+                        wr.flush().await.unwrap();
+                    }
+                }
+            }
+            wr.flush().await.unwrap();
+            wr
+        }));
+    }
+    let mut writers = Vec::new();
+    for t in tasks {
+        writers.push(t.await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stats.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let delivered = stats.delivered.load(Ordering::Relaxed);
+    for mut wr in writers {
+        let _ = wr.send(ClientMsg::Request(Request::Logout)).await;
+    }
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+    let latencies = std::mem::take(&mut *stats.latencies.lock().unwrap());
+    Run {
+        secs,
+        delivered,
+        latencies,
+    }
+}
+
+/// The ceiling: a relay with the same framing and no tracker logic at all (no credentials,
+/// no presence, no blocks, no store).
+async fn bare_relay(listener: TcpListener) {
+    let routes: Arc<Mutex<HashMap<UserName, mpsc::Sender<ServerMsg>>>> = Arc::default();
+    loop {
+        let (s, _) = listener.accept().await.unwrap();
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            s.set_nodelay(true).unwrap();
+            let (r, w) = s.into_split();
+            let mut rd = FramedRead::new(r, WireCodec::<ClientMsg, ServerMsg>::new());
+            let mut wr = FramedWrite::new(w, WireCodec::<ClientMsg, ServerMsg>::new());
+            let (tx, mut rx) = mpsc::channel(1024);
+            let mut me = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(ev) = rx.recv() => {
+                        if wr.feed(ev).await.is_err() { return; }
+                        while let Ok(ev) = rx.try_recv() {
+                            if wr.feed(ev).await.is_err() { return; }
+                        }
+                        if wr.flush().await.is_err() { return; }
+                    }
+                    frame = rd.next() => {
+                        let reply = match frame {
+                            Some(Ok(ClientMsg::Hello { version })) => ServerMsg::Hello { version },
+                            Some(Ok(ClientMsg::Login { user, .. })) => {
+                                routes.lock().unwrap().insert(user.clone(), tx.clone());
+                                me = Some(user);
+                                ServerMsg::Login(LoginResult::Welcome)
+                            }
+                            Some(Ok(ClientMsg::Request(Request::Message { to, text }))) => {
+                                let target = routes.lock().unwrap().get(&to).cloned();
+                                if let Some(t) = target {
+                                    let from = me.clone().unwrap();
+                                    let _ = t.try_send(ServerMsg::Event(Event::Message { from, text }));
+                                }
+                                ServerMsg::Reply(Reply::Sent { to, stored: false })
+                            }
+                            Some(Ok(ClientMsg::Request(Request::Logout))) => {
+                                let _ = wr.send(ServerMsg::Reply(Reply::LoggedOut)).await;
+                                return;
+                            }
+                            _ => return,
+                        };
+                        if wr.send(reply).await.is_err() { return; }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn report(label: &str, run: &Run, expected: u64) -> f64 {
+    let rate = run.delivered as f64 / run.secs;
+    println!(
+        "{label}: {} of {expected} delivered in {:.2} s = {:.0} msg/s; latency {}",
+        run.delivered,
+        run.secs,
+        rate,
+        percentiles(run.latencies.clone())
+    );
+    rate
+}
+
+fn main() {
+    let a = args();
+    let users = a.clients.max(a.idle) + 1;
+    let creds: String = (0..users).map(|i| format!("u{i} pw\n")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "relay benchmark: {} clients x {} messages of 32 bytes; {} msg/s offered for {} s; {} idle clients",
+        a.clients, a.messages, a.rate, a.seconds, a.idle
+    );
+
+    // The ceiling, on its own runtime as if it were another process.
+    let bare_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bare_listener = bare_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let bare_addr = bare_listener.local_addr().unwrap();
+    bare_rt.spawn(bare_relay(bare_listener));
+    let expected = (a.clients * a.messages) as u64;
+    let bare = rt.block_on(load(bare_addr, a.clients, a.messages, None));
+    let bare_rate = report("bare relay (ceiling)", &bare, expected);
+    drop(bare_rt);
+
+    let t = Tracker::start_quiet(&creds, 3600);
+    let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
+    let run = rt.block_on(load(t.addr, a.clients, a.messages, None));
+    let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
+    let rate = report("tracker, flat out ", &run, expected);
+    println!(
+        "  tracker CPU {:.2} s, peak RSS {:.1} MiB; {:.2}x the bare relay",
+        cpu1 - cpu0,
+        peak_rss(t.pid()).unwrap_or(0) as f64 / 1048576.0,
+        rate / bare_rate
+    );
+
+    let fixed = rt.block_on(load(t.addr, a.clients, 0, Some((a.rate, a.seconds))));
+    let per_client = a.rate / a.clients as u64;
+    report(
+        &format!("tracker at {} msg/s", a.rate),
+        &fixed,
+        per_client * a.clients as u64 * a.seconds,
+    );
+    drop(t);
+
+    // Idle users: log them in, keep them connected, read what they are sent (presence).
+    let t = Tracker::start_quiet(&creds, 3600);
+    let before = t.rss().unwrap_or(0);
+    let addr = t.addr;
+    let idle = a.idle;
+    let start = Instant::now();
+    let conns = rt.block_on(async move {
+        let limit = Arc::new(Semaphore::new(256));
+        let mut tasks = Vec::new();
+        for i in 0..idle {
+            let permit = limit.clone().acquire_owned().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let (mut rd, wr) = login(addr, i).await;
+                drop(permit);
+                tokio::spawn(async move { while let Some(Ok(_)) = rd.next().await {} });
+                wr
+            }));
+        }
+        let mut conns = Vec::new();
+        for t in tasks {
+            conns.push(t.await.unwrap());
+        }
+        conns
+    });
+    let login_secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = t.rss().unwrap_or(0);
+    println!(
+        "idle: {idle} clients logged in in {login_secs:.1} s; tracker RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per client",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / 1024.0 / idle as f64
+    );
+    drop(conns);
+}
