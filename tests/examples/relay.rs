@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use harness::{cpu_seconds, peak_rss, Tracker};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -285,28 +285,38 @@ async fn bare_relay(listener: TcpListener) {
                         if wr.flush().await.is_err() { return; }
                     }
                     frame = rd.next() => {
-                        let reply = match frame {
-                            Some(Ok(ClientMsg::Hello { version })) => ServerMsg::Hello { version },
-                            Some(Ok(ClientMsg::Login { user, .. })) => {
-                                routes.lock().unwrap().insert(user.clone(), tx.clone());
-                                me = Some(user);
-                                ServerMsg::Login(LoginResult::Welcome)
-                            }
-                            Some(Ok(ClientMsg::Request(Request::Message { to, text }))) => {
-                                let target = routes.lock().unwrap().get(&to).cloned();
-                                if let Some(t) = target {
-                                    let from = me.clone().unwrap();
-                                    let _ = t.try_send(ServerMsg::Event(Event::Message { from, text }));
+                        // Like the tracker: answer every request already received, then
+                        // write once.
+                        let mut frame = frame;
+                        for _ in 0..64 {
+                            let reply = match frame {
+                                Some(Ok(ClientMsg::Hello { version })) => ServerMsg::Hello { version },
+                                Some(Ok(ClientMsg::Login { user, .. })) => {
+                                    routes.lock().unwrap().insert(user.clone(), tx.clone());
+                                    me = Some(user);
+                                    ServerMsg::Login(LoginResult::Welcome)
                                 }
-                                ServerMsg::Reply(Reply::Sent { to, stored: false })
+                                Some(Ok(ClientMsg::Request(Request::Message { to, text }))) => {
+                                    let target = routes.lock().unwrap().get(&to).cloned();
+                                    if let Some(t) = target {
+                                        let from = me.clone().unwrap();
+                                        let _ = t.try_send(ServerMsg::Event(Event::Message { from, text }));
+                                    }
+                                    ServerMsg::Reply(Reply::Sent { to, stored: false })
+                                }
+                                Some(Ok(ClientMsg::Request(Request::Logout))) => {
+                                    let _ = wr.send(ServerMsg::Reply(Reply::LoggedOut)).await;
+                                    return;
+                                }
+                                _ => return,
+                            };
+                            if wr.feed(reply).await.is_err() { return; }
+                            match rd.next().now_or_never() {
+                                Some(f) => frame = f,
+                                None => break,
                             }
-                            Some(Ok(ClientMsg::Request(Request::Logout))) => {
-                                let _ = wr.send(ServerMsg::Reply(Reply::LoggedOut)).await;
-                                return;
-                            }
-                            _ => return,
-                        };
-                        if wr.send(reply).await.is_err() { return; }
+                        }
+                        if wr.flush().await.is_err() { return; }
                     }
                 }
             }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use tokio::sync::mpsc;
-use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
+use wire::{EncodedFrame, Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
 
 use crate::clock::Millis;
 use crate::lockout::Strike;
@@ -36,7 +36,7 @@ impl Tracker {
         password: &Password,
         now: Millis,
         conn: ConnId,
-        tx: mpsc::Sender<ServerMsg>,
+        tx: mpsc::Sender<EncodedFrame>,
         ip: IpAddr,
         p2p_port: u16,
     ) -> LoginResult {

@@ -59,6 +59,13 @@ impl Tracker {
     }
 
     pub(crate) fn broadcast(&mut self, me: &UserName, text: &Text) -> Reply {
+        let event = ServerMsg::Event(Event::Message {
+            from: me.clone(),
+            text: text.clone(),
+        });
+        let Some(frame) = crate::state::encode(&event) else {
+            return Reply::Refused(Refusal::Unavailable);
+        };
         let mut skipped = false;
         let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
         for u in targets {
@@ -66,13 +73,7 @@ impl Tracker {
                 skipped = true;
                 continue;
             }
-            self.push(
-                &u,
-                ServerMsg::Event(Event::Message {
-                    from: me.clone(),
-                    text: text.clone(),
-                }),
-            );
+            self.push_frame(&u, frame.clone());
         }
         Reply::Broadcast { skipped }
     }

@@ -14,6 +14,9 @@ use crate::state::{ConnId, Tracker};
 impl Tracker {
     /// Tells every other online user about `who`, except those `who` has blocked.
     pub(crate) fn notify_presence(&mut self, who: &UserName, event: Event) {
+        let Some(frame) = crate::state::encode(&ServerMsg::Event(event)) else {
+            return;
+        };
         let targets: Vec<UserName> = self
             .sessions
             .keys()
@@ -21,7 +24,7 @@ impl Tracker {
             .cloned()
             .collect();
         for u in targets {
-            self.push(&u, ServerMsg::Event(event.clone()));
+            self.push_frame(&u, frame.clone());
         }
     }
 

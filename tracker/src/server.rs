@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 use wire::codec::WireCodec;
-use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
+use wire::{ClientMsg, EncodedFrame, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
 
 use crate::clock::Clock;
 use crate::state::{ConnId, Tracker, OUTBOUND_QUEUE};
@@ -29,8 +30,12 @@ pub const MAX_CLIENT_FRAME: usize = 32 * 1024;
 const MAX_LOGIN_FRAMES: usize = 64;
 /// How long a connection may stay silent before logging in, at least.
 const MIN_LOGIN_IDLE: Duration = Duration::from_secs(30);
-/// Events written per flush when a client's queue has several waiting.
+/// Events (or replies) written per flush when several are waiting.
 const WRITE_BATCH: usize = 64;
+/// Buffer capacity a new connection starts with; most frames are far smaller.
+const BUFFER_START: usize = 512;
+/// Buffers that grew past this during a burst are given back afterwards.
+const BUFFER_KEEP: usize = 16 * 1024;
 
 pub struct Shared {
     tracker: Mutex<Tracker>,
@@ -121,7 +126,26 @@ async fn sweep(shared: Arc<Shared>) {
 }
 
 type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, WireCodec<ClientMsg, ServerMsg>>;
-type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, WireCodec<ClientMsg, ServerMsg>>;
+type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, Outgoing>;
+
+/// What a connection writes: replies, encoded as they are written, and events, encoded
+/// once when queued (see `Tracker::push_frame`) and copied out as they are.
+struct Outgoing;
+
+impl Encoder<ServerMsg> for Outgoing {
+    type Error = wire::FrameError;
+    fn encode(&mut self, msg: ServerMsg, dst: &mut BytesMut) -> Result<(), wire::FrameError> {
+        wire::encode(&msg, dst, wire::MAX_FRAME_LEN)
+    }
+}
+
+impl Encoder<EncodedFrame> for Outgoing {
+    type Error = wire::FrameError;
+    fn encode(&mut self, frame: EncodedFrame, dst: &mut BytesMut) -> Result<(), wire::FrameError> {
+        dst.extend_from_slice(frame.as_bytes());
+        Ok(())
+    }
+}
 
 /// Why a connection ended early; only ever logged under `-d`.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +174,9 @@ async fn connection(
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, WireCodec::with_max(MAX_CLIENT_FRAME));
-    let mut writer = FramedWrite::new(w, WireCodec::new());
+    let mut reader =
+        FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START);
+    let mut writer = FramedWrite::with_capacity(w, Outgoing, BUFFER_START);
 
     match next_login_frame(&mut reader, shared).await? {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
@@ -189,7 +214,7 @@ async fn login(
     reader: &mut Reader,
     writer: &mut Writer,
     shared: &Shared,
-) -> Result<(UserName, mpsc::Receiver<ServerMsg>), Dropped> {
+) -> Result<(UserName, mpsc::Receiver<EncodedFrame>), Dropped> {
     for _ in 0..MAX_LOGIN_FRAMES {
         match next_login_frame(reader, shared).await? {
             ClientMsg::CheckUser { user } => {
@@ -222,7 +247,7 @@ async fn session(
     user: &UserName,
     reader: &mut Reader,
     writer: &mut Writer,
-    rx: &mut mpsc::Receiver<ServerMsg>,
+    rx: &mut mpsc::Receiver<EncodedFrame>,
     shared: &Shared,
 ) -> Result<(), Dropped> {
     loop {
@@ -236,32 +261,105 @@ async fn session(
                 // queued before that, such as the timeout notice, has been written already.
                 let Some(event) = event else { return Ok(()) };
                 writer.feed(event).await?;
-                for _ in 1..WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(e) => writer.feed(e).await?,
-                        Err(_) => break,
-                    }
+                let open = feed_queued(rx, writer).await?;
+                // Flush before ending: the last event may be the one saying why.
+                flush(writer).await?;
+                if !open {
+                    return Ok(());
                 }
-                writer.flush().await?;
             }
             frame = reader.next() => {
                 let Some(frame) = frame else { return Ok(()) };
-                match frame? {
-                    ClientMsg::Request(req) => {
-                        let logout = matches!(req, wire::Request::Logout);
-                        let reply = shared.with(|t, now| t.request(user, id, req, now));
-                        let ended = matches!(reply, wire::Reply::LoggedOut);
-                        writer.send(ServerMsg::Reply(reply)).await?;
-                        if logout || ended {
+                // Handle every request already received, then write all replies at once:
+                // one write for a burst instead of one per request.
+                let mut frame = frame?;
+                for _ in 0..WRITE_BATCH {
+                    if handle(id, user, frame, writer, shared).await? == Flow::End {
+                        flush(writer).await?;
+                        return Ok(());
+                    }
+                    frame = match reader.next().now_or_never() {
+                        Some(Some(f)) => f?,
+                        Some(None) => {
+                            flush(writer).await?;
                             return Ok(());
                         }
+                        None => break,
+                    };
+                    // Keep the ordering promise inside the burst too.
+                    if !feed_queued(rx, writer).await? {
+                        flush(writer).await?;
+                        return Ok(());
                     }
-                    ClientMsg::OfflineAck { up_to } => {
-                        shared.with(|t, _| t.ack_offline(user, id, up_to));
-                    }
-                    _ => return Err(Dropped::Unexpected("login frame after login")),
                 }
+                flush(writer).await?;
+                shrink(reader, writer);
             }
         }
+    }
+}
+
+/// The writer is a sink of both replies and pre-encoded events; flushing is the same.
+async fn flush(writer: &mut Writer) -> Result<(), Dropped> {
+    SinkExt::<ServerMsg>::flush(writer).await?;
+    Ok(())
+}
+
+/// Feeds the events already queued (up to a batch). `false` if the session was ended.
+async fn feed_queued(
+    rx: &mut mpsc::Receiver<EncodedFrame>,
+    writer: &mut Writer,
+) -> Result<bool, Dropped> {
+    for _ in 0..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(e) => writer.feed(e).await?,
+            Err(mpsc::error::TryRecvError::Empty) => return Ok(true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    End,
+}
+
+/// One frame from a logged-in client; its reply is fed, not flushed.
+async fn handle(
+    id: ConnId,
+    user: &UserName,
+    frame: ClientMsg,
+    writer: &mut Writer,
+    shared: &Shared,
+) -> Result<Flow, Dropped> {
+    match frame {
+        ClientMsg::Request(req) => {
+            let logout = matches!(req, wire::Request::Logout);
+            let reply = shared.with(|t, now| t.request(user, id, req, now));
+            let ended = matches!(reply, wire::Reply::LoggedOut);
+            writer.feed(ServerMsg::Reply(reply)).await?;
+            Ok(if logout || ended {
+                Flow::End
+            } else {
+                Flow::Continue
+            })
+        }
+        ClientMsg::OfflineAck { up_to } => {
+            shared.with(|t, _| t.ack_offline(user, id, up_to));
+            Ok(Flow::Continue)
+        }
+        _ => Err(Dropped::Unexpected("login frame after login")),
+    }
+}
+
+/// Idle connections are most connections: after a burst, give back buffers that grew.
+fn shrink(reader: &mut Reader, writer: &mut Writer) {
+    if reader.read_buffer().is_empty() && reader.read_buffer().capacity() > BUFFER_KEEP {
+        *reader.read_buffer_mut() = BytesMut::with_capacity(BUFFER_START);
+    }
+    if writer.write_buffer().is_empty() && writer.write_buffer().capacity() > BUFFER_KEEP {
+        *writer.write_buffer_mut() = BytesMut::with_capacity(BUFFER_START);
     }
 }

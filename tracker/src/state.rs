@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use wire::{ServerMsg, UserName};
+use wire::{EncodedFrame, ServerMsg, UserName, MAX_FRAME_LEN};
 
 use crate::clock::Millis;
 use crate::credentials::Credentials;
@@ -38,7 +38,8 @@ pub struct Rules {
 /// A logged-in user.
 pub struct Session {
     pub conn: ConnId,
-    pub tx: mpsc::Sender<ServerMsg>,
+    /// Frames for this user's connection, encoded once by whoever queued them.
+    pub tx: mpsc::Sender<EncodedFrame>,
     pub last_active: Millis,
     pub history_id: i64,
     pub ip: IpAddr,
@@ -116,10 +117,19 @@ impl Tracker {
     /// Queues `msg` for `user` if online. `false` if the user is offline or has fallen too far
     /// behind (then they are logged out at the end of the current operation).
     pub(crate) fn push(&mut self, user: &UserName, msg: ServerMsg) -> bool {
+        match encode(&msg) {
+            Some(frame) => self.push_frame(user, frame),
+            None => false,
+        }
+    }
+
+    /// Queues an encoded frame for `user`; a message for many users is encoded once and
+    /// its frame shared (see `notify_presence`, `broadcast`).
+    pub(crate) fn push_frame(&mut self, user: &UserName, frame: EncodedFrame) -> bool {
         let Some(s) = self.sessions.get(user) else {
             return false;
         };
-        match s.tx.try_send(msg) {
+        match s.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(%user, "outbound queue full; disconnecting slow client");
@@ -142,6 +152,19 @@ impl Tracker {
     /// The user's current session belongs to `conn`.
     pub(crate) fn session_of(&self, user: &UserName, conn: ConnId) -> Option<&Session> {
         self.sessions.get(user).filter(|s| s.conn == conn)
+    }
+}
+
+/// Encodes an event for queueing. Events are far below the frame cap by construction
+/// (texts are bounded, offline batches are sized to fit), so failure is a bug: logged, and
+/// the event is not sent.
+pub(crate) fn encode(msg: &ServerMsg) -> Option<EncodedFrame> {
+    match EncodedFrame::new(msg, MAX_FRAME_LEN) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an event");
+            None
+        }
     }
 }
 
@@ -216,14 +239,16 @@ pub(crate) mod testkit {
     pub struct Client {
         pub user: UserName,
         pub conn: ConnId,
-        pub rx: mpsc::Receiver<ServerMsg>,
+        pub rx: mpsc::Receiver<EncodedFrame>,
     }
 
     impl Client {
         /// Everything queued for this client since the last call.
         pub fn events(&mut self) -> Vec<Event> {
             let mut out = Vec::new();
-            while let Ok(m) = self.rx.try_recv() {
+            while let Ok(f) = self.rx.try_recv() {
+                let mut buf = bytes::BytesMut::from(f.as_bytes());
+                let m: ServerMsg = wire::decode(&mut buf, MAX_FRAME_LEN).unwrap().unwrap();
                 match m {
                     ServerMsg::Event(e) => out.push(e),
                     other => panic!("unexpected {other:?}"),

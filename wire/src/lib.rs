@@ -20,7 +20,7 @@ pub mod msg;
 pub mod codec;
 
 pub use files::{Digest, FileMeta, FileName, MetaError, BLOCK_LEN, MAX_CHUNKS, STATE_DIR};
-pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
+pub use frame::{decode, encode, EncodedFrame, FrameError, MAX_FRAME_LEN};
 pub use ids::{IdError, Password, Text, UserName};
 pub use msg::*;
 
