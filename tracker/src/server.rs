@@ -272,22 +272,27 @@ async fn session(
                 let Some(frame) = frame else { return Ok(()) };
                 // Handle every request already received, then write all replies at once:
                 // one write for a burst instead of one per request.
-                let mut frame = frame?;
-                for _ in 0..WRITE_BATCH {
+                let mut next = Some(frame?);
+                let mut handled = 0;
+                while let Some(frame) = next.take() {
                     if handle(id, user, frame, writer, shared).await? == Flow::End {
                         flush(writer).await?;
                         return Ok(());
                     }
-                    frame = match reader.next().now_or_never() {
-                        Some(Some(f)) => f?,
+                    handled += 1;
+                    if handled == WRITE_BATCH {
+                        break; // the rest stays buffered for the next turn of the loop
+                    }
+                    next = match reader.next().now_or_never() {
+                        Some(Some(f)) => Some(f?),
                         Some(None) => {
                             flush(writer).await?;
                             return Ok(());
                         }
-                        None => break,
+                        None => None,
                     };
                     // Keep the ordering promise inside the burst too.
-                    if !feed_queued(rx, writer).await? {
+                    if next.is_some() && !feed_queued(rx, writer).await? {
                         flush(writer).await?;
                         return Ok(());
                     }

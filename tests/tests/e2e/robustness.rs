@@ -210,3 +210,47 @@ fn bad_peer_command_lines_are_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("cannot connect to the server"));
 }
+
+/// A client that pipelines many requests in one write gets every reply, in order: none is
+/// lost when the tracker batches its answers.
+#[test]
+fn pipelined_requests_all_get_replies_in_order() {
+    use wire::{ClientMsg, Reply, Request, ServerMsg, Text, UserName};
+    let t = Tracker::start(60, 120);
+    let mut yoda = t.login("yoda");
+    let mut raw = Raw::login(t.addr, "hans");
+    let mut burst = bytes::BytesMut::new();
+    let n = 1000;
+    for i in 0..n {
+        let req = if i % 2 == 0 {
+            Request::Activity
+        } else {
+            Request::Message {
+                to: UserName::new("yoda").unwrap(),
+                text: Text::new(format!("burst {i}")).unwrap(),
+            }
+        };
+        wire::encode(&ClientMsg::Request(req), &mut burst, wire::MAX_FRAME_LEN).unwrap();
+    }
+    raw.send_bytes(&burst);
+    for i in 0..n {
+        let reply = loop {
+            match raw.recv::<ServerMsg>() {
+                Some(ServerMsg::Reply(r)) => break r,
+                Some(ServerMsg::Event(_)) => continue,
+                other => panic!("reply {i}: {other:?}"),
+            }
+        };
+        if i % 2 == 0 {
+            assert_eq!(reply, Reply::Active, "reply {i}");
+        } else {
+            assert!(
+                matches!(reply, Reply::Sent { stored: false, .. }),
+                "reply {i}: {reply:?}"
+            );
+        }
+    }
+    yoda.expect("hans: burst 999");
+    let received = yoda.transcript().matches("hans: burst").count();
+    assert_eq!(received, n / 2);
+}
