@@ -18,7 +18,7 @@ use wire::{FileMeta, FileName, Holder, UserName};
 use crate::library::Library;
 use crate::render::human_size;
 use crate::terminal::Printer;
-use crate::transfer::{fetch, FetchTarget, Fetched};
+use crate::transfer::{fetch, FetchTarget, Fetched, PartWriter};
 
 /// What to download.
 pub struct Plan {
@@ -91,8 +91,8 @@ async fn drive(
     if wanted.is_empty() {
         return finish(&lib, &name, &meta, "You already have").await;
     }
-    let part = match lib.part_file(&name) {
-        Ok(f) => Arc::new(f),
+    let writer = match lib.part_file(&name) {
+        Ok(f) => PartWriter::start(f),
         Err(e) => return vec![format!("Error. {e}")],
     };
 
@@ -129,7 +129,7 @@ async fn drive(
                         let (addr, ticket) = addrs[&peer];
                         let target = FetchTarget {
                             meta: meta.clone(),
-                            part: part.clone(),
+                            writer: writer.clone(),
                             received: received.clone(),
                         };
                         tokio::spawn(fetch(
