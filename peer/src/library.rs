@@ -265,9 +265,38 @@ impl Library {
         self.save(&m)
     }
 
+    /// A hasher for the whole of `name`'s part file, to run alongside the download.
+    pub fn whole_hash(&self, name: &FileName) -> Result<WholeHash, LibraryError> {
+        let meta = self
+            .lock()
+            .get(name)
+            .map(|m| m.meta.clone())
+            .ok_or_else(|| LibraryError::Manifest {
+                path: self.manifest_path(name),
+                why: "unknown download".into(),
+            })?;
+        let part = self.part_path(name);
+        let file = File::open(&part).map_err(io(&part))?;
+        Ok(WholeHash {
+            file,
+            meta,
+            next: 0,
+            hasher: Hasher::new(),
+        })
+    }
+
     /// All chunks are verified: checks the whole file's SHA-256, then moves it into place
     /// atomically (rename within the same folder tree). Blocking.
     pub fn finish(&self, name: &FileName) -> Result<PathBuf, LibraryError> {
+        self.finish_with(name, None)
+    }
+
+    /// `finish`, continuing a [`WholeHash`] that already covered a prefix of the file.
+    pub fn finish_with(
+        &self,
+        name: &FileName,
+        whole: Option<WholeHash>,
+    ) -> Result<PathBuf, LibraryError> {
         let Some(mut m) = self.lock().get(name).cloned() else {
             return Err(LibraryError::Manifest {
                 path: self.manifest_path(name),
@@ -279,21 +308,16 @@ impl Library {
             return Ok(target);
         }
         let part = self.part_path(name);
-        let file = File::open(&part).map_err(io(&part))?;
-        file.sync_all().map_err(io(&part))?;
-        let mut whole = Hasher::new();
-        let mut buf = vec![0u8; BLOCK_LEN];
-        let mut offset = 0;
-        while offset < m.meta.size() {
-            let n = (m.meta.size() - offset).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], offset)
-                .map_err(io(&part))?;
-            whole.update(&buf[..n]);
-            offset += n as u64;
-        }
-        if whole.finish() != *m.meta.sha256() {
+        let mut whole = match whole {
+            Some(w) => w,
+            None => self.whole_hash(name)?,
+        };
+        whole.advance(&m.have).map_err(io(&part))?;
+        if whole.digest() != Some(*m.meta.sha256()) {
             return Err(LibraryError::WholeHash { path: part });
         }
+        // On disk before it takes its name, so a crash never leaves a named, torn file.
+        whole.file.sync_all().map_err(io(&part))?;
         if target.exists() {
             return Err(LibraryError::Exists { path: target });
         }
@@ -316,6 +340,44 @@ impl Library {
         f.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
         f.sync_data().map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The SHA-256 of a download's whole file, computed in file order as far as chunks are
+/// verified. Run alongside the download, it leaves only the last chunks to hash once the
+/// download ends, instead of the whole file.
+pub struct WholeHash {
+    file: File,
+    meta: FileMeta,
+    /// The first chunk not hashed yet.
+    next: u32,
+    hasher: Hasher,
+}
+
+impl WholeHash {
+    /// Hashes every chunk from the next one on, in order, while `held` has it. Blocking.
+    pub fn advance(&mut self, held: &BTreeSet<u32>) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        while held.contains(&self.next) {
+            let Some((start, len)) = self.meta.chunk_range(self.next) else {
+                break;
+            };
+            buf.resize(BLOCK_LEN, 0);
+            let mut offset = start;
+            while offset < start + len {
+                let n = (start + len - offset).min(BLOCK_LEN as u64) as usize;
+                self.file.read_exact_at(&mut buf[..n], offset)?;
+                self.hasher.update(&buf[..n]);
+                offset += n as u64;
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The digest, if every chunk has been hashed.
+    fn digest(&mut self) -> Option<wire::Digest> {
+        (self.next == self.meta.chunk_count()).then(|| std::mem::take(&mut self.hasher).finish())
     }
 }
 

@@ -233,6 +233,23 @@ async fn hash_block(mut hasher: Hasher, bytes: Bytes) -> Result<Hasher, FetchErr
     .map_err(|e| FetchError::Broken(e.to_string()))
 }
 
+/// Asks the kernel to start writing this range to disk now, without waiting for it, so
+/// the `fsync` before the finished file is renamed has little left to do (measured: it
+/// otherwise adds about 1 s to a 1 GiB download, all at the end).
+fn start_writeback(file: &File, at: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; it reads no memory of ours. Errors
+    // only lose the head start: the final fsync still makes the file durable.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 enum WriteOp {
     Block { at: u64, bytes: Bytes },
     Barrier(tokio::sync::oneshot::Sender<std::io::Result<()>>),
@@ -262,8 +279,9 @@ impl PartWriter {
                 match op {
                     WriteOp::Block { at, bytes } => {
                         if failed.is_none() {
-                            if let Err(e) = file.write_all_at(&bytes, at) {
-                                failed = Some(e.kind());
+                            match file.write_all_at(&bytes, at) {
+                                Ok(()) => start_writeback(&file, at, bytes.len()),
+                                Err(e) => failed = Some(e.kind()),
                             }
                         }
                     }
