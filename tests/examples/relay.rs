@@ -157,6 +157,24 @@ fn pick(me: usize, n: usize, x: &mut u64) -> usize {
     }
 }
 
+/// Waits for room in the window, then feeds one stamped message to a random other client.
+async fn send_one(
+    wr: &mut Wr,
+    window: &Semaphore,
+    me: usize,
+    clients: usize,
+    x: &mut u64,
+    t0: Instant,
+) {
+    window.acquire().await.unwrap().forget();
+    let to = name(pick(me, clients, x));
+    let msg = ClientMsg::Request(Request::Message {
+        to,
+        text: stamp(t0),
+    });
+    wr.feed(msg).await.unwrap();
+}
+
 struct Run {
     secs: f64,
     delivered: u64,
@@ -193,14 +211,7 @@ async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u
             match rate {
                 None => {
                     for _ in 0..messages {
-                        window.acquire().await.unwrap().forget();
-                        let to = name(pick(i, clients, &mut x));
-                        wr.feed(ClientMsg::Request(Request::Message {
-                            to,
-                            text: stamp(t0),
-                        }))
-                        .await
-                        .unwrap();
+                        send_one(&mut wr, &window, i, clients, &mut x, t0).await;
                         if window.available_permits() == 0 {
                             wr.flush().await.unwrap();
                         }
@@ -219,14 +230,7 @@ async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u
                         while owed >= 1.0 && sent < total {
                             owed -= 1.0;
                             sent += 1;
-                            window.acquire().await.unwrap().forget();
-                            let to = name(pick(i, clients, &mut x));
-                            wr.feed(ClientMsg::Request(Request::Message {
-                                to,
-                                text: stamp(t0),
-                            }))
-                            .await
-                            .unwrap();
+                            send_one(&mut wr, &window, i, clients, &mut x, t0).await;
                         }
                         wr.flush().await.unwrap();
                     }
