@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use harness::{cpu_seconds, peak_rss, Tracker};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tracker::outbox::Outbox;
 use wire::codec::WireCodec;
 use wire::{
     ClientMsg, Event, LoginResult, Password, Reply, Request, ServerMsg, Text, UserName,
@@ -264,30 +266,24 @@ async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u
     }
 }
 
-/// The ceiling: a relay with the same framing and no tracker logic at all (no credentials,
-/// no presence, no blocks, no store).
+/// The ceiling: a relay with the same framing and the same outbound path as the tracker
+/// (`tracker::outbox`), and no tracker logic at all: no credentials, no presence, no
+/// blocks, no store, no global lock.
 async fn bare_relay(listener: TcpListener) {
-    let routes: Arc<Mutex<HashMap<UserName, mpsc::Sender<ServerMsg>>>> = Arc::default();
+    let routes: Arc<Mutex<HashMap<UserName, Arc<Outbox>>>> = Arc::default();
     loop {
         let (s, _) = listener.accept().await.unwrap();
         let routes = routes.clone();
         tokio::spawn(async move {
             s.set_nodelay(true).unwrap();
-            let (r, w) = s.into_split();
+            let (r, mut w) = s.into_split();
             let mut rd = FramedRead::new(r, WireCodec::<ClientMsg, ServerMsg>::new());
-            let mut wr = FramedWrite::new(w, WireCodec::<ClientMsg, ServerMsg>::new());
-            let (tx, mut rx) = mpsc::channel(1024);
+            let outbox = Arc::new(Outbox::default());
             let mut me = None;
             loop {
                 tokio::select! {
                     biased;
-                    Some(ev) = rx.recv() => {
-                        if wr.feed(ev).await.is_err() { return; }
-                        while let Ok(ev) = rx.try_recv() {
-                            if wr.feed(ev).await.is_err() { return; }
-                        }
-                        if wr.flush().await.is_err() { return; }
-                    }
+                    () = outbox.ready() => {}
                     frame = rd.next() => {
                         // Like the tracker: answer every request already received, then
                         // write once.
@@ -296,7 +292,7 @@ async fn bare_relay(listener: TcpListener) {
                             let reply = match frame {
                                 Some(Ok(ClientMsg::Hello { version })) => ServerMsg::Hello { version },
                                 Some(Ok(ClientMsg::Login { user, .. })) => {
-                                    routes.lock().unwrap().insert(user.clone(), tx.clone());
+                                    routes.lock().unwrap().insert(user.clone(), outbox.clone());
                                     me = Some(user);
                                     ServerMsg::Login(LoginResult::Welcome)
                                 }
@@ -304,17 +300,21 @@ async fn bare_relay(listener: TcpListener) {
                                     let target = routes.lock().unwrap().get(&to).cloned();
                                     if let Some(t) = target {
                                         let from = me.clone().unwrap();
-                                        let _ = t.try_send(ServerMsg::Event(Event::Message { from, text }));
+                                        let _ = t.push_event_msg(&ServerMsg::Event(Event::Message { from, text }));
                                     }
                                     ServerMsg::Reply(Reply::Sent { to, stored: false })
                                 }
                                 Some(Ok(ClientMsg::Request(Request::Logout))) => {
-                                    let _ = wr.send(ServerMsg::Reply(Reply::LoggedOut)).await;
-                                    return;
+                                    ServerMsg::Reply(Reply::LoggedOut)
                                 }
                                 _ => return,
                             };
-                            if wr.feed(reply).await.is_err() { return; }
+                            let bye = matches!(reply, ServerMsg::Reply(Reply::LoggedOut));
+                            outbox.push_reply(&reply).unwrap();
+                            if bye {
+                                outbox.close();
+                                break;
+                            }
                             if n == 64 {
                                 break; // the rest stays buffered for the next turn
                             }
@@ -323,9 +323,13 @@ async fn bare_relay(listener: TcpListener) {
                                 None => break,
                             }
                         }
-                        if wr.flush().await.is_err() { return; }
                     }
                 }
+                let batch = outbox.take();
+                if w.write_all(&batch.bytes).await.is_err() || batch.last {
+                    return;
+                }
+                outbox.recycle(batch.bytes);
             }
         });
     }
@@ -366,28 +370,30 @@ fn main() {
     bare_rt.spawn(bare_relay(bare_listener));
     let expected = (a.clients * a.messages) as u64;
     let bare = rt.block_on(load(bare_addr, a.clients, a.messages, None));
-    let bare_rate = report("bare relay (ceiling)", &bare, expected);
+    let bare_rate = report("bare relay (ceiling), flat out", &bare, expected);
+    let offered = a.rate / a.clients as u64 * a.clients as u64 * a.seconds;
+    let fixed_label = format!("at {} msg/s", a.rate);
+    let bare_fixed = rt.block_on(load(bare_addr, a.clients, 0, Some((a.rate, a.seconds))));
+    report(
+        &format!("bare relay (ceiling), {fixed_label}"),
+        &bare_fixed,
+        offered,
+    );
     drop(bare_rt);
 
     let t = Tracker::start_quiet(&creds, 3600);
     let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
     let run = rt.block_on(load(t.addr, a.clients, a.messages, None));
     let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
-    let rate = report("tracker, flat out ", &run, expected);
+    let rate = report("tracker, flat out", &run, expected);
     println!(
         "  tracker CPU {:.2} s, peak RSS {:.1} MiB; {:.2}x the bare relay",
         cpu1 - cpu0,
         peak_rss(t.pid()).unwrap_or(0) as f64 / 1048576.0,
         rate / bare_rate
     );
-
     let fixed = rt.block_on(load(t.addr, a.clients, 0, Some((a.rate, a.seconds))));
-    let per_client = a.rate / a.clients as u64;
-    report(
-        &format!("tracker at {} msg/s", a.rate),
-        &fixed,
-        per_client * a.clients as u64 * a.seconds,
-    );
+    report(&format!("tracker, {fixed_label}"), &fixed, offered);
     drop(t);
 
     // Idle users: log them in, keep them connected, read what they are sent (presence).

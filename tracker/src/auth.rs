@@ -3,11 +3,13 @@
 
 use std::net::IpAddr;
 
-use tokio::sync::mpsc;
-use wire::{EncodedFrame, Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
+use std::sync::Arc;
+
+use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
 
 use crate::clock::Millis;
 use crate::lockout::Strike;
+use crate::outbox::Outbox;
 use crate::state::{ConnId, Session, Tracker};
 
 /// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
@@ -24,7 +26,9 @@ impl Tracker {
         }
     }
 
-    /// Tries to log `user` in on connection `conn`, whose events go to `tx`.
+    /// Tries to log `user` in on connection `conn`, whose frames go to `outbox`. On success
+    /// the `Welcome` is queued there first, ahead of the backlog and presence that follow;
+    /// any other answer is the caller's to send.
     ///
     /// Order matters: a locked account is refused before the password is looked at (so
     /// guessing during a lock tells nothing), and "already logged in" is only said to someone
@@ -36,7 +40,7 @@ impl Tracker {
         password: &Password,
         now: Millis,
         conn: ConnId,
-        tx: mpsc::Sender<EncodedFrame>,
+        outbox: Arc<Outbox>,
         ip: IpAddr,
         p2p_port: u16,
     ) -> LoginResult {
@@ -69,11 +73,14 @@ impl Tracker {
             }
         };
         self.lockouts.succeed(user);
+        if let Err(e) = outbox.push_reply(&ServerMsg::Login(LoginResult::Welcome)) {
+            tracing::error!(error = %e, "cannot encode the welcome");
+        }
         self.sessions.insert(
             user.clone(),
             Session {
                 conn,
-                tx,
+                outbox,
                 last_active: now,
                 history_id,
                 ip,
@@ -101,7 +108,7 @@ impl Tracker {
             let Some(last) = batch.last() else { return };
             after = last.id;
             let was_last = batch.len() < OFFLINE_BATCH;
-            if !self.push(user, ServerMsg::Event(Event::Offline { messages: batch })) || was_last {
+            if !self.push(user, &ServerMsg::Event(Event::Offline { messages: batch })) || was_last {
                 return;
             }
         }
@@ -127,13 +134,12 @@ mod tests {
     use crate::state::testkit::*;
 
     fn attempt(t: &mut Tracker, user: &str, pw: &str, now: Millis) -> LoginResult {
-        let (tx, _rx) = mpsc::channel(4);
         t.login(
             &u(user),
             &Password::new(pw).unwrap(),
             now,
             rand::random(),
-            tx,
+            Arc::new(Outbox::default()),
             std::net::Ipv4Addr::LOCALHOST.into(),
             0,
         )

@@ -38,7 +38,7 @@ impl Tracker {
             from: me.clone(),
             text: text.clone(),
         });
-        if self.push(to, event) {
+        if self.push(to, &event) {
             return Reply::Sent {
                 to: to.clone(),
                 stored: false,
@@ -73,7 +73,7 @@ impl Tracker {
                 skipped = true;
                 continue;
             }
-            self.push_frame(&u, frame.clone());
+            self.push_frame(&u, &frame);
         }
         Reply::Broadcast { skipped }
     }
@@ -117,8 +117,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::MAX_QUEUED_EVENTS;
     use crate::state::testkit::*;
-    use crate::state::OUTBOUND_QUEUE;
     use wire::{OfflineMessage, Request};
 
     fn text(s: &str) -> Text {
@@ -272,7 +272,7 @@ mod tests {
         let mut yoda = login(&mut t, "yoda", T0);
         let _luke = login(&mut t, "luke", T0); // never reads its queue
         yoda.events();
-        for i in 0..OUTBOUND_QUEUE {
+        for i in 0..MAX_QUEUED_EVENTS {
             let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
             assert_eq!(
                 r,

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod credentials;
 mod files;
 pub mod lockout;
+pub mod outbox;
 mod presence;
 mod private;
 pub mod server;

@@ -24,13 +24,13 @@ impl Tracker {
             .cloned()
             .collect();
         for u in targets {
-            self.push_frame(&u, frame.clone());
+            self.push_frame(&u, &frame);
         }
     }
 
     /// Ends `user`'s session if it still belongs to `conn`: records the logout in the
-    /// history and tells the others. Dropping the session drops its queue's sender, which
-    /// is how the connection task learns it must close.
+    /// history and tells the others. Closing the session's outbox is how the connection
+    /// task learns it must end, once it has written what was queued.
     pub fn end_session(&mut self, user: &UserName, conn: ConnId, now: Millis) {
         if self.session_of(user, conn).is_none() {
             return;
@@ -43,6 +43,7 @@ impl Tracker {
                 tracing::error!(%user, error = %e, "could not record logout");
             }
         }
+        s.outbox.close();
         tracing::debug!(%user, "logged out");
         self.forget_holdings(user);
         self.notify_presence(user, Event::LoggedOut { user: user.clone() });
@@ -65,7 +66,7 @@ impl Tracker {
             .map(|(u, s)| (u.clone(), s.conn))
             .collect();
         for (user, conn) in &idle {
-            self.push(user, ServerMsg::Event(Event::TimedOut));
+            self.push(user, &ServerMsg::Event(Event::TimedOut));
             self.end_session(user, *conn, now);
         }
         self.settle(now);
@@ -226,7 +227,7 @@ mod tests {
         assert_eq!(ev.last(), Some(&Event::TimedOut));
         assert_eq!(yoda.events(), [Event::LoggedOut { user: u("hans") }]);
         assert!(!t.is_online(&u("hans")));
-        assert!(hans.rx.try_recv().is_err(), "queue closed after the notice");
+        assert!(hans.outbox.take().last, "outbox closed after the notice");
         // A request on the dead session does nothing.
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, deadline),

@@ -51,7 +51,7 @@ impl Tracker {
             from: me.clone(),
             ticket,
         });
-        if !self.push(user, event) {
+        if !self.push(user, &event) {
             return Err(Refusal::Offline { user: user.clone() });
         }
         Ok((addr, ticket))

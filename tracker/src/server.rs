@@ -10,16 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
+use tokio::sync::Semaphore;
+use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 use wire::codec::WireCodec;
-use wire::{ClientMsg, EncodedFrame, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
+use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
 
 use crate::clock::Clock;
-use crate::state::{ConnId, Tracker, OUTBOUND_QUEUE};
+use crate::outbox::Outbox;
+use crate::state::{ConnId, Tracker};
 
 /// Simultaneous connections; one more waits in the kernel's backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 20_000;
@@ -30,11 +33,11 @@ pub const MAX_CLIENT_FRAME: usize = 32 * 1024;
 const MAX_LOGIN_FRAMES: usize = 64;
 /// How long a connection may stay silent before logging in, at least.
 const MIN_LOGIN_IDLE: Duration = Duration::from_secs(30);
-/// Events (or replies) written per flush when several are waiting.
+/// Requests handled before their replies are written, when several are waiting.
 const WRITE_BATCH: usize = 64;
 /// Buffer capacity a new connection starts with; most frames are far smaller.
 const BUFFER_START: usize = 512;
-/// Buffers that grew past this during a burst are given back afterwards.
+/// A read buffer that grew past this during a burst is given back afterwards.
 const BUFFER_KEEP: usize = 16 * 1024;
 
 pub struct Shared {
@@ -125,33 +128,15 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
-type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, WireCodec<ClientMsg, ServerMsg>>;
-type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, Outgoing>;
-
-/// What a connection writes: replies, encoded as they are written, and events, encoded
-/// once when queued (see `Tracker::push_frame`) and copied out as they are.
-struct Outgoing;
-
-impl Encoder<ServerMsg> for Outgoing {
-    type Error = wire::FrameError;
-    fn encode(&mut self, msg: ServerMsg, dst: &mut BytesMut) -> Result<(), wire::FrameError> {
-        wire::encode(&msg, dst, wire::MAX_FRAME_LEN)
-    }
-}
-
-impl Encoder<EncodedFrame> for Outgoing {
-    type Error = wire::FrameError;
-    fn encode(&mut self, frame: EncodedFrame, dst: &mut BytesMut) -> Result<(), wire::FrameError> {
-        dst.extend_from_slice(frame.as_bytes());
-        Ok(())
-    }
-}
+type Reader = FramedRead<OwnedReadHalf, WireCodec<ClientMsg, ServerMsg>>;
 
 /// Why a connection ended early; only ever logged under `-d`.
 #[derive(Debug, thiserror::Error)]
 enum Dropped {
     #[error("{0}")]
     Frame(#[from] wire::FrameError),
+    #[error("write failed: {0}")]
+    Write(#[from] std::io::Error),
     #[error("closed before logging in")]
     Closed,
     #[error("silent for too long before logging in")]
@@ -166,6 +151,40 @@ enum Dropped {
     Refused(LoginResult),
 }
 
+/// One client's connection: its read half, and its write half fed from its outbox, which
+/// the tracker also queues events into once the client has logged in.
+struct Conn {
+    id: ConnId,
+    reader: Reader,
+    writer: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+}
+
+impl Conn {
+    /// Writes everything queued. `false` once the outbox was closed and is now drained:
+    /// the session is over.
+    async fn write_out(&mut self) -> Result<bool, Dropped> {
+        let batch = self.outbox.take();
+        if !batch.bytes.is_empty() {
+            self.writer.write_all(&batch.bytes).await?;
+            self.outbox.recycle(batch.bytes);
+        }
+        Ok(!batch.last)
+    }
+
+    /// Queues the answer to the client's own frame.
+    fn reply(&self, msg: &ServerMsg) -> Result<(), Dropped> {
+        Ok(self.outbox.push_reply(msg)?)
+    }
+}
+
+impl Drop for Conn {
+    /// A connection gone mid-session takes no more events; `disconnected` logs it out.
+    fn drop(&mut self) {
+        self.outbox.close();
+    }
+}
+
 async fn connection(
     id: ConnId,
     stream: TcpStream,
@@ -174,28 +193,31 @@ async fn connection(
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
     let (r, w) = stream.into_split();
-    let mut reader =
-        FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START);
-    let mut writer = FramedWrite::with_capacity(w, Outgoing, BUFFER_START);
+    let mut conn = Conn {
+        id,
+        reader: FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START),
+        writer: w,
+        outbox: Arc::new(Outbox::default()),
+    };
 
-    match next_login_frame(&mut reader, shared).await? {
+    match next_login_frame(&mut conn.reader, shared).await? {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
-            writer.send(ServerMsg::Hello { version }).await?;
+            conn.reply(&ServerMsg::Hello { version })?;
+            conn.write_out().await?;
         }
         ClientMsg::Hello { version } => {
-            writer
-                .send(ServerMsg::Unsupported {
-                    version: PROTOCOL_VERSION,
-                })
-                .await?;
+            conn.reply(&ServerMsg::Unsupported {
+                version: PROTOCOL_VERSION,
+            })?;
+            conn.write_out().await?;
             return Err(Dropped::Version(version));
         }
         _ => return Err(Dropped::Unexpected("first frame must be Hello")),
     }
 
-    let (user, mut rx) = login(id, addr, &mut reader, &mut writer, shared).await?;
+    let user = login(&mut conn, addr, shared).await?;
     debug!(conn = id, %user, "logged in");
-    let result = session(id, &user, &mut reader, &mut writer, &mut rx, shared).await;
+    let result = session(&mut conn, &user, shared).await;
     shared.with(|t, now| t.disconnected(&user, id, now));
     result
 }
@@ -208,30 +230,29 @@ async fn next_login_frame(reader: &mut Reader, shared: &Shared) -> Result<Client
     }
 }
 
-async fn login(
-    id: ConnId,
-    addr: SocketAddr,
-    reader: &mut Reader,
-    writer: &mut Writer,
-    shared: &Shared,
-) -> Result<(UserName, mpsc::Receiver<EncodedFrame>), Dropped> {
+async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<UserName, Dropped> {
     for _ in 0..MAX_LOGIN_FRAMES {
-        match next_login_frame(reader, shared).await? {
+        match next_login_frame(&mut conn.reader, shared).await? {
             ClientMsg::CheckUser { user } => {
                 let answer = shared.with(|t, _| t.check_user(&user));
-                writer.send(ServerMsg::UserCheck(answer)).await?;
+                conn.reply(&ServerMsg::UserCheck(answer))?;
+                conn.write_out().await?;
             }
             ClientMsg::Login {
                 user,
                 password,
                 p2p_port,
             } => {
-                let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+                let (id, outbox) = (conn.id, conn.outbox.clone());
                 let result = shared
-                    .with(|t, now| t.login(&user, &password, now, id, tx, addr.ip(), p2p_port));
-                writer.send(ServerMsg::Login(result)).await?;
+                    .with(|t, now| t.login(&user, &password, now, id, outbox, addr.ip(), p2p_port));
+                // A welcome was queued by `login` itself, ahead of the session's backlog.
+                if result != LoginResult::Welcome {
+                    conn.reply(&ServerMsg::Login(result))?;
+                }
+                conn.write_out().await?;
                 match result {
-                    LoginResult::Welcome => return Ok((user, rx)),
+                    LoginResult::Welcome => return Ok(user),
                     LoginResult::BadPassword => {}
                     refused => return Err(Dropped::Refused(refused)),
                 }
@@ -242,87 +263,48 @@ async fn login(
     Err(Dropped::LoginFlood)
 }
 
-async fn session(
-    id: ConnId,
-    user: &UserName,
-    reader: &mut Reader,
-    writer: &mut Writer,
-    rx: &mut mpsc::Receiver<EncodedFrame>,
-    shared: &Shared,
-) -> Result<(), Dropped> {
+async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<(), Dropped> {
     loop {
         tokio::select! {
-            // Events first: whatever was queued for this user before their next request is
-            // read gets written before that request's reply, so a user never sees a reply
-            // "overtake" something that happened earlier.
             biased;
-            event = rx.recv() => {
-                // `None`: the tracker ended this session (timeout, slow client). Anything it
-                // queued before that, such as the timeout notice, has been written already.
-                let Some(event) = event else { return Ok(()) };
-                writer.feed(event).await?;
-                let open = feed_queued(rx, writer).await?;
-                // Flush before ending: the last event may be the one saying why.
-                flush(writer).await?;
-                if !open {
+            () = conn.outbox.ready() => {
+                // The outbox closes when the tracker ends the session (timeout, slow
+                // client); what it queued before that, such as the reason, is written first.
+                if !conn.write_out().await? {
                     return Ok(());
                 }
             }
-            frame = reader.next() => {
+            frame = conn.reader.next() => {
                 let Some(frame) = frame else { return Ok(()) };
-                // Handle every request already received, then write all replies at once:
-                // one write for a burst instead of one per request.
+                // Handle every request already received, then write all replies (and the
+                // events queued meanwhile, in order) at once: one write for a burst.
                 let mut next = Some(frame?);
                 let mut handled = 0;
                 while let Some(frame) = next.take() {
-                    if handle(id, user, frame, writer, shared).await? == Flow::End {
-                        flush(writer).await?;
+                    if handle(conn, user, frame, shared)? == Flow::End {
+                        conn.write_out().await?;
                         return Ok(());
                     }
                     handled += 1;
                     if handled == WRITE_BATCH {
                         break; // the rest stays buffered for the next turn of the loop
                     }
-                    next = match reader.next().now_or_never() {
+                    next = match conn.reader.next().now_or_never() {
                         Some(Some(f)) => Some(f?),
                         Some(None) => {
-                            flush(writer).await?;
+                            conn.write_out().await?;
                             return Ok(());
                         }
                         None => None,
                     };
-                    // Keep the ordering promise inside the burst too.
-                    if next.is_some() && !feed_queued(rx, writer).await? {
-                        flush(writer).await?;
-                        return Ok(());
-                    }
                 }
-                flush(writer).await?;
-                shrink(reader, writer);
+                if !conn.write_out().await? {
+                    return Ok(());
+                }
+                shrink(&mut conn.reader);
             }
         }
     }
-}
-
-/// The writer is a sink of both replies and pre-encoded events; flushing is the same.
-async fn flush(writer: &mut Writer) -> Result<(), Dropped> {
-    SinkExt::<ServerMsg>::flush(writer).await?;
-    Ok(())
-}
-
-/// Feeds the events already queued (up to a batch). `false` if the session was ended.
-async fn feed_queued(
-    rx: &mut mpsc::Receiver<EncodedFrame>,
-    writer: &mut Writer,
-) -> Result<bool, Dropped> {
-    for _ in 0..WRITE_BATCH {
-        match rx.try_recv() {
-            Ok(e) => writer.feed(e).await?,
-            Err(mpsc::error::TryRecvError::Empty) => return Ok(true),
-            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(false),
-        }
-    }
-    Ok(true)
 }
 
 #[derive(PartialEq)]
@@ -331,20 +313,23 @@ enum Flow {
     End,
 }
 
-/// One frame from a logged-in client; its reply is fed, not flushed.
-async fn handle(
-    id: ConnId,
+/// One frame from a logged-in client; its reply is queued, not yet written.
+fn handle(
+    conn: &Conn,
     user: &UserName,
     frame: ClientMsg,
-    writer: &mut Writer,
     shared: &Shared,
 ) -> Result<Flow, Dropped> {
     match frame {
         ClientMsg::Request(req) => {
             let logout = matches!(req, wire::Request::Logout);
-            let reply = shared.with(|t, now| t.request(user, id, req, now));
-            let ended = matches!(reply, wire::Reply::LoggedOut);
-            writer.feed(ServerMsg::Reply(reply)).await?;
+            // The reply is queued under the lock, so it lands after every event queued
+            // for this user before the request was handled.
+            let ended = shared.with(|t, now| {
+                let reply = t.request(user, conn.id, req, now);
+                let ended = matches!(reply, wire::Reply::LoggedOut);
+                conn.reply(&ServerMsg::Reply(reply)).map(|()| ended)
+            })?;
             Ok(if logout || ended {
                 Flow::End
             } else {
@@ -352,19 +337,16 @@ async fn handle(
             })
         }
         ClientMsg::OfflineAck { up_to } => {
-            shared.with(|t, _| t.ack_offline(user, id, up_to));
+            shared.with(|t, _| t.ack_offline(user, conn.id, up_to));
             Ok(Flow::Continue)
         }
         _ => Err(Dropped::Unexpected("login frame after login")),
     }
 }
 
-/// Idle connections are most connections: after a burst, give back buffers that grew.
-fn shrink(reader: &mut Reader, writer: &mut Writer) {
+/// Idle connections are most connections: after a burst, give back a read buffer that grew.
+fn shrink(reader: &mut Reader) {
     if reader.read_buffer().is_empty() && reader.read_buffer().capacity() > BUFFER_KEEP {
         *reader.read_buffer_mut() = BytesMut::with_capacity(BUFFER_START);
-    }
-    if writer.write_buffer().is_empty() && writer.write_buffer().capacity() > BUFFER_KEEP {
-        *writer.write_buffer_mut() = BytesMut::with_capacity(BUFFER_START);
     }
 }

@@ -14,20 +14,18 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
 use wire::{EncodedFrame, ServerMsg, UserName, MAX_FRAME_LEN};
 
 use crate::clock::Millis;
 use crate::credentials::Credentials;
 use crate::lockout::Lockouts;
+use crate::outbox::{Outbox, Refused};
 use crate::store::{Store, StoreError};
 
 /// Identifies one TCP connection, so a stale connection can never end a newer session.
 pub type ConnId = u64;
-
-/// Events a slow client may have queued before it is disconnected. A client that falls
-/// this far behind is logged out; the messages meant for it are stored for its next login.
-pub const OUTBOUND_QUEUE: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -38,8 +36,8 @@ pub struct Rules {
 /// A logged-in user.
 pub struct Session {
     pub conn: ConnId,
-    /// Frames for this user's connection, encoded once by whoever queued them.
-    pub tx: mpsc::Sender<EncodedFrame>,
+    /// What this user's connection is to write, queued by whoever has something for them.
+    pub outbox: Arc<Outbox>,
     pub last_active: Millis,
     pub history_id: i64,
     pub ip: IpAddr,
@@ -116,28 +114,36 @@ impl Tracker {
 
     /// Queues `msg` for `user` if online. `false` if the user is offline or has fallen too far
     /// behind (then they are logged out at the end of the current operation).
-    pub(crate) fn push(&mut self, user: &UserName, msg: ServerMsg) -> bool {
-        match encode(&msg) {
-            Some(frame) => self.push_frame(user, frame),
-            None => false,
-        }
+    pub(crate) fn push(&mut self, user: &UserName, msg: &ServerMsg) -> bool {
+        let Some(s) = self.sessions.get(user) else {
+            return false;
+        };
+        let result = s.outbox.push_event_msg(msg);
+        self.pushed(user, result)
     }
 
     /// Queues an encoded frame for `user`; a message for many users is encoded once and
     /// its frame shared (see `notify_presence`, `broadcast`).
-    pub(crate) fn push_frame(&mut self, user: &UserName, frame: EncodedFrame) -> bool {
+    pub(crate) fn push_frame(&mut self, user: &UserName, frame: &EncodedFrame) -> bool {
         let Some(s) = self.sessions.get(user) else {
             return false;
         };
-        match s.tx.try_send(frame) {
+        let result = s.outbox.push_event(frame.as_bytes());
+        self.pushed(user, result)
+    }
+
+    fn pushed(&mut self, user: &UserName, result: Result<(), Refused>) -> bool {
+        match result {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 tracing::warn!(%user, "outbound queue full; disconnecting slow client");
-                self.lagging.push((user.clone(), s.conn));
+                if let Some(s) = self.sessions.get(user) {
+                    self.lagging.push((user.clone(), s.conn));
+                }
                 false
             }
             // The connection task is gone and will log the user out itself.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
@@ -239,18 +245,19 @@ pub(crate) mod testkit {
     pub struct Client {
         pub user: UserName,
         pub conn: ConnId,
-        pub rx: mpsc::Receiver<EncodedFrame>,
+        pub outbox: Arc<Outbox>,
     }
 
     impl Client {
         /// Everything queued for this client since the last call.
         pub fn events(&mut self) -> Vec<Event> {
+            let mut buf = self.outbox.take().bytes;
             let mut out = Vec::new();
-            while let Ok(f) = self.rx.try_recv() {
-                let mut buf = bytes::BytesMut::from(f.as_bytes());
-                let m: ServerMsg = wire::decode(&mut buf, MAX_FRAME_LEN).unwrap().unwrap();
+            while let Some(m) = wire::decode::<ServerMsg>(&mut buf, MAX_FRAME_LEN).unwrap() {
                 match m {
                     ServerMsg::Event(e) => out.push(e),
+                    // The session's first frame, queued by `login` ahead of its backlog.
+                    ServerMsg::Login(LoginResult::Welcome) => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -275,14 +282,14 @@ pub(crate) mod testkit {
 
     /// Logs in a client whose private-chat listener is on `p2p_port` (0: none).
     pub fn login_p2p(t: &mut Tracker, user: &str, now: Millis, p2p_port: u16) -> Client {
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let outbox = Arc::new(Outbox::default());
         let conn = rand::random();
         let r = t.login(
             &u(user),
             &Password::new(password_of(user)).unwrap(),
             now,
             conn,
-            tx,
+            outbox.clone(),
             Ipv4Addr::LOCALHOST.into(),
             p2p_port,
         );
@@ -290,7 +297,7 @@ pub(crate) mod testkit {
         Client {
             user: u(user),
             conn,
-            rx,
+            outbox,
         }
     }
 

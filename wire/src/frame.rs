@@ -35,8 +35,13 @@ pub fn encode<T: Serialize>(msg: &T, dst: &mut BytesMut, max: usize) -> Result<(
     let start = dst.len();
     dst.put_u32(0); // patched below once the body length is known
     let mut w = dst.writer();
-    rmp_serde::encode::write(&mut w, msg)?;
+    let written = rmp_serde::encode::write(&mut w, msg);
     let dst = w.into_inner();
+    if let Err(e) = written {
+        // Leave `dst` as it was: a half-written frame would corrupt what follows it.
+        dst.truncate(start);
+        return Err(e.into());
+    }
     let len = dst.len() - start - HEADER_LEN;
     if len > max {
         dst.truncate(start);

@@ -1,0 +1,255 @@
+//! A connection's outbound bytes: what the tracker has queued for one client, already
+//! framed, waiting for that client's task to write it.
+//!
+//! Why not a channel of frames: the relay's cost per message was dominated by one
+//! allocation per queued frame and one task wake-up per frame (`perf` on `bench/relay`;
+//! see ARCHITECTURE.md). Here whoever queues appends the frame's bytes to the client's
+//! buffer, and only the push that finds the buffer empty wakes the writer, which then
+//! takes everything queued so far in one `write`. An idle client's outbox holds no buffer
+//! at all.
+//!
+//! Order is the order of the pushes. Replies are pushed under the tracker's lock like
+//! events, so an event queued before a request was handled is written before its reply.
+
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use wire::{FrameError, ServerMsg, MAX_FRAME_LEN};
+
+/// Events a client may have waiting before it is disconnected as too slow. A client that
+/// falls this far behind is logged out; direct messages meant for it are stored for its
+/// next login.
+pub const MAX_QUEUED_EVENTS: usize = 1024;
+/// A buffer that grew past this while writing a burst is not kept for the next one.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+#[derive(Default)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    /// Holds one permit when there is something to write (or the outbox was closed).
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    buf: BytesMut,
+    /// Events in `buf` (replies are not counted: a client has at most one batch of them).
+    events: usize,
+    /// No more events will be accepted: the session ended, or the connection is gone.
+    closed: bool,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The client has `MAX_QUEUED_EVENTS` waiting: too slow, to be logged out.
+    Full,
+    /// The session ended or its connection is gone.
+    Closed,
+}
+
+/// What [`Outbox::take`] hands the writer.
+pub struct Batch {
+    pub bytes: BytesMut,
+    /// Nothing will follow: write `bytes`, then end the connection.
+    pub last: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section below leaves `Inner` consistent, even if it panicked.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event frame already encoded (prefix included), e.g. one shared by many
+    /// recipients.
+    pub fn push_event(&self, frame: &[u8]) -> Result<(), Refused> {
+        let mut g = self.lock();
+        g.admit()?;
+        g.buf.extend_from_slice(frame);
+        g.events += 1;
+        self.wake_if_first(&g, frame.len());
+        Ok(())
+    }
+
+    /// Encodes `msg` straight into the queue, as an event.
+    pub fn push_event_msg(&self, msg: &ServerMsg) -> Result<(), Refused> {
+        let mut g = self.lock();
+        g.admit()?;
+        let before = g.buf.len();
+        if let Err(e) = wire::encode(msg, &mut g.buf, MAX_FRAME_LEN) {
+            // Events are far below the cap by construction; failing here is a bug.
+            tracing::error!(error = %e, "cannot encode an event");
+            return Ok(());
+        }
+        g.events += 1;
+        self.wake_if_first(&g, g.buf.len() - before);
+        Ok(())
+    }
+
+    /// Queues the reply to this connection's own request. Never refused: even a session
+    /// that just ended owes its client the reply saying so, and replies are bounded by the
+    /// connection's own batch of requests.
+    pub fn push_reply(&self, msg: &ServerMsg) -> Result<(), FrameError> {
+        let mut g = self.lock();
+        let before = g.buf.len();
+        wire::encode(msg, &mut g.buf, MAX_FRAME_LEN)?;
+        self.wake_if_first(&g, g.buf.len() - before);
+        Ok(())
+    }
+
+    /// Accepts no more events; the writer ends after writing what is queued.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits until there may be something to take. May return with nothing queued.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Takes everything queued.
+    pub fn take(&self) -> Batch {
+        let mut g = self.lock();
+        g.events = 0;
+        Batch {
+            bytes: std::mem::take(&mut g.buf),
+            last: g.closed,
+        }
+    }
+
+    /// Hands back a written batch's buffer for reuse, unless it grew large or a new one
+    /// was started meanwhile.
+    pub fn recycle(&self, mut bytes: BytesMut) {
+        if bytes.capacity() > KEEP_CAPACITY {
+            return;
+        }
+        bytes.clear();
+        let mut g = self.lock();
+        if g.buf.capacity() == 0 {
+            g.buf = bytes;
+        }
+    }
+
+    /// Whether events are no longer accepted.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    fn wake_if_first(&self, g: &Inner, added: usize) {
+        // Only the push that made the buffer non-empty wakes the writer; it takes
+        // everything, so later pushes ride along.
+        if g.buf.len() == added && added > 0 {
+            self.ready.notify_one();
+        }
+    }
+}
+
+impl Inner {
+    fn admit(&self) -> Result<(), Refused> {
+        if self.closed {
+            Err(Refused::Closed)
+        } else if self.events >= MAX_QUEUED_EVENTS {
+            Err(Refused::Full)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{Event, UserName};
+
+    fn ev(n: u32) -> ServerMsg {
+        ServerMsg::Event(Event::LoggedIn {
+            user: UserName::new(format!("u{n}")).unwrap(),
+        })
+    }
+
+    fn decode_all(mut b: BytesMut) -> Vec<ServerMsg> {
+        let mut out = Vec::new();
+        while let Some(m) = wire::decode(&mut b, MAX_FRAME_LEN).unwrap() {
+            out.push(m);
+        }
+        assert!(b.is_empty());
+        out
+    }
+
+    #[test]
+    fn frames_come_out_in_push_order_in_one_batch() {
+        let o = Outbox::default();
+        o.push_event_msg(&ev(1)).unwrap();
+        let shared = wire::EncodedFrame::new(&ev(2), MAX_FRAME_LEN).unwrap();
+        o.push_event(shared.as_bytes()).unwrap();
+        o.push_reply(&ServerMsg::Reply(wire::Reply::Active))
+            .unwrap();
+        let b = o.take();
+        assert!(!b.last);
+        assert_eq!(
+            decode_all(b.bytes),
+            [ev(1), ev(2), ServerMsg::Reply(wire::Reply::Active)]
+        );
+        assert!(o.take().bytes.is_empty());
+    }
+
+    #[test]
+    fn a_slow_client_is_refused_after_the_limit_until_it_takes() {
+        let o = Outbox::default();
+        for i in 0..MAX_QUEUED_EVENTS {
+            o.push_event_msg(&ev(i as u32)).unwrap();
+        }
+        assert_eq!(o.push_event_msg(&ev(0)), Err(Refused::Full));
+        // Replies still go through: the client is owed them.
+        o.push_reply(&ServerMsg::Reply(wire::Reply::Active))
+            .unwrap();
+        assert_eq!(decode_all(o.take().bytes).len(), MAX_QUEUED_EVENTS + 1);
+        o.push_event_msg(&ev(0)).unwrap();
+    }
+
+    #[test]
+    fn closing_refuses_events_and_marks_the_last_batch() {
+        let o = Outbox::default();
+        o.push_event_msg(&ev(1)).unwrap();
+        o.close();
+        assert_eq!(o.push_event_msg(&ev(2)), Err(Refused::Closed));
+        o.push_reply(&ServerMsg::Reply(wire::Reply::LoggedOut))
+            .unwrap();
+        let b = o.take();
+        assert!(b.last);
+        assert_eq!(
+            decode_all(b.bytes),
+            [ev(1), ServerMsg::Reply(wire::Reply::LoggedOut)]
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_first_push_wakes_the_writer() {
+        let o = Outbox::default();
+        o.push_event_msg(&ev(1)).unwrap();
+        o.push_event_msg(&ev(2)).unwrap();
+        // One permit, stored by the first push: `ready` returns at once...
+        tokio::time::timeout(std::time::Duration::from_secs(5), o.ready())
+            .await
+            .expect("woken");
+        assert_eq!(decode_all(o.take().bytes).len(), 2);
+        // ...and no second one was stored by the second push.
+        let again = futures_util::FutureExt::now_or_never(o.ready());
+        assert!(again.is_none());
+    }
+
+    #[test]
+    fn recycled_buffers_are_reused_only_when_small() {
+        let o = Outbox::default();
+        o.push_event_msg(&ev(1)).unwrap();
+        let b = o.take();
+        let cap = b.bytes.capacity();
+        o.recycle(b.bytes);
+        assert_eq!(o.take().bytes.capacity(), cap);
+        o.recycle(BytesMut::with_capacity(KEEP_CAPACITY + 1));
+        assert_eq!(o.take().bytes.capacity(), 0);
+    }
+}
