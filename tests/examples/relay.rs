@@ -26,6 +26,11 @@ use wire::{
     PROTOCOL_VERSION,
 };
 
+/// The load clients and the bare relay use the same allocator as the tracker, so the
+/// ceiling is not lowered by an allocator the tracker does not use.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 type Rd = FramedRead<OwnedReadHalf, WireCodec<ServerMsg, ClientMsg>>;
 type Wr = FramedWrite<OwnedWriteHalf, WireCodec<ServerMsg, ClientMsg>>;
 
@@ -329,10 +334,15 @@ async fn bare_relay(listener: TcpListener) {
                 if w.write_all(&batch.bytes).await.is_err() || batch.last {
                     return;
                 }
-                outbox.recycle(batch.bytes);
             }
         });
     }
+}
+
+/// CPU seconds of this process: the load clients (and, in the first two runs, the bare
+/// relay beside them).
+fn own_cpu() -> f64 {
+    cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 fn report(label: &str, run: &Run, expected: u64) -> f64 {
@@ -392,8 +402,16 @@ fn main() {
         peak_rss(t.pid()).unwrap_or(0) as f64 / 1048576.0,
         rate / bare_rate
     );
+    let (cpu0, gen0) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
     let fixed = rt.block_on(load(t.addr, a.clients, 0, Some((a.rate, a.seconds))));
+    let (cpu1, gen1) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
     report(&format!("tracker, {fixed_label}"), &fixed, offered);
+    println!(
+        "  tracker CPU {:.2} s, load generator CPU {:.2} s, over {:.2} s",
+        cpu1 - cpu0,
+        gen1 - gen0,
+        fixed.secs
+    );
     drop(t);
 
     // Idle users: log them in, keep them connected, read what they are sent (presence).
@@ -421,7 +439,12 @@ fn main() {
         conns
     });
     let login_secs = start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(
+        std::env::var("HOLD")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2),
+    ));
     let after = t.rss().unwrap_or(0);
     println!(
         "idle: {idle} clients logged in in {login_secs:.1} s; tracker RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per client",

@@ -167,7 +167,6 @@ impl Conn {
         let batch = self.outbox.take();
         if !batch.bytes.is_empty() {
             self.writer.write_all(&batch.bytes).await?;
-            self.outbox.recycle(batch.bytes);
         }
         Ok(!batch.last)
     }

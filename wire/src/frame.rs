@@ -5,7 +5,7 @@
 //! allowed to grow.
 
 use bytes::{Buf, BufMut, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Hard cap on a frame body, in bytes, for every connection. Large enough for a 256 KiB block
 /// of chunk data plus headers; receivers that expect only small frames pass a lower cap.
@@ -22,8 +22,8 @@ pub enum FrameError {
     Empty,
     #[error("malformed frame: {0}")]
     Malformed(#[from] rmp_serde::decode::Error),
-    #[error("malformed frame: {0} bytes left over after the message")]
-    TrailingBytes(usize),
+    #[error("malformed frame: bytes left over after the message")]
+    TrailingBytes,
     #[error("cannot encode frame: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error(transparent)]
@@ -93,15 +93,19 @@ pub fn decode<T: DeserializeOwned>(
         src.reserve(HEADER_LEN + len - src.len());
         return Ok(None);
     }
-    src.advance(HEADER_LEN);
-    let body = src.split_to(len);
-    // A `&[u8]` reader advances as it reads, so what it holds afterwards is the leftover.
-    let mut de = rmp_serde::Deserializer::new(&body[..]);
+    let body = &src[HEADER_LEN..HEADER_LEN + len];
+    // Decoding borrows from the buffer (strings are copied once, into the message), rather
+    // than going through a reader that copies every string into a scratch vector first.
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     let msg = T::deserialize(&mut de)?;
-    let left = de.get_ref().len();
-    if left != 0 {
-        return Err(FrameError::TrailingBytes(left));
+    // Whatever follows the message must be nothing at all: reading one more value fails
+    // to find even a marker byte only if the body is used up exactly.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        _ => return Err(FrameError::TrailingBytes),
     }
+    src.advance(HEADER_LEN + len);
     Ok(Some(msg))
 }
 
@@ -226,7 +230,17 @@ mod tests {
         buf.put_u8(0xc0);
         assert!(matches!(
             decode::<ClientMsg>(&mut buf, MAX_FRAME_LEN),
-            Err(FrameError::TrailingBytes(1))
+            Err(FrameError::TrailingBytes)
+        ));
+        // A stray byte that starts a value it does not finish (str8 with no length) too.
+        let mut buf = BytesMut::new();
+        encode(&ClientMsg::Hello { version: 1 }, &mut buf, MAX_FRAME_LEN).unwrap();
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) + 1;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        buf.put_u8(0xd9);
+        assert!(matches!(
+            decode::<ClientMsg>(&mut buf, MAX_FRAME_LEN),
+            Err(FrameError::TrailingBytes)
         ));
     }
 }
