@@ -15,7 +15,7 @@ use scheduler::{Action, Config, Failure, Scheduler};
 use tokio::sync::mpsc;
 use wire::{FileMeta, FileName, Holder, UserName};
 
-use crate::library::{Library, WholeHash};
+use crate::library::Library;
 use crate::render::human_size;
 use crate::terminal::Printer;
 use crate::transfer::{fetch, FetchTarget, Fetched, PartWriter};
@@ -89,29 +89,12 @@ async fn drive(
         None => (0..count).filter(|c| !held.contains(c)).collect(),
     };
     if wanted.is_empty() {
-        return finish(&lib, &name, &meta, None, "You already have").await;
+        return finish(&lib, &name, &meta, "You already have").await;
     }
     let writer = match lib.part_file(&name) {
         Ok(f) => PartWriter::start(f),
         Err(e) => return vec![format!("Error. {e}")],
     };
-
-    // The whole-file hash follows the download in file order on its own thread.
-    let (verified_tx, verified_rx) = std::sync::mpsc::channel::<u32>();
-    let whole = match lib.whole_hash(&name) {
-        Ok(w) => w,
-        Err(e) => return vec![format!("Error. {e}")],
-    };
-    let mut hashed = held.clone();
-    let whole_hasher = std::thread::spawn(move || {
-        let mut whole = whole;
-        whole.advance(&hashed).ok()?;
-        for chunk in verified_rx {
-            hashed.insert(chunk);
-            whole.advance(&hashed).ok()?;
-        }
-        Some(whole)
-    });
 
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
@@ -181,7 +164,6 @@ async fn drive(
                         out.line(format!("Error. {e}"));
                     }
                     let _ = jobs.send(JobEvent::Have { name: name.clone(), chunk });
-                    let _ = verified_tx.send(chunk);
                     *served.entry(peer.clone()).or_default() += 1;
                     progress.chunk_done(chunk, count, &peer);
                     sched.completed(&peer, chunk, now());
@@ -218,11 +200,6 @@ async fn drive(
         );
     };
     progress.clear();
-    drop(verified_tx);
-    let whole = tokio::task::spawn_blocking(move || whole_hasher.join().ok().flatten())
-        .await
-        .ok()
-        .flatten();
     let from: Vec<&str> = served.keys().map(|u| u.as_str()).collect();
     match (outcome, plan.only) {
         (Ok(()), Some(c)) => {
@@ -232,12 +209,12 @@ async fn drive(
                 from.join(", ")
             )];
             if lib.have(&name).len() as u32 == count {
-                lines.extend(finish(&lib, &name, &meta, whole, "Completed").await);
+                lines.extend(finish(&lib, &name, &meta, "Completed").await);
             }
             lines
         }
         (Ok(()), None) => {
-            let done = finish(&lib, &name, &meta, whole, "Downloaded").await;
+            let done = finish(&lib, &name, &meta, "Downloaded").await;
             if done.first().is_some_and(|l| l.starts_with("Error")) {
                 return done;
             }
@@ -290,17 +267,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Checks the whole file and moves it into place. On success, one line starting with
-/// `verb`; on failure, an error line.
-async fn finish(
-    lib: &Arc<Library>,
-    name: &FileName,
-    meta: &FileMeta,
-    whole: Option<WholeHash>,
-    verb: &str,
-) -> Vec<String> {
+/// Moves the finished file into place. On success, one line starting with `verb`; on
+/// failure, an error line.
+async fn finish(lib: &Arc<Library>, name: &FileName, meta: &FileMeta, verb: &str) -> Vec<String> {
     let (l, n) = (lib.clone(), name.clone());
-    match tokio::task::spawn_blocking(move || l.finish_with(&n, whole)).await {
+    match tokio::task::spawn_blocking(move || l.finish(&n)).await {
         Ok(Ok(path)) => vec![format!(
             "{verb} {name} ({}) at {}",
             human_size(meta.size()),
