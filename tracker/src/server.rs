@@ -322,13 +322,13 @@ fn handle(
     match frame {
         ClientMsg::Request(req) => {
             let logout = matches!(req, wire::Request::Logout);
-            // The reply is queued under the lock, so it lands after every event queued
-            // for this user before the request was handled.
-            let ended = shared.with(|t, now| {
-                let reply = t.request(user, conn.id, req, now);
-                let ended = matches!(reply, wire::Reply::LoggedOut);
-                conn.reply(&ServerMsg::Reply(reply)).map(|()| ended)
-            })?;
+            let reply = shared.with(|t, now| t.request(user, conn.id, req, now));
+            // Queued after the lock is released (encoding it there would lengthen the one
+            // critical section every connection shares). Every event queued for this user
+            // before the request was handled is already in the outbox, so it still lands
+            // after them; an event queued meanwhile, after the request, may come first.
+            let ended = matches!(reply, wire::Reply::LoggedOut);
+            conn.reply(&ServerMsg::Reply(reply))?;
             Ok(if logout || ended {
                 Flow::End
             } else {

@@ -45,6 +45,19 @@ pub(crate) fn check(
     }
     // Control characters (escape sequences, newlines) would let one user rewrite another's
     // terminal or forge extra lines of output, so they never enter the system.
+    if s.is_ascii() {
+        // Every relayed text passes here: the byte test is the same rule without decoding
+        // characters (ASCII controls are 0x00-0x1f and 0x7f; the only ASCII whitespace that
+        // is not a control is the space).
+        let b = s.as_bytes();
+        if b.iter().any(|&c| c < 0x20 || c == 0x7f) {
+            return Err(IdError::Control { what });
+        }
+        if !allow_space && b.contains(&b' ') {
+            return Err(IdError::Whitespace { what });
+        }
+        return Ok(());
+    }
     if s.chars().any(char::is_control) {
         return Err(IdError::Control { what });
     }
@@ -138,6 +151,24 @@ impl fmt::Debug for Password {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_fast_path_is_the_same_rule_as_the_character_test() {
+        for c in 0u8..0x80 {
+            let s = format!("a{}b", c as char);
+            let ch = c as char;
+            for allow_space in [false, true] {
+                let want = if ch.is_control() {
+                    Err(IdError::Control { what: "t" })
+                } else if !allow_space && ch.is_whitespace() {
+                    Err(IdError::Whitespace { what: "t" })
+                } else {
+                    Ok(())
+                };
+                assert_eq!(check(&s, "t", 10, allow_space), want, "byte {c:#x}");
+            }
+        }
+    }
 
     #[test]
     fn user_names_are_validated() {
