@@ -250,6 +250,35 @@ fn start_writeback(file: &File, at: u64, len: usize) {
     }
 }
 
+/// Blocks written but still kept in the page cache; older ones are dropped from it.
+const CACHED_BLOCKS: usize = 32;
+
+/// Waits for an earlier block's writeback to finish, then drops its pages from the page
+/// cache, so the pages of the blocks that follow reuse them. Pages the kernel has to take
+/// fresh cost far more than reused ones on the development VM (dd: 280-340 MB/s against
+/// 1.7 GB/s), and a download only reads its file back to serve chunks, from disk.
+fn release_pages(file: &File, at: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscalls on a descriptor we own; they read no memory of ours. Errors
+    // only keep the pages cached, which costs memory the kernel can reclaim anyway.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
 enum WriteOp {
     Block { at: u64, bytes: Bytes },
     Barrier(tokio::sync::oneshot::Sender<std::io::Result<()>>),
@@ -275,12 +304,20 @@ impl PartWriter {
         std::thread::spawn(move || {
             // The first error is kept and reported at every later barrier.
             let mut failed: Option<std::io::ErrorKind> = None;
+            let mut cached = std::collections::VecDeque::with_capacity(CACHED_BLOCKS + 1);
             while let Some(op) = rx.blocking_recv() {
                 match op {
                     WriteOp::Block { at, bytes } => {
                         if failed.is_none() {
                             match file.write_all_at(&bytes, at) {
-                                Ok(()) => start_writeback(&file, at, bytes.len()),
+                                Ok(()) => {
+                                    start_writeback(&file, at, bytes.len());
+                                    cached.push_back((at, bytes.len()));
+                                    if cached.len() > CACHED_BLOCKS {
+                                        let (at, len) = cached.pop_front().expect("not empty");
+                                        release_pages(&file, at, len);
+                                    }
+                                }
                                 Err(e) => failed = Some(e.kind()),
                             }
                         }
