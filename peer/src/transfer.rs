@@ -233,21 +233,27 @@ async fn hash_block(mut hasher: Hasher, bytes: Bytes) -> Result<Hasher, FetchErr
     .map_err(|e| FetchError::Broken(e.to_string()))
 }
 
-/// Asks the kernel to start writing this range to disk now, without waiting for it, so
-/// the `fsync` before the finished file is renamed has little left to do (measured: it
-/// otherwise adds about 1 s to a 1 GiB download, all at the end).
-fn start_writeback(file: &File, at: u64, len: usize) {
+/// `sync_file_range` on a range of the part file with `flags`. Errors are ignored by
+/// every caller: they only lose a head start or keep pages cached; the `sync_data` at each
+/// chunk's barrier is what makes bytes durable.
+fn sync_range(file: &File, at: u64, len: usize, flags: libc::c_uint) {
     use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor we own; it reads no memory of ours. Errors
-    // only lose the head start: the final fsync still makes the file durable.
+    // SAFETY: a plain syscall on a descriptor we own; it reads no memory of ours.
     unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             at as libc::off64_t,
             len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
+            flags,
         );
     }
+}
+
+/// Asks the kernel to start writing this range to disk now, without waiting for it, so
+/// the `fsync` before the finished file is renamed has little left to do (measured: it
+/// otherwise adds about 1 s to a 1 GiB download, all at the end).
+fn start_writeback(file: &File, at: u64, len: usize) {
+    sync_range(file, at, len, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// Blocks written but still kept in the page cache; older ones are dropped from it.
@@ -259,17 +265,17 @@ const CACHED_BLOCKS: usize = 32;
 /// 1.7 GB/s), and a download only reads its file back to serve chunks, from disk.
 fn release_pages(file: &File, at: u64, len: usize) {
     use std::os::fd::AsRawFd;
-    // SAFETY: plain syscalls on a descriptor we own; they read no memory of ours. Errors
-    // only keep the pages cached, which costs memory the kernel can reclaim anyway.
+    sync_range(
+        file,
+        at,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+    // SAFETY: a plain syscall on a descriptor we own; it reads no memory of ours. An error
+    // only keeps the pages cached, which the kernel can reclaim anyway.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            at as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
         libc::posix_fadvise(
             file.as_raw_fd(),
             at as libc::off64_t,
