@@ -183,6 +183,8 @@ async fn send_one(
 }
 
 struct Run {
+    /// Messages the load clients were to send.
+    expected: u64,
     secs: f64,
     delivered: u64,
     latencies: Vec<u32>,
@@ -265,6 +267,7 @@ async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u
     }
     let latencies = std::mem::take(&mut *stats.latencies.lock().unwrap());
     Run {
+        expected,
         secs,
         delivered,
         latencies,
@@ -345,11 +348,12 @@ fn own_cpu() -> f64 {
     cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
-fn report(label: &str, run: &Run, expected: u64) -> f64 {
+fn report(label: &str, run: &Run) -> f64 {
     let rate = run.delivered as f64 / run.secs;
     println!(
-        "{label}: {} of {expected} delivered in {:.2} s = {:.0} msg/s; latency {}",
+        "{label}: {} of {} delivered in {:.2} s = {:.0} msg/s; latency {}",
         run.delivered,
+        run.expected,
         run.secs,
         rate,
         percentiles(run.latencies.clone())
@@ -378,24 +382,18 @@ fn main() {
     let bare_listener = bare_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let bare_addr = bare_listener.local_addr().unwrap();
     bare_rt.spawn(bare_relay(bare_listener));
-    let expected = (a.clients * a.messages) as u64;
     let bare = rt.block_on(load(bare_addr, a.clients, a.messages, None));
-    let bare_rate = report("bare relay (ceiling), flat out", &bare, expected);
-    let offered = a.rate / a.clients as u64 * a.clients as u64 * a.seconds;
+    let bare_rate = report("bare relay (ceiling), flat out", &bare);
     let fixed_label = format!("at {} msg/s", a.rate);
     let bare_fixed = rt.block_on(load(bare_addr, a.clients, 0, Some((a.rate, a.seconds))));
-    report(
-        &format!("bare relay (ceiling), {fixed_label}"),
-        &bare_fixed,
-        offered,
-    );
+    report(&format!("bare relay (ceiling), {fixed_label}"), &bare_fixed);
     drop(bare_rt);
 
     let t = Tracker::start_quiet(&creds, 3600);
     let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
     let run = rt.block_on(load(t.addr, a.clients, a.messages, None));
     let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
-    let rate = report("tracker, flat out", &run, expected);
+    let rate = report("tracker, flat out", &run);
     println!(
         "  tracker CPU {:.2} s, peak RSS {:.1} MiB; {:.2}x the bare relay",
         cpu1 - cpu0,
@@ -405,7 +403,7 @@ fn main() {
     let (cpu0, gen0) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
     let fixed = rt.block_on(load(t.addr, a.clients, 0, Some((a.rate, a.seconds))));
     let (cpu1, gen1) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
-    report(&format!("tracker, {fixed_label}"), &fixed, offered);
+    report(&format!("tracker, {fixed_label}"), &fixed);
     println!(
         "  tracker CPU {:.2} s, load generator CPU {:.2} s, over {:.2} s",
         cpu1 - cpu0,

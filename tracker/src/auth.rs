@@ -2,7 +2,6 @@
 //! backlog of offline messages handed to a new session.
 
 use std::net::IpAddr;
-
 use std::sync::Arc;
 
 use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};

@@ -10,8 +10,8 @@
 //! reuse cost 5.7 KiB per idle client (valgrind massif on `bench/relay --idle 1000`), and a
 //! busy connection's one allocation per written batch costs little next to its `write`.
 //!
-//! Order is the order of the pushes. Replies are pushed under the tracker's lock like
-//! events, so an event queued before a request was handled is written before its reply.
+//! Order is the order of the pushes. A reply is pushed after its request was handled, so
+//! every event queued for the client before that is written ahead of it.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -67,9 +67,10 @@ impl Outbox {
     pub fn push_event(&self, frame: &[u8]) -> Result<(), Refused> {
         let mut g = self.lock();
         g.admit()?;
+        let was_empty = g.buf.is_empty();
         g.buf.extend_from_slice(frame);
         g.events += 1;
-        self.wake_if_first(&g, frame.len());
+        self.wake_if(was_empty);
         Ok(())
     }
 
@@ -77,26 +78,23 @@ impl Outbox {
     pub fn push_event_msg(&self, msg: &ServerMsg) -> Result<(), Refused> {
         let mut g = self.lock();
         g.admit()?;
-        let before = g.buf.len();
+        let was_empty = g.buf.is_empty();
         if let Err(e) = wire::encode(msg, &mut g.buf, MAX_FRAME_LEN) {
             // Events are far below the cap by construction; failing here is a bug.
             tracing::error!(error = %e, "cannot encode an event");
             return Ok(());
         }
         g.events += 1;
-        self.wake_if_first(&g, g.buf.len() - before);
+        self.wake_if(was_empty);
         Ok(())
     }
 
     /// Queues the reply to this connection's own request. Never refused: even a session
     /// that just ended owes its client the reply saying so, and replies are bounded by the
-    /// connection's own batch of requests.
+    /// connection's own batch of requests. Wakes nobody: the connection's task pushes its
+    /// replies itself and writes them out next.
     pub fn push_reply(&self, msg: &ServerMsg) -> Result<(), FrameError> {
-        let mut g = self.lock();
-        let before = g.buf.len();
-        wire::encode(msg, &mut g.buf, MAX_FRAME_LEN)?;
-        self.wake_if_first(&g, g.buf.len() - before);
-        Ok(())
+        wire::encode(msg, &mut self.lock().buf, MAX_FRAME_LEN)
     }
 
     /// Accepts no more events; the writer ends after writing what is queued.
@@ -120,10 +118,11 @@ impl Outbox {
         }
     }
 
-    fn wake_if_first(&self, g: &Inner, added: usize) {
-        // Only the push that made the buffer non-empty wakes the writer; it takes
-        // everything, so later pushes ride along.
-        if g.buf.len() == added && added > 0 {
+    fn wake_if(&self, was_empty: bool) {
+        // Only the event that made the buffer non-empty wakes the writer; it takes
+        // everything, so later pushes ride along. A buffer that held only replies is
+        // written by the task that pushed them, without being woken.
+        if was_empty {
             self.ready.notify_one();
         }
     }
@@ -221,6 +220,15 @@ mod tests {
         // ...and no second one was stored by the second push.
         let again = futures_util::FutureExt::now_or_never(o.ready());
         assert!(again.is_none());
+    }
+
+    #[test]
+    fn a_reply_wakes_nobody() {
+        let o = Outbox::default();
+        o.push_reply(&ServerMsg::Reply(wire::Reply::Active))
+            .unwrap();
+        assert!(futures_util::FutureExt::now_or_never(o.ready()).is_none());
+        assert_eq!(decode_all(o.take().bytes).len(), 1);
     }
 
     #[test]

@@ -12,9 +12,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use wire::{EncodedFrame, ServerMsg, UserName, MAX_FRAME_LEN};
 
@@ -115,31 +114,28 @@ impl Tracker {
     /// Queues `msg` for `user` if online. `false` if the user is offline or has fallen too far
     /// behind (then they are logged out at the end of the current operation).
     pub(crate) fn push(&mut self, user: &UserName, msg: &ServerMsg) -> bool {
-        let Some(s) = self.sessions.get(user) else {
-            return false;
-        };
-        let result = s.outbox.push_event_msg(msg);
-        self.pushed(user, result)
+        self.push_with(user, |o| o.push_event_msg(msg))
     }
 
     /// Queues an encoded frame for `user`; a message for many users is encoded once and
     /// its frame shared (see `notify_presence`, `broadcast`).
     pub(crate) fn push_frame(&mut self, user: &UserName, frame: &EncodedFrame) -> bool {
+        self.push_with(user, |o| o.push_event(frame.as_bytes()))
+    }
+
+    fn push_with(
+        &mut self,
+        user: &UserName,
+        push: impl FnOnce(&Outbox) -> Result<(), Refused>,
+    ) -> bool {
         let Some(s) = self.sessions.get(user) else {
             return false;
         };
-        let result = s.outbox.push_event(frame.as_bytes());
-        self.pushed(user, result)
-    }
-
-    fn pushed(&mut self, user: &UserName, result: Result<(), Refused>) -> bool {
-        match result {
+        match push(&s.outbox) {
             Ok(()) => true,
             Err(Refused::Full) => {
                 tracing::warn!(%user, "outbound queue full; disconnecting slow client");
-                if let Some(s) = self.sessions.get(user) {
-                    self.lagging.push((user.clone(), s.conn));
-                }
+                self.lagging.push((user.clone(), s.conn));
                 false
             }
             // The connection task is gone and will log the user out itself.
