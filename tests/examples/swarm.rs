@@ -368,22 +368,18 @@ fn main() {
     }
     println!();
     println!("ceilings on this machine:");
-    println!(
-        "  SHA-256, 1 core:      {sha1:.0} MB/s   (download at {:.2}x)",
-        mb_s(size, secs) / sha1
-    );
-    println!(
-        "  SHA-256, {cores} cores:     {sha_all:.0} MB/s   (download at {:.2}x)",
-        mb_s(size, secs) / sha_all
-    );
-    println!(
-        "  loopback TCP:         {tcp:.0} MB/s   (download at {:.2}x)",
-        mb_s(size, secs) / tcp
-    );
-    println!(
-        "  file write:           {write:.0} MB/s   (download at {:.2}x)",
-        mb_s(size, secs) / write
-    );
+    let ours = mb_s(size, secs);
+    for (label, ceiling) in [
+        ("SHA-256, 1 core:".to_string(), sha1),
+        (format!("SHA-256, {cores} cores:"), sha_all),
+        ("loopback TCP:".to_string(), tcp),
+        ("file write:".to_string(), write),
+    ] {
+        println!(
+            "  {label:<21} {ceiling:.0} MB/s   (download at {:.2}x)",
+            ours / ceiling
+        );
+    }
     // Our peers are done; free the cores for the comparison.
     drop(dl);
     drop(seeders);
