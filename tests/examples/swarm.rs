@@ -8,64 +8,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use harness::bench::*;
 use harness::*;
-use sha2::Digest as _;
 
 const SEEDERS: [&str; 4] = ["hans", "yoda", "luke", "leia"];
 const DOWNLOADER: &str = "vader";
 const NAME: &str = "swarm.bin";
-
-fn parse_size(s: &str) -> u64 {
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .expect("SIZE: a number with an optional K/M/G suffix")
-        * mult
-}
-
-fn mb_s(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / 1e6 / secs
-}
-
-/// Writes `size` pseudo-random bytes to `path`, returning their SHA-256.
-fn make_file(path: &std::path::Path, size: u64) -> [u8; 32] {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut hasher = sha2::Sha256::new();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        hasher.update(&block[..n]);
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
-    hasher.finalize().into()
-}
-
-fn sha256_file(path: &std::path::Path) -> [u8; 32] {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            return hasher.finalize().into();
-        }
-        hasher.update(&buf[..n]);
-    }
-}
 
 /// SHA-256 throughput of the implementation the peer uses, on `threads` threads at once.
 fn sha_ceiling(threads: usize) -> f64 {
@@ -135,161 +83,10 @@ fn write_ceiling(dir: &std::path::Path, size: u64) -> f64 {
     mb_s(size, secs)
 }
 
-/// A port free right now (the OS picks it; it is released for the tool to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-}
-
-/// Kills the child it holds when dropped.
-struct Proc(std::process::Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The same file through a real BitTorrent swarm on 127.0.0.1: opentracker, 4 aria2c
-/// seeders, one aria2c downloader; DHT, PEX and LPD off. Seconds to a complete, identical
-/// file, or why it could not run.
-fn aria2c_swarm(source: &std::path::Path, seeders: usize) -> Result<f64, String> {
-    use std::process::{Command, Stdio};
-    let missing: Vec<&str> = ["aria2c", "mktorrent", "opentracker"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "{} not installed (apt-get install aria2 mktorrent opentracker)",
-            missing.join(", ")
-        ));
-    }
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let port = free_port();
-    let announce = format!("http://127.0.0.1:{port}/announce");
-    let torrent = w.join("swarm.torrent");
-    let ok = Command::new("mktorrent")
-        .args(["-a", &announce, "-l", "22", "-o"])
-        .arg(&torrent)
-        .arg(source)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !ok.success() {
-        return Err("mktorrent failed".into());
-    }
-    let info = Command::new("aria2c")
-        .arg("-S")
-        .arg(&torrent)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let hash = String::from_utf8_lossy(&info.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
-        .ok_or("no info hash from aria2c -S")?;
-    // Debian's opentracker only serves whitelisted torrents; it chroots into -d first.
-    let ot = w.join("ot");
-    std::fs::create_dir(&ot).unwrap();
-    std::fs::write(ot.join("whitelist.txt"), format!("{hash}\n")).unwrap();
-    let p = port.to_string();
-    let _tracker = Proc(
-        Command::new("opentracker")
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &p,
-                "-P",
-                &p,
-                "-w",
-                "/whitelist.txt",
-                "-d",
-            ])
-            .arg(&ot)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let common = [
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--console-log-level=error",
-        "--summary-interval=0",
-        "--file-allocation=none",
-        "-q",
-    ];
-    let mut procs = Vec::new();
-    for i in 0..seeders {
-        let dir = w.join(format!("seed{i}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::hard_link(source, dir.join(source.file_name().unwrap())).unwrap();
-        procs.push(Proc(
-            Command::new("aria2c")
-                .args(common)
-                .args(["--seed-ratio=0.0", "--bt-seed-unverified=true"])
-                .arg(format!("--listen-port={}", free_port()))
-                .arg(format!("--dir={}", dir.display()))
-                .arg(&torrent)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| e.to_string())?,
-        ));
-    }
-    // Let the seeders announce before the downloader asks for peers.
-    std::thread::sleep(Duration::from_millis(1500));
-    let dl = w.join("dl");
-    std::fs::create_dir(&dl).unwrap();
-    let start = Instant::now();
-    let mut child = Command::new("aria2c")
-        .args(common)
-        .args(["--seed-time=0"])
-        .arg(format!("--listen-port={}", free_port()))
-        .arg(format!("--dir={}", dl.display()))
-        .arg(&torrent)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let deadline = start + Duration::from_secs(1800);
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err("aria2c did not finish in 30 minutes".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let secs = start.elapsed().as_secs_f64();
-    if !status.success() {
-        return Err(format!("aria2c downloader failed ({status})"));
-    }
-    if sha256_file(&dl.join(source.file_name().unwrap())) != sha256_file(source) {
-        return Err("aria2c's file differs from the source".into());
-    }
-    Ok(secs)
-}
-
 fn main() {
     let size = std::env::args()
         .nth(1)
-        .map(|s| parse_size(&s))
+        .map(|s| parse_size(&s).unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or(1 << 30);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -306,7 +103,7 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let write = write_ceiling(work.path(), size);
     let source = work.path().join(NAME);
-    let want = make_file(&source, size);
+    let want = make_file(&source, size, 0);
 
     let t = Tracker::start(60, 3600);
     let long = Duration::from_secs(3600);
@@ -385,7 +182,20 @@ fn main() {
     drop(seeders);
     drop(t);
     println!();
-    match aria2c_swarm(&source, SEEDERS.len()) {
+    let local = BtHost {
+        place: Place::local(),
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let seeds = vec![local.clone(); SEEDERS.len()];
+    let aria = aria2c_swarm(
+        &source,
+        22,
+        &local,
+        &seeds,
+        std::slice::from_ref(&local),
+        Duration::from_secs(1800),
+    );
+    match aria.map(|t| t[0]) {
         Ok(aria) => println!(
             "aria2c swarm:         {aria:.2} s, {:.0} MB/s   (ours / aria2c throughput: {:.2}x)",
             mb_s(size, aria),

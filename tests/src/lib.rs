@@ -3,13 +3,18 @@
 //! threads, and kills every process it started (by PID, on drop). Every wait is bounded by
 //! a deadline.
 
+pub mod bench;
+pub mod lab;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub use lab::{Lab, Link, Place};
 
 /// Longest wait for any expected line; generous for a loaded 2-core CI machine.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -44,8 +49,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Reads a child's output lines on a thread into a channel, keeping a transcript.
 struct Lines {
-    rx: Receiver<String>,
+    rx: Receiver<(Instant, String)>,
     transcript: Arc<Mutex<Vec<String>>>,
+    /// When the line last received was read from the child.
+    last_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl Lines {
@@ -57,12 +64,22 @@ impl Lines {
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { break };
                 t.lock().unwrap().push(line.clone());
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
         });
-        Lines { rx, transcript }
+        Lines {
+            rx,
+            transcript,
+            last_at: Default::default(),
+        }
+    }
+
+    fn recv_timeout(&self, wait: Duration) -> Result<String, RecvTimeoutError> {
+        let (at, line) = self.rx.recv_timeout(wait)?;
+        self.last_at.set(Some(at));
+        Ok(line)
     }
 
     fn transcript(&self) -> String {
@@ -89,20 +106,41 @@ impl Tracker {
     /// A tracker for benchmarks: `credentials` as given, logging only what it must (its
     /// port) so logging costs nothing measurable.
     pub fn start_quiet(credentials: &str, timeout: u64) -> Tracker {
+        Self::start_quiet_on(Place::local(), Ipv4Addr::LOCALHOST, credentials, timeout)
+    }
+
+    /// `start_quiet` on a lab host whose address is `ip`.
+    pub fn start_quiet_on(place: Place, ip: Ipv4Addr, credentials: &str, timeout: u64) -> Tracker {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("credentials.txt"), credentials).unwrap();
-        Self::launch(dir, 60, timeout, "tracker=info")
+        Self::launch(place, ip.into(), dir, 60, timeout, "tracker=info")
+    }
+
+    /// A tracker on the fixture credentials on a lab host whose address is `ip`.
+    pub fn start_on(place: Place, ip: Ipv4Addr, block_duration: u64, timeout: u64) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
+        Self::launch(place, ip.into(), dir, block_duration, timeout, "debug")
     }
 
     /// Starts (or restarts) a tracker whose credentials and state live in `dir`.
     pub fn start_in(dir: tempfile::TempDir, block_duration: u64, timeout: u64) -> Tracker {
-        Self::launch(dir, block_duration, timeout, "debug")
+        let local = Ipv4Addr::LOCALHOST.into();
+        Self::launch(Place::local(), local, dir, block_duration, timeout, "debug")
     }
 
-    fn launch(dir: tempfile::TempDir, block_duration: u64, timeout: u64, log: &str) -> Tracker {
-        let mut child = Command::new(bin("tracker"))
+    fn launch(
+        place: Place,
+        bind: IpAddr,
+        dir: tempfile::TempDir,
+        block_duration: u64,
+        timeout: u64,
+        log: &str,
+    ) -> Tracker {
+        let mut child = place
+            .command(bin("tracker"))
             .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", &bind.to_string()])
             .current_dir(dir.path())
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
@@ -114,7 +152,7 @@ impl Tracker {
         let deadline = Instant::now() + WAIT;
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match stderr.rx.recv_timeout(left) {
+            match stderr.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening addr=").nth(1) {
                         break rest.split_whitespace().next().unwrap().parse().unwrap();
@@ -217,11 +255,24 @@ impl Peer {
     }
 
     pub fn start_in(tracker: SocketAddr, dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Peer {
-        let mut child = Command::new(bin("peer"))
+        Peer::start_on(&Place::local(), tracker, dir, tmp, &[])
+    }
+
+    /// A peer on a lab host (or locally), with extra command-line `args`.
+    pub fn start_on(
+        place: &Place,
+        tracker: SocketAddr,
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+        args: &[&str],
+    ) -> Peer {
+        let mut child = place
+            .command(bin("peer"))
             .arg(tracker.ip().to_string())
             .arg(tracker.port().to_string())
             .arg("--dir")
             .arg(&dir)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -270,7 +321,7 @@ impl Peer {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.rx.recv_timeout(left) {
+            match self.out.recv_timeout(left) {
                 Ok(line) if line.contains(want) => return line,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => panic!(
@@ -287,13 +338,30 @@ impl Peer {
         }
     }
 
+    /// Waits for a line containing any of `wants` and returns it.
+    pub fn expect_any(&mut self, wants: &[&str], wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(line) if wants.iter().any(|w| line.contains(w)) => return line,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{}: no line containing any of {wants:?} within {wait:?} ({e:?}). Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            }
+        }
+    }
+
     /// Waits until a line containing each of `wants` has appeared, in any order.
     pub fn expect_all(&mut self, wants: &[String]) {
         let mut missing: Vec<&String> = wants.iter().collect();
         let deadline = Instant::now() + WAIT;
         while !missing.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.rx.recv_timeout(left) {
+            match self.out.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(i) = missing.iter().position(|w| line.contains(w.as_str())) {
                         missing.swap_remove(i);
@@ -310,7 +378,7 @@ impl Peer {
 
     /// The next line, exactly.
     pub fn next_line(&mut self) -> String {
-        match self.out.rx.recv_timeout(WAIT) {
+        match self.out.recv_timeout(WAIT) {
             Ok(l) => l,
             Err(e) => panic!(
                 "{}: no next line ({e:?}). Transcript:\n{}",
@@ -345,11 +413,16 @@ impl Peer {
 
     /// Logs in as `user` and waits for the welcome.
     pub fn login(&mut self, user: &str) {
+        self.login_as(user, password(user));
+    }
+
+    /// Logs in as `user` with `password` (users that are not in the fixture).
+    pub fn login_as(&mut self, user: &str, password: &str) {
         self.name = user.to_owned();
         self.expect("Username:");
         self.send(user);
         self.expect("Password:");
-        self.send(password(user));
+        self.send(password);
         self.expect("Welcome to the greatest messaging application ever!");
     }
 
@@ -371,6 +444,11 @@ impl Peer {
 
     pub fn transcript(&self) -> String {
         self.out.transcript()
+    }
+
+    /// When the line the last `expect` (or `next_line`) returned was printed.
+    pub fn last_line_at(&self) -> Option<Instant> {
+        self.out.last_at.get()
     }
 
     pub fn pid(&self) -> u32 {

@@ -45,7 +45,10 @@ fn sample_7_private_messages_both_ways() {
     yoda.expect("hans logged out");
     // The farewell comes over the private connection, the notice from the tracker: they
     // arrive in either order.
-    luke.expect_all(&["hans stopped private messaging".into(), "hans logged out".into()]);
+    luke.expect_all(&[
+        "hans stopped private messaging".into(),
+        "hans logged out".into(),
+    ]);
     assert!(
         !yoda.transcript().contains("(private)"),
         "yoda saw none of it"
@@ -179,7 +182,10 @@ fn private_commands_count_as_activity() {
     luke.expect("You have been logged out due to inactivity");
     assert!(luke.wait_exit().success());
     // Two connections (tracker and private), so either order.
-    hans.expect_all(&["luke logged out".into(), "luke stopped private messaging".into()]);
+    hans.expect_all(&[
+        "luke logged out".into(),
+        "luke stopped private messaging".into(),
+    ]);
     assert!(!hans.transcript().contains("You have been logged out"));
 }
 
