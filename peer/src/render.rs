@@ -155,7 +155,7 @@ pub fn event(e: &Event) -> Vec<String> {
         Event::LoggedIn { user } => vec![format!("{user} logged in")],
         Event::LoggedOut { user } => vec![format!("{user} logged out")],
         Event::TimedOut => vec![TIMED_OUT.into()],
-        Event::PrivateTicket { .. } => vec![],
+        Event::PrivateTicket { .. } | Event::Holders { .. } | Event::HolderGone { .. } => vec![],
     }
 }
 

@@ -5,10 +5,15 @@
 //! restarts. Holdings live only as long as the holder's session: a client announces what
 //! it holds when it logs in (`Register` with its chunk list), so the registry never offers
 //! a chunk from someone who cannot serve it now.
+//!
+//! Downloaders *watch* the file they are downloading (from their `Locate` until `Unwatch`
+//! or logout): every change in who holds what is pushed to them as it happens (`Holders`,
+//! `HolderGone`), so leechers that start together find each other as soon as one of them
+//! has verified a chunk, and a seeder that logs in mid-download is used at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use wire::{FileMeta, FileName, Holder, Refusal, Reply, UserName};
+use wire::{Event, FileMeta, FileName, Holder, Refusal, Reply, ServerMsg, UserName};
 
 use crate::state::Tracker;
 
@@ -16,6 +21,8 @@ pub(crate) struct FileEntry {
     pub meta: FileMeta,
     /// Online user → chunks they hold (0-based). Never holds an empty set.
     pub holders: HashMap<UserName, BTreeSet<u32>>,
+    /// Online users downloading this file, told of every change in `holders`.
+    pub watchers: HashSet<UserName>,
 }
 
 impl FileEntry {
@@ -23,6 +30,7 @@ impl FileEntry {
         Self {
             meta,
             holders: HashMap::new(),
+            watchers: HashSet::new(),
         }
     }
 }
@@ -62,10 +70,7 @@ impl Tracker {
                     .insert(name.clone(), FileEntry::new(meta.clone()));
             }
         }
-        if !have.is_empty() {
-            let entry = self.files.get_mut(&name).expect("inserted above");
-            entry.holders.entry(me.clone()).or_default().extend(have);
-        }
+        self.add_holdings(me, &name, have);
         Reply::Registered {
             name,
             size: meta.size(),
@@ -81,7 +86,75 @@ impl Tracker {
         if chunk >= count {
             return bad_chunk(chunk, count);
         }
-        entry.holders.entry(me.clone()).or_default().insert(chunk);
+        self.add_holdings(me, name, vec![chunk]);
+        Reply::Noted
+    }
+
+    /// `me` holds `chunks` of the registered file `name` (checked in range); watchers hear
+    /// of the ones that are new.
+    fn add_holdings(&mut self, me: &UserName, name: &FileName, chunks: Vec<u32>) {
+        let Some(entry) = self.files.get_mut(name) else {
+            return;
+        };
+        if chunks.is_empty() {
+            return;
+        }
+        let held = entry.holders.entry(me.clone()).or_default();
+        let new: Vec<u32> = chunks.into_iter().filter(|&c| held.insert(c)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let event = Event::Holders {
+            name: name.clone(),
+            user: me.clone(),
+            chunks: new,
+        };
+        self.tell_watchers(me, name, event);
+    }
+
+    /// Pushes `event` about holder `holder` to the watchers of `name` that may see them:
+    /// not `holder` itself, not users `holder` has blocked.
+    fn tell_watchers(&mut self, holder: &UserName, name: &FileName, event: Event) {
+        let Some(entry) = self.files.get(name) else {
+            return;
+        };
+        let targets: Vec<UserName> = entry
+            .watchers
+            .iter()
+            .filter(|w| *w != holder && !self.has_blocked(holder, w))
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let Some(frame) = crate::state::encode(&ServerMsg::Event(event)) else {
+            return;
+        };
+        for w in targets {
+            self.push_frame(&w, &frame);
+        }
+    }
+
+    /// `me` stops watching `name`.
+    pub(crate) fn unwatch(&mut self, me: &UserName, name: &FileName) -> Reply {
+        if let Some(entry) = self.files.get_mut(name) {
+            entry.watchers.remove(me);
+        }
+        Reply::Noted
+    }
+
+    /// `me` no longer holds anything of `name`.
+    pub(crate) fn withdraw(&mut self, me: &UserName, name: &FileName) -> Reply {
+        let Some(entry) = self.files.get_mut(name) else {
+            return unknown(name);
+        };
+        if entry.holders.remove(me).is_some() {
+            let event = Event::HolderGone {
+                name: name.clone(),
+                user: me.clone(),
+            };
+            self.tell_watchers(me, name, event);
+        }
         Reply::Noted
     }
 
@@ -146,9 +219,15 @@ impl Tracker {
         name: &FileName,
         from: Option<&UserName>,
     ) -> Reply {
-        let Some(entry) = self.files.get(name) else {
+        let Some(entry) = self.files.get_mut(name) else {
             return unknown(name);
         };
+        if from.is_none() {
+            // Registered with the snapshot below, under the same lock: every change after
+            // the snapshot reaches the watcher as an event.
+            entry.watchers.insert(me.clone());
+        }
+        let entry = &self.files[name];
         let meta = entry.meta.clone();
         let candidates: Vec<(UserName, Vec<u32>)> = match from {
             Some(user) => {
@@ -182,10 +261,21 @@ impl Tracker {
         Reply::Located { meta, holders }
     }
 
-    /// The user's session ended: they can no longer serve anything.
+    /// The user's session ended: they can no longer serve anything, nor watch.
     pub(crate) fn forget_holdings(&mut self, user: &UserName) {
-        for entry in self.files.values_mut() {
-            entry.holders.remove(user);
+        let mut held = Vec::new();
+        for (name, entry) in self.files.iter_mut() {
+            entry.watchers.remove(user);
+            if entry.holders.remove(user).is_some() {
+                held.push(name.clone());
+            }
+        }
+        for name in held {
+            let event = Event::HolderGone {
+                name: name.clone(),
+                user: user.clone(),
+            };
+            self.tell_watchers(user, &name, event);
         }
     }
 }
@@ -397,6 +487,74 @@ mod tests {
             ),
             Reply::Refused(Refusal::UnknownFile { name: f("zzz") })
         );
+    }
+
+    #[test]
+    fn watchers_hear_of_every_change_in_holders() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4002);
+        let yoda = login_p2p(&mut t, "yoda", T0, 4003);
+        let vader = login_p2p(&mut t, "vader", T0, 4004);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        let locate = Request::Locate {
+            name: f("a.bin"),
+            from: None,
+        };
+        assert!(matches!(req(&mut t, &luke, locate, T0), Reply::Located { .. }));
+        luke.events();
+        let have = |c| Request::HaveChunk {
+            name: f("a.bin"),
+            chunk: c,
+        };
+        // A leecher verifies a chunk; a seeder registers; a chunk already known is news to
+        // nobody.
+        assert_eq!(req(&mut t, &yoda, have(1), T0), Reply::Noted);
+        req(&mut t, &yoda, have(1), T0);
+        req(&mut t, &vader, register(meta("a.bin", 1), &[0, 2]), T0);
+        assert_eq!(
+            luke.events(),
+            [
+                Event::Holders {
+                    name: f("a.bin"),
+                    user: u("yoda"),
+                    chunks: vec![1]
+                },
+                Event::Holders {
+                    name: f("a.bin"),
+                    user: u("vader"),
+                    chunks: vec![0, 2]
+                },
+            ]
+        );
+        // A holder that blocked the watcher stays invisible to it.
+        req(&mut t, &vader, Request::Block { user: u("luke") }, T0);
+        req(&mut t, &vader, register(meta("a.bin", 1), &[1]), T0);
+        assert_eq!(luke.events(), []);
+        // Leaving and withdrawing are told.
+        assert_eq!(
+            req(&mut t, &yoda, Request::Withdraw { name: f("a.bin") }, T0),
+            Reply::Noted
+        );
+        req(&mut t, &hans, Request::Logout, T0);
+        assert_eq!(
+            luke.events(),
+            [
+                Event::HolderGone {
+                    name: f("a.bin"),
+                    user: u("yoda")
+                },
+                Event::HolderGone {
+                    name: f("a.bin"),
+                    user: u("hans")
+                },
+                Event::LoggedOut { user: u("hans") },
+            ]
+        );
+        // After unwatching, nothing more.
+        req(&mut t, &luke, Request::Unwatch { name: f("a.bin") }, T0);
+        req(&mut t, &yoda, have(0), T0);
+        assert_eq!(luke.events(), []);
     }
 
     #[test]

@@ -199,6 +199,8 @@ impl Tracker {
             Request::SearchFile { name } => self.search_file(me, &name),
             Request::SearchChunk { name, chunks } => self.search_chunk(me, &name, &chunks),
             Request::Locate { name, from } => self.locate(me, &name, from.as_ref()),
+            Request::Unwatch { name } => self.unwatch(me, &name),
+            Request::Withdraw { name } => self.withdraw(me, &name),
             Request::Activity => Reply::Active,
             Request::Logout => {
                 self.end_session(me, conn, now);

@@ -92,9 +92,20 @@ pub enum Request {
     },
     /// What is needed to download `name`: its description, and for every online holder
     /// (or only `from`, checked like `StartPrivate`) its chunks, address and a ticket.
+    /// Without `from`, the asker also *watches* `name` from now on: it is sent `Holders`
+    /// and `HolderGone` events as holders gain chunks or leave, until `Unwatch` or logout.
     Locate {
         name: FileName,
         from: Option<UserName>,
+    },
+    /// Stop watching `name` (the download finished or was cancelled). Answered `Noted`.
+    Unwatch {
+        name: FileName,
+    },
+    /// We no longer hold any chunk of `name` (the file changed or vanished from disk).
+    /// Answered `Noted`; watchers are sent `HolderGone`.
+    Withdraw {
+        name: FileName,
     },
     /// The user did something the tracker does not otherwise see (a local command, a private
     /// message); counts as activity for the inactivity timeout.
@@ -174,7 +185,7 @@ pub enum Reply {
         size: u64,
         chunks: u32,
     },
-    /// Answer to `HaveChunk`.
+    /// Answer to `HaveChunk`, `Unwatch` and `Withdraw`.
     Noted,
     /// Online users holding at least one chunk (empty: not available).
     FileHolders {
@@ -253,6 +264,18 @@ pub enum Event {
     PrivateTicket {
         from: UserName,
         ticket: Ticket,
+    },
+    /// To watchers of `name` (see `Request::Locate`): `user` now also holds `chunks`.
+    /// Ask `Locate { from: Some(user) }` for an address and a ticket to fetch from them.
+    Holders {
+        name: FileName,
+        user: UserName,
+        chunks: Vec<u32>,
+    },
+    /// To watchers of `name`: `user` no longer holds any of it (logged out or withdrew).
+    HolderGone {
+        name: FileName,
+        user: UserName,
     },
 }
 
