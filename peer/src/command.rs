@@ -54,6 +54,12 @@ pub enum Command {
         name: FileName,
         chunk: u32,
     },
+    /// List downloads and uploads in progress.
+    Transfers,
+    /// Stop a download, keeping its verified chunks.
+    Cancel {
+        name: FileName,
+    },
     Logout,
     Help,
 }
@@ -116,11 +122,19 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "download <file>",
-        "fetch <file> from every peer holding it, in parallel",
+        "fetch <file> from every peer holding it, in the background",
     ),
     (
         "private <user> download <file> <chunk>",
         "fetch one chunk from <user>",
+    ),
+    (
+        "transfers",
+        "show downloads and uploads in progress, with rates and limits",
+    ),
+    (
+        "cancel <file>",
+        "stop downloading <file>; what is verified is kept for later",
     ),
     ("logout", "log out and quit (end of input does the same)"),
     ("help", "show this list"),
@@ -285,6 +299,11 @@ impl Command {
                 (f, "") if !f.is_empty() => Ok(Command::Download { name: file(f)? }),
                 _ => Err(usage("download")),
             },
+            "transfers" => none(rest, Command::Transfers),
+            "cancel" => match word(rest) {
+                (f, "") if !f.is_empty() => Ok(Command::Cancel { name: file(f)? }),
+                _ => Err(usage("cancel")),
+            },
             "logout" => none(rest, Command::Logout),
             "help" => Ok(Command::Help),
             _ => Err(ParseError::Unknown),
@@ -426,6 +445,15 @@ mod tests {
             Command::parse("private hans download a.bin x"),
             Err(ParseError::Usage(_))
         ));
+        assert_eq!(Command::parse("transfers"), Ok(Command::Transfers));
+        assert_eq!(
+            Command::parse("cancel a.bin"),
+            Ok(Command::Cancel { name: f("a.bin") })
+        );
+        assert_eq!(
+            Command::parse("cancel"),
+            Err(ParseError::Usage("cancel <file>"))
+        );
         // Anything else after `private <user>` is a message.
         assert_eq!(
             Command::parse("private hans download it now please"),

@@ -11,6 +11,12 @@
 //! We serve a chunk only if the manifest says we hold it: every chunk of a file we
 //! registered, and only verified chunks of a download. All file reads and writes are
 //! streamed in blocks; no whole file or chunk is ever in memory.
+//!
+//! What we hold follows what is on disk: a complete file's size and modification time are
+//! recorded when it is registered or finished, and checked before it is served and before
+//! a download of its name starts. A file that vanished or changed is forgotten at once
+//! (its manifest removed) and reported on the channel from [`Library::withdrawals`], so the
+//! session withdraws it from the tracker instead of serving stale bytes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -19,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use wire::{FileMeta, FileName, BLOCK_LEN, STATE_DIR};
 
 use crate::hash::Hasher;
@@ -50,6 +57,37 @@ struct Manifest {
     meta: FileMeta,
     have: BTreeSet<u32>,
     complete: bool,
+    /// The complete file as it was when registered or finished.
+    #[serde(default)]
+    stamp: Option<Stamp>,
+}
+
+/// What tells us a file changed without reading it: its size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+
+    fn of_path(path: &Path) -> std::io::Result<Stamp> {
+        std::fs::metadata(path).map(|m| Stamp::of(&m))
+    }
+}
+
+/// A file we held and no longer do, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Withdrawn {
+    pub name: FileName,
+    pub why: &'static str,
 }
 
 /// Where the bytes of a chunk we hold are.
@@ -65,6 +103,7 @@ pub struct Library {
     state: PathBuf,
     /// Held briefly for lookups and updates, never across I/O on file contents.
     files: Mutex<HashMap<FileName, Manifest>>,
+    withdrawn: Mutex<Option<mpsc::UnboundedSender<Withdrawn>>>,
 }
 
 impl Library {
@@ -90,7 +129,18 @@ impl Library {
             } else {
                 state.join(format!("{}.part", m.meta.name()))
             };
-            if std::fs::metadata(&data).is_ok_and(|d| d.len() == m.meta.size()) {
+            let Ok(found) = std::fs::metadata(&data) else {
+                continue;
+            };
+            let mut m = m;
+            if m.complete {
+                // A manifest from before stamps were kept trusts the file as it is now.
+                let now = Stamp::of(&found);
+                if *m.stamp.get_or_insert(now) != now {
+                    continue;
+                }
+            }
+            if found.len() == m.meta.size() {
                 files.insert(m.meta.name().clone(), m);
             }
         }
@@ -98,7 +148,58 @@ impl Library {
             dir: dir.to_owned(),
             state,
             files: Mutex::new(files),
+            withdrawn: Mutex::new(None),
         })
+    }
+
+    /// Where files found vanished or changed are reported from now on.
+    pub fn withdrawals(&self) -> mpsc::UnboundedReceiver<Withdrawn> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Is what we hold of `name` still on disk as we recorded it? If not, it is forgotten
+    /// and reported (see [`Library::withdrawals`]), and `false` returned. Blocking (a
+    /// `stat`).
+    pub fn still_there(&self, name: &FileName) -> bool {
+        let Some((complete, stamp, size)) = self
+            .lock()
+            .get(name)
+            .map(|m| (m.complete, m.stamp, m.meta.size()))
+        else {
+            return false;
+        };
+        let why = if complete {
+            match Stamp::of_path(&self.path_of(name)) {
+                Err(_) => Some("was deleted"),
+                Ok(now) if Some(now) != stamp => Some("changed on disk"),
+                Ok(_) => None,
+            }
+        } else {
+            match std::fs::metadata(self.part_path(name)) {
+                Ok(d) if d.len() == size => None,
+                _ => Some("lost its partial download"),
+            }
+        };
+        let Some(why) = why else { return true };
+        self.forget(name, why);
+        false
+    }
+
+    /// Drops everything we knew of `name` (its partial download too) and reports it.
+    fn forget(&self, name: &FileName, why: &'static str) {
+        if self.lock().remove(name).is_none() {
+            return;
+        }
+        let _ = std::fs::remove_file(self.manifest_path(name));
+        let _ = std::fs::remove_file(self.part_path(name));
+        if let Some(tx) = &*self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(Withdrawn {
+                name: name.clone(),
+                why,
+            });
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileName, Manifest>> {
@@ -129,6 +230,11 @@ impl Library {
         out
     }
 
+    /// The description of `name`, if we hold or are downloading it.
+    pub fn meta(&self, name: &FileName) -> Option<FileMeta> {
+        self.lock().get(name).map(|m| m.meta.clone())
+    }
+
     /// Chunks of `name` we hold.
     pub fn have(&self, name: &FileName) -> BTreeSet<u32> {
         self.lock()
@@ -139,10 +245,16 @@ impl Library {
 
     /// Reads `<dir>/<name>` once, computing the SHA-256 of each of (at most) `wanted`
     /// chunks and of the whole file. Blocking: run it off the async threads.
-    pub fn describe(&self, name: &FileName, wanted: usize) -> Result<FileMeta, LibraryError> {
+    pub fn describe(
+        &self,
+        name: &FileName,
+        wanted: usize,
+    ) -> Result<(FileMeta, Stamp), LibraryError> {
         let path = self.path_of(name);
         let mut file = File::open(&path).map_err(io(&path))?;
-        let size = file.metadata().map_err(io(&path))?.len();
+        let before = file.metadata().map_err(io(&path))?;
+        let stamp = Stamp::of(&before);
+        let size = before.len();
         let chunk_size = FileMeta::chunk_size_for(size, wanted);
         let mut whole = Hasher::new();
         let mut chunks = Vec::new();
@@ -168,22 +280,29 @@ impl Library {
         if in_chunk > 0 {
             chunks.push(chunk.finish());
         }
-        // The file may have changed while we read it; describe what we actually read.
-        let size = total;
-        Ok(FileMeta::new(
+        if total != size || Stamp::of_path(&path).ok() != Some(stamp) {
+            return Err(LibraryError::Io {
+                path,
+                source: std::io::Error::other("it changed while being read; try again"),
+            });
+        }
+        let meta = FileMeta::new(
             name.clone(),
             size,
             if size == 0 { 1 } else { chunk_size },
             chunks,
             whole.finish(),
-        )?)
+        )?;
+        Ok((meta, stamp))
     }
 
-    /// Records a file we registered: we hold every chunk of `<dir>/<name>`.
-    pub fn add_complete(&self, meta: FileMeta) -> Result<(), LibraryError> {
+    /// Records a file we registered: we hold every chunk of `<dir>/<name>`, as it was
+    /// when `stamp` was taken.
+    pub fn add_complete(&self, meta: FileMeta, stamp: Stamp) -> Result<(), LibraryError> {
         let m = Manifest {
             have: (0..meta.chunk_count()).collect(),
             complete: true,
+            stamp: Some(stamp),
             meta,
         };
         self.save(&m)?;
@@ -212,6 +331,8 @@ impl Library {
     /// different content under the same name is discarded.
     pub fn prepare(&self, meta: &FileMeta) -> Result<BTreeSet<u32>, LibraryError> {
         let name = meta.name();
+        // What we claim to hold must still be there; if not, it is forgotten first.
+        self.still_there(name);
         if let Some(m) = self.lock().get(name) {
             if m.meta == *meta {
                 if m.complete {
@@ -234,16 +355,19 @@ impl Library {
             meta: meta.clone(),
             have: BTreeSet::new(),
             complete: false,
+            stamp: None,
         };
         self.save(&m)?;
         self.lock().insert(name.clone(), m);
         Ok(BTreeSet::new())
     }
 
-    /// Opens the part file of a prepared download for writing chunks into.
+    /// Opens the part file of a prepared download for writing chunks into (and reading
+    /// them back to check them).
     pub fn part_file(&self, name: &FileName) -> Result<File, LibraryError> {
         let part = self.part_path(name);
         std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&part)
             .map_err(io(&part))
@@ -298,6 +422,7 @@ impl Library {
         }
         std::fs::rename(&part, &target).map_err(io(&target))?;
         m.complete = true;
+        m.stamp = Some(Stamp::of_path(&target).map_err(io(&target))?);
         self.save(&m)?;
         self.lock().insert(name.clone(), m);
         Ok(target)
@@ -338,7 +463,7 @@ mod tests {
         let data = sample(1000);
         std::fs::write(dir.path().join("f.bin"), &data).unwrap();
         let lib = Library::open(dir.path()).unwrap();
-        let meta = lib.describe(&name("f.bin"), 10).unwrap();
+        let (meta, _) = lib.describe(&name("f.bin"), 10).unwrap();
         assert_eq!(meta.size(), 1000);
         assert_eq!(meta.chunk_count(), 10);
         assert_eq!(meta.sha256(), &sha256(&data));
@@ -358,7 +483,8 @@ mod tests {
         let meta = Library::open(src.path())
             .unwrap()
             .describe(&name("f.bin"), 3)
-            .unwrap();
+            .unwrap()
+            .0;
 
         let dst = tempfile::tempdir().unwrap();
         let lib = Library::open(dst.path()).unwrap();
@@ -391,13 +517,61 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_vanished_or_changed_is_forgotten_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.bin", "b.bin"] {
+            std::fs::write(dir.path().join(f), sample(100)).unwrap();
+        }
+        let lib = Library::open(dir.path()).unwrap();
+        let mut gone = lib.withdrawals();
+        for f in ["a.bin", "b.bin"] {
+            let (meta, stamp) = lib.describe(&name(f), 2).unwrap();
+            lib.add_complete(meta, stamp).unwrap();
+            assert!(lib.still_there(&name(f)));
+        }
+        std::fs::remove_file(dir.path().join("a.bin")).unwrap();
+        // Same size, new content: the modification time tells.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("b.bin"))
+            .unwrap();
+        f.write_all_at(b"edited", 0).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(!lib.still_there(&name("a.bin")));
+        assert!(!lib.still_there(&name("b.bin")));
+        assert!(
+            lib.source(&name("b.bin"), 0).is_none(),
+            "never served stale"
+        );
+        assert!(lib.holdings().is_empty());
+        let why: Vec<_> = std::iter::from_fn(|| gone.try_recv().ok()).collect();
+        assert_eq!(
+            why,
+            [
+                Withdrawn {
+                    name: name("a.bin"),
+                    why: "was deleted"
+                },
+                Withdrawn {
+                    name: name("b.bin"),
+                    why: "changed on disk"
+                }
+            ]
+        );
+        // Forgotten for good: a restart does not bring them back.
+        assert!(Library::open(dir.path()).unwrap().holdings().is_empty());
+    }
+
+    #[test]
     fn finish_refuses_while_chunks_are_missing() {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("f.bin"), sample(100)).unwrap();
         let meta = Library::open(src.path())
             .unwrap()
             .describe(&name("f.bin"), 2)
-            .unwrap();
+            .unwrap()
+            .0;
         let dst = tempfile::tempdir().unwrap();
         let lib = Library::open(dst.path()).unwrap();
         lib.prepare(&meta).unwrap();
@@ -416,7 +590,8 @@ mod tests {
         let meta = Library::open(src.path())
             .unwrap()
             .describe(&name("f.bin"), 2)
-            .unwrap();
+            .unwrap()
+            .0;
         let dst = tempfile::tempdir().unwrap();
         std::fs::write(dst.path().join("f.bin"), b"mine").unwrap();
         let lib = Library::open(dst.path()).unwrap();

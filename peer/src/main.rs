@@ -1,4 +1,4 @@
-//! `peer <SERVER_IP> <SERVER_PORT> [--dir DIR]`
+//! `peer <SERVER_IP> <SERVER_PORT> [--dir DIR] [--up-limit RATE] [--down-limit RATE]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,12 @@ struct Args {
     /// Your folder: files you share and files you download.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Most bytes per second to upload, across all transfers (e.g. 500K, 5M).
+    #[arg(long, value_name = "RATE")]
+    up_limit: Option<peer::ratelimit::Rate>,
+    /// Most bytes per second to download, across all transfers (e.g. 500K, 5M).
+    #[arg(long, value_name = "RATE")]
+    down_limit: Option<peer::ratelimit::Rate>,
 }
 
 fn main() -> ExitCode {
@@ -44,7 +50,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .and_then(|mut a| a.next())
             .with_context(|| format!("cannot resolve server address {}", args.server_ip))?;
         let mut term = peer::terminal::Terminal::start();
-        let code = peer::session::run(server, &args.dir, &mut term).await;
+        let limits = peer::session::Limits {
+            down: args.down_limit,
+            up: args.up_limit,
+        };
+        let code = peer::session::run(server, &args.dir, limits, &mut term).await;
         Ok(code)
     })
     // The runtime is dropped here; the terminal reader thread may still be blocked in a

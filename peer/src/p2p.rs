@@ -8,17 +8,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use crate::library::Library;
+use crate::serve::Uploads;
 use wire::codec::WireCodec;
 use wire::{
     PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION,
@@ -39,7 +43,72 @@ const MAX_INCOMING: usize = 256;
 /// Private messages queued per connection before `private` reports it as gone.
 const QUEUE: usize = 256;
 
-pub type PeerFramed = Framed<TcpStream, WireCodec<PeerMsg, PeerMsg>>;
+pub type PeerFramed = Framed<Counted<TcpStream>, WireCodec<PeerMsg, PeerMsg>>;
+
+/// A stream that counts the bytes read from it: how a download sees that a peer is
+/// sending (even in the middle of a block) and how fast.
+pub struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            read: Arc::default(),
+        }
+    }
+
+    /// Bytes read so far, shared.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.read.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// Tickets the tracker has issued for connections to us, not yet used.
 #[derive(Default)]
@@ -166,16 +235,22 @@ impl PeerHandle {
 pub struct P2p {
     me: Arc<Mutex<Option<UserName>>>,
     library: Arc<Library>,
+    pub uploads: Arc<Uploads>,
     pub tickets: Arc<TicketBook>,
     events: mpsc::UnboundedSender<P2pEvent>,
     next_id: Arc<AtomicU64>,
 }
 
 impl P2p {
-    pub fn new(events: mpsc::UnboundedSender<P2pEvent>, library: Arc<Library>) -> P2p {
+    pub fn new(
+        events: mpsc::UnboundedSender<P2pEvent>,
+        library: Arc<Library>,
+        uploads: Arc<Uploads>,
+    ) -> P2p {
         P2p {
             me: Arc::new(Mutex::new(None)),
             library,
+            uploads,
             tickets: Arc::default(),
             events,
             next_id: Arc::new(AtomicU64::new(1)),
@@ -215,7 +290,7 @@ impl P2p {
 
     async fn accept(&self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
+        let mut framed = Framed::new(Counted::new(stream), WireCodec::with_max(HANDSHAKE_FRAME));
         let hello = tokio::time::timeout(HANDSHAKE, framed.next()).await;
         let Ok(Some(Ok(PeerMsg::Hello {
             version,
@@ -242,7 +317,7 @@ impl P2p {
         framed.codec_mut().set_max(MAX_FRAME_LEN);
         if purpose == Purpose::Transfer {
             // Chunk requests: served quietly, never shown as a chat.
-            crate::transfer::serve(framed, self.library.clone()).await;
+            crate::serve::serve(framed, user, self.library.clone(), self.uploads.clone()).await;
             return;
         }
         let handle = self.spawn(framed, user.clone(), user);
@@ -301,7 +376,7 @@ pub async fn dial(
         Err(_) => return Err(format!("no answer from {addr}")),
     };
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, WireCodec::with_max(HANDSHAKE_FRAME));
+    let mut framed = Framed::new(Counted::new(stream), WireCodec::with_max(HANDSHAKE_FRAME));
     framed
         .send(PeerMsg::Hello {
             version: PROTOCOL_VERSION,

@@ -24,6 +24,8 @@ pub enum Asked {
     Fetch {
         chunk: u32,
     },
+    /// A download asked to be introduced to a holder it heard of: not shown.
+    Introduce,
     Activity,
     Logout,
 }
@@ -93,7 +95,7 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
                 format!("Chunk {}: {who}", c + 1)
             })
             .collect(),
-        // The download driver takes it from here.
+        // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
     }
@@ -142,6 +144,94 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             "Error. The server could not do that right now; please try again".into()
         }
     }
+}
+
+/// Why the tracker would not introduce us to a holder, in a download's "waiting" lines.
+pub fn not_introduced(user: &UserName, why: &Refusal) -> String {
+    match why {
+        Refusal::BlockedByRecipient { .. } => format!("{user} has blocked you"),
+        Refusal::Offline { .. } => format!("{user} is offline"),
+        Refusal::NotReachable { .. } => format!("{user} does not accept connections"),
+        other => format!("{user}: {}", refusal(Asked::Introduce, other)),
+    }
+}
+
+/// One line for a download in `transfers`.
+pub fn transfer(name: &wire::FileName, only: Option<u32>, s: &crate::download::Status) -> String {
+    let what = match only {
+        Some(c) => format!("chunk {} of {name}", c + 1),
+        None => name.to_string(),
+    };
+    if s.locating {
+        return format!("{what}: asking the tracker where it is");
+    }
+    let pct = (s.verified * 100).checked_div(s.wanted).unwrap_or(100);
+    let done = format!(
+        "{what}: {} of {} ({pct}%)",
+        human_size(s.verified),
+        human_size(s.wanted)
+    );
+    if let Some(w) = &s.waiting {
+        let first = w.lines().next().unwrap_or_default();
+        return format!("{done}; {first}");
+    }
+    let eta = if s.rate > 0.0 {
+        format!(
+            ", ETA {}",
+            human_secs((s.wanted - s.verified) as f64 / s.rate)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{done} at {} from {} of {} peer{}{eta}",
+        human_rate(s.rate),
+        s.sending,
+        s.peers,
+        if s.peers == 1 { "" } else { "s" }
+    )
+}
+
+/// What `transfers` says about uploads (`sent` bytes since login) and limits.
+pub fn uploads(
+    serving: &[UserName],
+    waiting: usize,
+    rate: f64,
+    sent: u64,
+    down: Option<crate::ratelimit::Rate>,
+    up: Option<crate::ratelimit::Rate>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if serving.is_empty() && waiting == 0 {
+        lines.push(format!(
+            "Not uploading ({} uploaded in all)",
+            human_size(sent)
+        ));
+    } else {
+        let who: Vec<&str> = serving.iter().map(|u| u.as_str()).collect();
+        let queue = if waiting > 0 {
+            format!("; {waiting} waiting for a slot")
+        } else {
+            String::new()
+        };
+        lines.push(format!(
+            "Uploading to {} at {}{queue} ({} uploaded in all)",
+            if who.is_empty() {
+                "nobody".to_string()
+            } else {
+                who.join(", ")
+            },
+            human_rate(rate),
+            human_size(sent)
+        ));
+    }
+    let show = |r: Option<crate::ratelimit::Rate>| r.map_or("none".to_string(), |r| r.to_string());
+    lines.push(format!(
+        "Limits: download {}, upload {}",
+        show(down),
+        show(up)
+    ));
+    lines
 }
 
 /// Lines to print for an event pushed by the tracker.
@@ -205,9 +295,65 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Bytes per second as people read them.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", human_size(bytes_per_sec.max(0.0) as u64))
+}
+
+/// A duration in whole seconds, minutes or hours.
+pub fn human_secs(secs: f64) -> String {
+    let s = secs.max(0.0).ceil() as u64;
+    match s {
+        0..=99 => format!("{s} s"),
+        100..=5999 => format!("{} min", s.div_ceil(60)),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+/// 0-based chunk numbers as users read them: 1-based, runs as ranges ("chunks 1-3, 7").
+pub fn chunk_list(chunks: &[u32]) -> String {
+    let mut sorted: Vec<u64> = chunks.iter().map(|&c| c as u64 + 1).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    let word = if sorted.len() == 1 { "chunk" } else { "chunks" };
+    format!("{word} {}", parts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_lists_read_as_ranges() {
+        assert_eq!(chunk_list(&[0]), "chunk 1");
+        assert_eq!(chunk_list(&[4, 0, 1, 2, 9]), "chunks 1-3, 5, 10");
+        let many: Vec<u32> = (0..57).chain(100..103).collect();
+        assert_eq!(chunk_list(&many), "chunks 1-57, 101-103");
+    }
+
+    #[test]
+    fn rates_and_times_read_naturally() {
+        assert_eq!(human_rate(1536.0), "1.5 KiB/s");
+        assert_eq!(human_secs(4.2), "5 s");
+        assert_eq!(human_secs(150.0), "3 min");
+        assert_eq!(human_secs(7200.0), "2.0 h");
+    }
 
     #[test]
     fn sizes_read_naturally() {

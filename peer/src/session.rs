@@ -1,7 +1,7 @@
 //! The client's life: open the private-chat listener, log in, then run commands and show
 //! what arrives (from the tracker and from private connections) until logout.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,16 +15,25 @@ use wire::{
 };
 
 use crate::command::{help_text, Command};
-use crate::download::{self, JobEvent, Plan};
-use crate::library::Library;
+use crate::download::{self, Control, Handle, Inbox, JobEvent, Plan};
+use crate::library::{Library, Stamp, Withdrawn};
 use crate::p2p::{Ended, P2p, P2pEvent, PeerHandle};
+use crate::ratelimit::{Rate, RateLimiter};
 use crate::render::{self, Asked};
+use crate::serve::Uploads;
 use crate::terminal::{Input, Printer, Terminal};
 use crate::tracker_link::{LinkError, TrackerLink};
 
-/// How the client ended: 0 after logout, end of input or a timeout; 1 when login was
-/// refused or the server went away.
-pub async fn run(server: SocketAddr, dir: &Path, term: &mut Terminal) -> ExitCode {
+/// Transfer rates the user set on the command line (bytes per second, all transfers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub down: Option<Rate>,
+    pub up: Option<Rate>,
+}
+
+/// How the client ended: 0 after logout, end of input, Ctrl-C or a timeout; 1 when login
+/// was refused or the server went away.
+pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Terminal) -> ExitCode {
     let out = term.printer();
     let lib = match Library::open(dir) {
         Ok(l) => Arc::new(l),
@@ -46,8 +55,11 @@ pub async fn run(server: SocketAddr, dir: &Path, term: &mut Terminal) -> ExitCod
     };
     let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (events_tx, events) = mpsc::unbounded_channel();
-    let p2p = P2p::new(events_tx, lib.clone());
+    let up = limits.up.map(|r| Arc::new(RateLimiter::new(r)));
+    let uploads = Uploads::new(up);
+    let p2p = P2p::new(events_tx, lib.clone(), uploads.clone());
     tokio::spawn(p2p.clone().listen(listener));
+    let withdrawals = lib.withdrawals();
 
     let mut link = match TrackerLink::connect(server).await {
         Ok(l) => l,
@@ -60,6 +72,12 @@ pub async fn run(server: SocketAddr, dir: &Path, term: &mut Terminal) -> ExitCod
         Ok(Some(me)) => {
             p2p.set_me(me.clone());
             let (jobs_tx, jobs) = mpsc::unbounded_channel();
+            let ctx = download::Context {
+                lib: lib.clone(),
+                out: out.clone(),
+                jobs: jobs_tx.clone(),
+                down: limits.down.map(|r| Arc::new(RateLimiter::new(r))),
+            };
             let mut s = Session {
                 link,
                 out: out.clone(),
@@ -72,13 +90,21 @@ pub async fn run(server: SocketAddr, dir: &Path, term: &mut Terminal) -> ExitCod
                 jobs_tx,
                 jobs,
                 registering: HashMap::new(),
-                busy: false,
+                transfers: BTreeMap::new(),
+                locating: HashMap::new(),
+                locating_order: VecDeque::new(),
+                introducing: VecDeque::new(),
+                ctx,
+                uploads,
+                limits,
+                withdrawals,
             };
             let result = match s.announce().await {
                 Ok(()) => s.run(term).await,
                 Err(e) => Err(e),
             };
             s.chats.close_all().await;
+            s.stop_transfers();
             match result {
                 Ok(code) => code,
                 Err(e) => {
@@ -111,7 +137,7 @@ async fn login(
     p2p_port: u16,
 ) -> Result<Option<UserName>, Refused> {
     let user = loop {
-        let Input::Line(line) = term.prompt("Username: ").await else {
+        let Input::Line(line) = read(term, "Username: ", false).await else {
             return Ok(None);
         };
         let Ok(user) = UserName::new(line.trim()) else {
@@ -127,8 +153,7 @@ async fn login(
         }
     };
     loop {
-        term.ask_secret("Password: ");
-        let Input::Line(line) = term.next().await else {
+        let Input::Line(line) = read(term, "Password: ", true).await else {
             return Ok(None);
         };
         let Ok(password) = Password::new(line) else {
@@ -158,6 +183,20 @@ async fn login(
         };
         out.line(text);
         return Err(Refused(ExitCode::FAILURE));
+    }
+}
+
+/// One line at a login prompt; Ctrl-C (a signal while the terminal is not in raw mode)
+/// leaves like end of input.
+async fn read(term: &mut Terminal, prompt: &str, secret: bool) -> Input {
+    if secret {
+        term.ask_secret(prompt);
+    } else {
+        term.ask(prompt);
+    }
+    tokio::select! {
+        input = term.next() => input,
+        _ = tokio::signal::ctrl_c() => Input::End,
     }
 }
 
@@ -202,9 +241,21 @@ struct Session {
     /// Results of work done in the background: file hashing, downloads.
     jobs: mpsc::UnboundedReceiver<JobEvent>,
     /// Files hashed and sent to the tracker, kept until it accepts them.
-    registering: HashMap<FileName, FileMeta>,
-    /// A download is locating or running: commands wait until it ends (it owns the screen).
-    busy: bool,
+    registering: HashMap<FileName, (FileMeta, Stamp)>,
+    /// Downloads locating or running, by file: at most one per file.
+    transfers: BTreeMap<FileName, Handle>,
+    /// The download ends of those still being located, until the tracker answers.
+    locating: HashMap<FileName, Inbox>,
+    /// The files of the `Locate`s sent for downloads, oldest first, matched with their
+    /// replies (which come in request order).
+    locating_order: VecDeque<FileName>,
+    /// Introductions asked of the tracker for running downloads, in request order.
+    introducing: VecDeque<(FileName, UserName)>,
+    ctx: download::Context,
+    uploads: Arc<Uploads>,
+    limits: Limits,
+    /// Files found vanished or changed on disk: withdrawn from the tracker.
+    withdrawals: mpsc::UnboundedReceiver<Withdrawn>,
 }
 
 /// What the loop should do after handling something.
@@ -229,7 +280,7 @@ impl Session {
         // Whether a line has been asked for and not yet received.
         let mut asking = false;
         loop {
-            if !asking && !leaving && !self.busy {
+            if !asking && !leaving {
                 term.ask("> ");
                 asking = true;
             }
@@ -241,10 +292,16 @@ impl Session {
                         Input::Line(l) => leaving = self.run_line(&l).await?,
                         Input::End => {
                             leaving = true;
-                            self.chats.close_all().await;
-                            self.send(Asked::Logout, Request::Logout).await?;
+                            self.leave().await?;
                         }
                     }
+                    Next::Continue
+                }
+                _ = tokio::signal::ctrl_c(), if !leaving => {
+                    // Outside the line editor (scripted, or between lines), Ctrl-C is a
+                    // signal: leave as `logout` does.
+                    leaving = true;
+                    self.leave().await?;
                     Next::Continue
                 }
                 msg = self.link.recv() => self.on_tracker(msg?).await?,
@@ -256,6 +313,15 @@ impl Session {
                     self.on_job(job).await?;
                     Next::Continue
                 }
+                Some(gone) = self.withdrawals.recv() => {
+                    self.out.line(format!(
+                        "{} {}; no longer sharing it",
+                        self.lib.path_of(&gone.name).display(),
+                        gone.why
+                    ));
+                    self.send(Asked::Quiet, Request::Withdraw { name: gone.name }).await?;
+                    Next::Continue
+                }
             };
             if let Next::Exit(code) = next {
                 return Ok(code);
@@ -263,12 +329,27 @@ impl Session {
         }
     }
 
+    /// Logs out: private partners are told first, so they read "stopped" before
+    /// "logged out"; downloads stop, keeping what they verified.
+    async fn leave(&mut self) -> Result<(), LinkError> {
+        self.chats.close_all().await;
+        self.stop_transfers();
+        self.send(Asked::Logout, Request::Logout).await
+    }
+
+    fn stop_transfers(&mut self) {
+        for (_, h) in std::mem::take(&mut self.transfers) {
+            let _ = h.control.send(Control::Cancel);
+        }
+        self.locating.clear();
+    }
+
     async fn on_job(&mut self, job: JobEvent) -> Result<(), LinkError> {
         match job {
             JobEvent::Described { name, result } => match result {
-                Ok(meta) => {
+                Ok((meta, stamp)) => {
                     let have = (0..meta.chunk_count()).collect();
-                    self.registering.insert(name, meta.clone());
+                    self.registering.insert(name, (meta.clone(), stamp));
                     self.send(Asked::Register, Request::Register { meta, have })
                         .await?;
                 }
@@ -278,12 +359,73 @@ impl Session {
                 self.send(Asked::Quiet, Request::HaveChunk { name, chunk })
                     .await?;
             }
-            JobEvent::Done { lines } => {
+            JobEvent::Introduce { name, user } => {
+                self.introducing.push_back((name.clone(), user.clone()));
+                let req = Request::Locate {
+                    name,
+                    from: Some(user),
+                };
+                self.send(Asked::Introduce, req).await?;
+            }
+            JobEvent::Done { name, lines } => {
                 self.print(lines);
-                self.busy = false;
+                if let Some(h) = self.transfers.remove(&name) {
+                    if h.only.is_none() {
+                        // A whole-file download watched the file's holders until now.
+                        self.send(Asked::Quiet, Request::Unwatch { name }).await?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Starts a download (`only`: one chunk from `from`): locating first.
+    async fn download(
+        &mut self,
+        name: FileName,
+        only: Option<u32>,
+        from: Option<UserName>,
+    ) -> Result<(Asked, Request), LinkError> {
+        if self.transfers.contains_key(&name) {
+            self.out.line(format!(
+                "Error. {name} is already downloading (transfers shows it; cancel {name} stops it)"
+            ));
+            return Ok((Asked::Activity, Request::Activity));
+        }
+        let (handle, inbox) = download::prepare(only);
+        self.transfers.insert(name.clone(), handle);
+        self.locating.insert(name.clone(), inbox);
+        self.locating_order.push_back(name.clone());
+        let asked = match only {
+            Some(chunk) => Asked::Fetch { chunk },
+            None => Asked::Download,
+        };
+        Ok((asked, Request::Locate { name, from }))
+    }
+
+    fn show_transfers(&self) {
+        let mut lines: Vec<String> = self
+            .transfers
+            .iter()
+            .map(|(name, h)| {
+                let s = h.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                render::transfer(name, h.only, &s)
+            })
+            .collect();
+        if lines.is_empty() {
+            lines.push("No downloads".to_string());
+        }
+        let (serving, waiting) = self.uploads.serving();
+        lines.extend(render::uploads(
+            &serving,
+            waiting,
+            self.uploads.rate(),
+            self.uploads.sent.load(std::sync::atomic::Ordering::Relaxed),
+            self.limits.down,
+            self.limits.up,
+        ));
+        self.print(lines);
     }
 
     async fn send(&mut self, asked: Asked, req: Request) -> Result<(), LinkError> {
@@ -349,33 +491,42 @@ impl Session {
             Command::SearchChunk { name, chunks } => {
                 (Asked::SearchChunk, Request::SearchChunk { name, chunks })
             }
-            Command::Download { name } => {
-                self.busy = true;
-                (Asked::Download, Request::Locate { name, from: None })
-            }
+            Command::Download { name } => self.download(name, None, None).await?,
             Command::FetchChunk { from, name, chunk } => {
-                self.busy = true;
-                (
-                    Asked::Fetch { chunk },
-                    Request::Locate {
-                        name,
-                        from: Some(from),
-                    },
-                )
+                self.download(name, Some(chunk), Some(from)).await?
+            }
+            Command::Transfers => {
+                self.show_transfers();
+                (Asked::Activity, Request::Activity)
+            }
+            Command::Cancel { name } => {
+                match self.transfers.get(&name) {
+                    Some(h) => {
+                        let _ = h.control.send(Control::Cancel);
+                        if self.locating.remove(&name).is_some() {
+                            // Not running yet: nothing to wait for.
+                            self.transfers.remove(&name);
+                            self.out
+                                .line(format!("Cancelled download of {name} before it started"));
+                        }
+                    }
+                    None => self
+                        .out
+                        .line(format!("Error. No download of {name} is running")),
+                }
+                (Asked::Activity, Request::Activity)
             }
             Command::Logout => {
-                // Tell private partners first, so they read "stopped" before "logged out".
-                self.chats.close_all().await;
-                (Asked::Logout, Request::Logout)
+                self.leave().await?;
+                return Ok(true);
             }
             Command::Help => {
                 self.print(help_text());
                 (Asked::Activity, Request::Activity)
             }
         };
-        let logout = asked == Asked::Logout;
         self.send(asked, req).await?;
-        Ok(logout)
+        Ok(false)
     }
 
     fn private(&mut self, to: &UserName, text: wire::Text) {
@@ -395,36 +546,46 @@ impl Session {
         match msg {
             ServerMsg::Reply(r) => {
                 let asked = self.pending.pop_front().unwrap_or(Asked::Activity);
+                if asked == Asked::Introduce {
+                    self.introduced(r);
+                    return Ok(Next::Continue);
+                }
                 // Announcements the user did not type are silent unless refused.
                 if asked != Asked::Quiet || matches!(r, Reply::Refused(_)) {
                     self.print(render::reply(asked, &r));
                 }
-                if matches!(asked, Asked::Download | Asked::Fetch { .. })
-                    && !matches!(r, Reply::Located { .. })
-                {
-                    self.busy = false; // refused: nothing to download
-                }
                 match r {
                     Reply::Registered { name, .. } => {
-                        if let Some(meta) = self.registering.remove(&name) {
-                            if let Err(e) = self.lib.add_complete(meta) {
+                        if let Some((meta, stamp)) = self.registering.remove(&name) {
+                            if let Err(e) = self.lib.add_complete(meta, stamp) {
                                 self.out.line(format!("Error. {e}"));
                             }
                         }
                     }
                     Reply::Located { meta, holders } => {
-                        let only = match asked {
-                            Asked::Fetch { chunk } => Some(chunk),
-                            _ => None,
+                        let name = self.locating_order.pop_front();
+                        let Some(name) = name.filter(|n| n == meta.name()) else {
+                            return Ok(Next::Continue);
+                        };
+                        let (Some(inbox), Some(h)) =
+                            (self.locating.remove(&name), self.transfers.get(&name))
+                        else {
+                            return Ok(Next::Continue); // cancelled meanwhile
                         };
                         let plan = Plan {
                             meta,
                             holders,
-                            only,
+                            only: h.only,
                         };
-                        let (lib, out, jobs) =
-                            (self.lib.clone(), self.out.clone(), self.jobs_tx.clone());
-                        tokio::spawn(download::run(plan, lib, out, jobs));
+                        tokio::spawn(download::run(plan, inbox, self.ctx.clone()));
+                    }
+                    Reply::Refused(_) if matches!(asked, Asked::Download | Asked::Fetch { .. }) => {
+                        // Nothing to download.
+                        if let Some(name) = self.locating_order.pop_front() {
+                            if self.locating.remove(&name).is_some() {
+                                self.transfers.remove(&name);
+                            }
+                        }
                     }
                     Reply::LoggedOut => {
                         if asked == Asked::Logout {
@@ -449,6 +610,12 @@ impl Session {
                         }
                     }
                     Event::PrivateTicket { from, ticket } => self.p2p.tickets.add(ticket, from),
+                    Event::Holders { name, user, chunks } => {
+                        self.control(&name, Control::Holders { user, chunks });
+                    }
+                    Event::HolderGone { name, user } => {
+                        self.control(&name, Control::HolderGone { user });
+                    }
                     Event::LoggedOut { user } if self.chats.open.contains_key(&user) => {
                         self.chats.departed.insert(user);
                     }
@@ -462,6 +629,35 @@ impl Session {
             other => return Err(LinkError::Unexpected(format!("{other:?}"))),
         }
         Ok(Next::Continue)
+    }
+
+    /// Passes `c` to the download of `name`, if one is running or locating.
+    fn control(&self, name: &FileName, c: Control) {
+        if let Some(h) = self.transfers.get(name) {
+            let _ = h.control.send(c);
+        }
+    }
+
+    /// The tracker answered an introduction a download asked for.
+    fn introduced(&mut self, r: Reply) {
+        let Some((name, user)) = self.introducing.pop_front() else {
+            return;
+        };
+        let c = match r {
+            Reply::Located { holders, .. } => match holders.into_iter().next() {
+                Some(h) => Control::Introduced(h),
+                None => Control::NotIntroduced {
+                    why: format!("{user} is not reachable"),
+                    user,
+                },
+            },
+            Reply::Refused(why) => Control::NotIntroduced {
+                why: render::not_introduced(&user, &why),
+                user,
+            },
+            _ => return,
+        };
+        self.control(&name, c);
     }
 
     async fn on_p2p(&mut self, event: P2pEvent) {

@@ -31,33 +31,19 @@ enum Ask {
 
 type SharedPrinter = Arc<Mutex<Box<dyn ExternalPrinter + Send>>>;
 
-/// Prints whole lines without disturbing what the user is typing, or the progress bars of
-/// a download. Cheap to clone.
+/// Prints whole lines without disturbing what the user is typing. Cheap to clone.
 #[derive(Clone)]
 pub struct Printer {
     editor: Option<SharedPrinter>,
-    progress: Arc<Mutex<Option<indicatif::MultiProgress>>>,
 }
 
 impl Printer {
     fn new(editor: Option<SharedPrinter>) -> Printer {
-        Printer {
-            editor,
-            progress: Arc::default(),
-        }
-    }
-
-    /// While `Some`, lines go above these bars instead.
-    pub fn set_progress(&self, bars: Option<indicatif::MultiProgress>) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = bars;
+        Printer { editor }
     }
 
     pub fn line(&self, text: impl AsRef<str>) {
         let text = text.as_ref();
-        if let Some(bars) = &*self.progress.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = bars.println(text);
-            return;
-        }
         match &self.editor {
             Some(p) => {
                 let mut p = p.lock().unwrap_or_else(|e| e.into_inner());

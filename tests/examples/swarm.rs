@@ -138,9 +138,18 @@ fn main() {
         .collect();
     let ok = sha256_file(&dl_dir.path().join(NAME)) == want;
 
-    // Bytes each seeder served, from the downloader's per-chunk lines.
-    let chunk = size.div_ceil(10);
-    let transcript = dl.transcript();
+    // What each seeder says it uploaded.
+    let uploaded: Vec<String> = seeders
+        .iter_mut()
+        .map(|(p, _)| {
+            let line = p
+                .send_until("transfers", &["uploaded in all"])
+                .pop()
+                .unwrap_or_default();
+            let total = line.rsplit('(').next().unwrap_or_default();
+            total.trim_end_matches(" uploaded in all)").to_string()
+        })
+        .collect();
     println!();
     println!("result:        {done}");
     println!(
@@ -156,12 +165,8 @@ fn main() {
         "downloader:    {dl_cpu:.2} CPU s, peak RSS {:.1} MiB",
         dl_rss as f64 / (1 << 20) as f64
     );
-    for ((user, cpu), _) in SEEDERS.iter().zip(&served_cpu).zip(&seeders) {
-        let chunks = transcript.matches(&format!("(from {user})")).count() as u64;
-        println!(
-            "seeder {user:<6} served {chunks:>2} chunks (~{:.0} MiB), {cpu:.2} CPU s",
-            (chunks * chunk).min(size) as f64 / (1 << 20) as f64
-        );
+    for ((user, cpu), sent) in SEEDERS.iter().zip(&served_cpu).zip(&uploaded) {
+        println!("seeder {user:<6} uploaded {sent:>10}, {cpu:.2} CPU s");
     }
     println!();
     println!("ceilings on this machine:");

@@ -189,6 +189,15 @@ impl Tracker {
         p
     }
 
+    /// A peer logged in as `user`, started with extra command-line `args`.
+    pub fn login_args(&self, user: &str, args: &[&str]) -> Peer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut p = Peer::start_on(&Place::local(), self.addr, dir, Some(tmp), args);
+        p.login(user);
+        p
+    }
+
     /// A peer logged in as `user`.
     pub fn login(&self, user: &str) -> Peer {
         let mut p = self.peer();
@@ -334,6 +343,22 @@ impl Peer {
                     self.name,
                     self.out.transcript()
                 ),
+            }
+        }
+    }
+
+    /// Sends `line` and returns every line printed up to and including the first that
+    /// contains one of `ends`: for commands whose answer comes from somewhere other than
+    /// the tracker (a download running in the background).
+    pub fn send_until(&mut self, line: &str, ends: &[&str]) -> Vec<String> {
+        self.send(line);
+        let mut got = Vec::new();
+        loop {
+            let l = self.next_line();
+            let done = ends.iter().any(|e| l.contains(e));
+            got.push(l);
+            if done {
+                return got;
             }
         }
     }

@@ -501,7 +501,10 @@ mod tests {
             name: f("a.bin"),
             from: None,
         };
-        assert!(matches!(req(&mut t, &luke, locate, T0), Reply::Located { .. }));
+        assert!(matches!(
+            req(&mut t, &luke, locate, T0),
+            Reply::Located { .. }
+        ));
         luke.events();
         let have = |c| Request::HaveChunk {
             name: f("a.bin"),

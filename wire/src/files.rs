@@ -243,6 +243,22 @@ impl FileMeta {
         Some((start, self.chunk_size.min(self.size - start)))
     }
 
+    /// Blocks (of [`BLOCK_LEN`] bytes, the last one shorter) in `chunk`, if it exists.
+    pub fn block_count(&self, chunk: u32) -> Option<u32> {
+        let (_, len) = self.chunk_range(chunk)?;
+        Some(len.div_ceil(BLOCK_LEN as u64) as u32)
+    }
+
+    /// Byte offset in the file and length of block `block` of `chunk`, if both exist.
+    pub fn block_range(&self, chunk: u32, block: u32) -> Option<(u64, u64)> {
+        let (start, len) = self.chunk_range(chunk)?;
+        let at = block as u64 * BLOCK_LEN as u64;
+        if at >= len {
+            return None;
+        }
+        Some((start + at, (BLOCK_LEN as u64).min(len - at)))
+    }
+
     /// Same content and the same split.
     pub fn same_as(&self, other: &FileMeta) -> bool {
         self == other
@@ -299,6 +315,20 @@ mod tests {
             FileMeta::new(name, 1000, 1, vec![d(1); 1000], d(0)),
             Err(MetaError::TooManyChunks(1000))
         );
+    }
+
+    #[test]
+    fn blocks_tile_each_chunk() {
+        let name = FileName::new("f").unwrap();
+        let b = BLOCK_LEN as u64;
+        // Chunks of 2.5 blocks; the file ends half a block into its second chunk.
+        let m = FileMeta::new(name, 3 * b, 5 * b / 2, vec![d(1), d(2)], d(0)).unwrap();
+        assert_eq!(m.block_count(0), Some(3));
+        assert_eq!(m.block_range(0, 2), Some((2 * b, b / 2)));
+        assert_eq!(m.block_range(0, 3), None);
+        assert_eq!(m.block_count(1), Some(1));
+        assert_eq!(m.block_range(1, 0), Some((5 * b / 2, b / 2)));
+        assert_eq!(m.block_range(2, 0), None);
     }
 
     #[test]

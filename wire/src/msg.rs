@@ -297,8 +297,17 @@ pub struct OfflineMessage {
 }
 
 /// Peer ↔ peer, on a connection to a peer's listener. The connecting side's first frame is
-/// `Hello`; the listener answers `Accepted` or `Refused` (and closes). After that both sides
-/// may send `Text` at any time; `Bye` ends the session on purpose.
+/// `Hello`; the listener answers `Accepted` or `Refused` (and closes).
+///
+/// On a `Chat` connection both sides may then send `Text` at any time; `Bye` ends the
+/// session on purpose.
+///
+/// On a `Transfer` connection the connecting side (the downloader) names the file with
+/// `Interested`; the listener (the holder) answers `Holding` and, when it has an upload
+/// slot for it, `Unchoke`. The downloader then keeps several `Request`s in flight, each
+/// answered by one `Block` or `Reject`, in any order; `Cancel` withdraws one not yet sent.
+/// `Choke` means the holder dropped every request it had from this downloader and serves
+/// none until the next `Unchoke`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
     Hello {
@@ -317,20 +326,39 @@ pub enum PeerMsg {
     /// Both users opened a session at once; this connection is dropped in favour of the
     /// other. Not shown to the user.
     Superseded,
-    /// On a `Transfer` connection: send me this chunk (0-based).
-    GetChunk {
+    /// Downloader's first frame on a `Transfer` connection: the file it wants.
+    Interested {
         name: FileName,
+    },
+    /// The holder's answer: the chunks (0-based) of that file it holds now; empty if none.
+    Holding {
+        chunks: Vec<u32>,
+    },
+    /// The holder drops every request of this downloader and takes no more for now.
+    Choke,
+    /// The holder has an upload slot for this downloader: requests are served.
+    Unchoke,
+    /// Send me block `block` (0-based, `BLOCK_LEN` bytes each) of chunk `chunk`.
+    Request {
         chunk: u32,
+        block: u32,
     },
-    /// The chunk follows: `len` bytes in `Data` frames of at most `BLOCK_LEN` bytes.
-    ChunkStart {
-        len: u64,
+    /// Forget that request if it is not sent yet.
+    Cancel {
+        chunk: u32,
+        block: u32,
     },
-    Data {
+    /// The block asked for: `BLOCK_LEN` bytes, fewer for the last block of a chunk.
+    Block {
+        chunk: u32,
+        block: u32,
         bytes: bytes::Bytes,
     },
-    /// We do not hold that chunk (or that file); nothing follows.
-    NoChunk,
+    /// That block will not be sent: the holder does not hold its chunk (any more).
+    Reject {
+        chunk: u32,
+        block: u32,
+    },
 }
 
 /// What a connection to a peer's listener is for.

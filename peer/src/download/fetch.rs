@@ -1,0 +1,159 @@
+//! One transfer connection to one holder: opens it, names the file, then sends the
+//! requests the download gives it and reports what comes back. It decides nothing: the
+//! download's scheduler does.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use wire::{FileMeta, PeerMsg, Purpose, Ticket, UserName};
+
+use crate::p2p::{dial, PeerFramed};
+use crate::ratelimit::RateLimiter;
+
+/// Longest wait for the holder's answer to `Interested`.
+const ANSWER: Duration = Duration::from_secs(10);
+
+/// What the download asks of a connection.
+#[derive(Debug)]
+pub enum Cmd {
+    Request { chunk: u32, block: u32 },
+    Cancel { chunk: u32, block: u32 },
+}
+
+/// What a connection reports.
+#[derive(Debug)]
+pub enum Event {
+    /// Open; the holder holds `chunks`. `received` counts every byte read from it.
+    Connected {
+        peer: UserName,
+        chunks: Vec<u32>,
+        received: Arc<AtomicU64>,
+    },
+    Choked {
+        peer: UserName,
+    },
+    Unchoked {
+        peer: UserName,
+    },
+    Block {
+        peer: UserName,
+        chunk: u32,
+        block: u32,
+        bytes: Bytes,
+    },
+    Rejected {
+        peer: UserName,
+        chunk: u32,
+        block: u32,
+    },
+    /// The connection could not be opened, broke, or the holder broke the protocol.
+    Closed {
+        peer: UserName,
+        why: String,
+    },
+}
+
+/// Everything a connection needs to know about the download.
+pub struct Target {
+    pub meta: Arc<FileMeta>,
+    pub down: Option<Arc<RateLimiter>>,
+}
+
+/// Runs one connection until the download drops `cmds` or the connection ends.
+pub async fn run(
+    peer: UserName,
+    addr: SocketAddr,
+    ticket: Ticket,
+    target: Target,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    events: mpsc::Sender<Event>,
+) {
+    let why = match talk(&peer, addr, ticket, &target, cmds, &events).await {
+        Ok(()) => return, // the download is done with it
+        Err(why) => why,
+    };
+    let _ = events.send(Event::Closed { peer, why }).await;
+}
+
+async fn talk(
+    peer: &UserName,
+    addr: SocketAddr,
+    ticket: Ticket,
+    target: &Target,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let mut framed = dial(addr, ticket, Purpose::Transfer).await?;
+    let name = target.meta.name().clone();
+    send(&mut framed, PeerMsg::Interested { name }).await?;
+    let chunks = match tokio::time::timeout(ANSWER, framed.next()).await {
+        Ok(Some(Ok(PeerMsg::Holding { chunks }))) => chunks,
+        Ok(Some(Ok(_))) => return Err("broke the protocol".into()),
+        Ok(Some(Err(e))) => return Err(e.to_string()),
+        Ok(None) => return Err("closed the connection".into()),
+        Err(_) => return Err("did not answer".into()),
+    };
+    let received = framed.get_ref().counter();
+    let connected = Event::Connected {
+        peer: peer.clone(),
+        chunks,
+        received,
+    };
+    if events.send(connected).await.is_err() {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return Ok(()) };
+                // Everything queued goes out in one write.
+                framed.feed(request(cmd)).await.map_err(|e| e.to_string())?;
+                while let Ok(cmd) = cmds.try_recv() {
+                    framed.feed(request(cmd)).await.map_err(|e| e.to_string())?;
+                }
+                framed.flush().await.map_err(|e| e.to_string())?;
+            }
+            frame = framed.next() => {
+                let event = match frame {
+                    Some(Ok(PeerMsg::Block { chunk, block, bytes })) => {
+                        let right = target.meta.block_range(chunk, block);
+                        if right.is_none_or(|(_, len)| len != bytes.len() as u64) {
+                            return Err("sent a block that does not fit the file".into());
+                        }
+                        if let Some(l) = &target.down {
+                            l.take(bytes.len()).await;
+                        }
+                        Event::Block { peer: peer.clone(), chunk, block, bytes }
+                    }
+                    Some(Ok(PeerMsg::Reject { chunk, block })) => {
+                        Event::Rejected { peer: peer.clone(), chunk, block }
+                    }
+                    Some(Ok(PeerMsg::Choke)) => Event::Choked { peer: peer.clone() },
+                    Some(Ok(PeerMsg::Unchoke)) => Event::Unchoked { peer: peer.clone() },
+                    Some(Ok(_)) => return Err("broke the protocol".into()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("closed the connection".into()),
+                };
+                if events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn request(cmd: Cmd) -> PeerMsg {
+    match cmd {
+        Cmd::Request { chunk, block } => PeerMsg::Request { chunk, block },
+        Cmd::Cancel { chunk, block } => PeerMsg::Cancel { chunk, block },
+    }
+}
+
+async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), String> {
+    framed.send(msg).await.map_err(|e| e.to_string())
+}

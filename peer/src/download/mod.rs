@@ -1,0 +1,716 @@
+//! One download (a whole file, or one chunk from one user), running in the background
+//! while the user keeps chatting: the glue between the sans-IO scheduler, the connections
+//! to holders (`fetch`), the part file (`store`) and the screen.
+//!
+//! The scheduler decides; this module only does what it says and tells it what happened,
+//! with `now` measured from the start of the download. Only blocks the scheduler keeps are
+//! written, so a connection given up on, or beaten to a block, writes nothing.
+
+mod fetch;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scheduler::{Action, Config, Layout, Scheduler, Verdict};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wire::{FileMeta, FileName, Holder, Ticket, UserName, BLOCK_LEN};
+
+use crate::library::Library;
+use crate::ratelimit::RateLimiter;
+use crate::render::{chunk_list, human_rate, human_size};
+use crate::terminal::Printer;
+use store::{Checked, Store};
+
+/// What to download.
+pub struct Plan {
+    pub meta: FileMeta,
+    pub holders: Vec<Holder>,
+    /// One chunk (0-based) from the single holder, instead of the whole file.
+    pub only: Option<u32>,
+}
+
+/// What the session tells a running download.
+#[derive(Debug)]
+pub enum Control {
+    /// The tracker says `user` now also holds `chunks`.
+    Holders { user: UserName, chunks: Vec<u32> },
+    /// The tracker says `user` holds none of it any more.
+    HolderGone { user: UserName },
+    /// The tracker introduced us to a holder we asked for: its address and a ticket.
+    Introduced(Holder),
+    /// The tracker would not introduce us to `user`.
+    NotIntroduced { user: UserName, why: String },
+    /// `cancel`, or logging out: stop, keeping the verified chunks.
+    Cancel,
+}
+
+/// What a download tells the session.
+#[derive(Debug)]
+pub enum JobEvent {
+    /// `register` finished reading and hashing the file.
+    Described {
+        name: FileName,
+        result: Result<(FileMeta, crate::library::Stamp), String>,
+    },
+    /// A chunk was verified and kept: announce it to the tracker now.
+    Have { name: FileName, chunk: u32 },
+    /// Ask the tracker for an address and a ticket to fetch `name` from `user`.
+    Introduce { name: FileName, user: UserName },
+    /// The download is over; show these lines.
+    Done { name: FileName, lines: Vec<String> },
+}
+
+/// How a download is doing, for `transfers`.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Bytes to fetch in all (what was missing when it started), and verified so far.
+    pub wanted: u64,
+    pub verified: u64,
+    /// Bytes per second over the last seconds.
+    pub rate: f64,
+    /// Peers connected, and of those sending to us now.
+    pub peers: usize,
+    pub sending: usize,
+    /// Why it cannot progress, while it cannot.
+    pub waiting: Option<String>,
+    /// Still asking the tracker where the file is.
+    pub locating: bool,
+}
+
+/// The session's end of a download.
+pub struct Handle {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub status: Arc<Mutex<Status>>,
+    /// One chunk (0-based), or the whole file.
+    pub only: Option<u32>,
+}
+
+/// The download's end, handed to [`run`] once the tracker has located the file.
+pub struct Inbox {
+    control: mpsc::UnboundedReceiver<Control>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// A download about to be located. Controls sent before it runs wait in its inbox.
+pub fn prepare(only: Option<u32>) -> (Handle, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let status = Arc::new(Mutex::new(Status {
+        locating: true,
+        ..Status::default()
+    }));
+    (
+        Handle {
+            control: tx,
+            status: status.clone(),
+            only,
+        },
+        Inbox {
+            control: rx,
+            status,
+        },
+    )
+}
+
+/// What every download shares.
+#[derive(Clone)]
+pub struct Context {
+    pub lib: Arc<Library>,
+    pub out: Printer,
+    pub jobs: mpsc::UnboundedSender<JobEvent>,
+    pub down: Option<Arc<RateLimiter>>,
+}
+
+/// Runs the download to its end, reporting through `ctx.jobs`.
+pub async fn run(plan: Plan, inbox: Inbox, ctx: Context) {
+    let name = plan.meta.name().clone();
+    let lines = Driver::new(plan, inbox, ctx.clone()).drive().await;
+    let _ = ctx.jobs.send(JobEvent::Done { name, lines });
+}
+
+/// Tickets from the tracker are for one connection and expire at the holder after 60 s;
+/// an older one is not tried, a fresh introduction is asked for instead.
+const TICKET_FRESH: Duration = Duration::from_secs(45);
+/// How often connections' byte counts are read (progress, rates) and the status updated.
+const TICK: Duration = Duration::from_millis(100);
+/// Progress lines: at each tenth of the file, at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+struct Conn {
+    cmds: mpsc::UnboundedSender<fetch::Cmd>,
+    task: JoinHandle<()>,
+    /// Bytes read from it, once it is open.
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum End {
+    Finished,
+    Stuck(Vec<u32>),
+    Cancelled,
+    Failed(String),
+}
+
+struct Driver {
+    meta: Arc<FileMeta>,
+    name: FileName,
+    only: Option<u32>,
+    ctx: Context,
+    inbox: Inbox,
+    started: Instant,
+    tickets: HashMap<UserName, (SocketAddr, Ticket, Instant)>,
+    /// Peers we asked the tracker to introduce, waiting for its answer.
+    introducing: BTreeSet<UserName>,
+    conns: HashMap<UserName, Conn>,
+    /// Why each peer that failed us did, for the user.
+    why: BTreeMap<UserName, String>,
+    /// Who sent the blocks of each chunk not yet verified, and of all verified ones.
+    senders: HashMap<u32, BTreeSet<UserName>>,
+    served: BTreeSet<UserName>,
+    /// The holders the tracker listed at the start.
+    holders: Vec<Holder>,
+    /// Chunks already held when the download started.
+    resumed: usize,
+}
+
+impl Driver {
+    fn new(plan: Plan, inbox: Inbox, ctx: Context) -> Driver {
+        let now = Instant::now();
+        let tickets = plan
+            .holders
+            .iter()
+            .map(|h| (h.user.clone(), (h.addr, h.ticket, now)))
+            .collect();
+        Driver {
+            name: plan.meta.name().clone(),
+            meta: Arc::new(plan.meta),
+            only: plan.only,
+            ctx,
+            inbox,
+            started: now,
+            tickets,
+            introducing: BTreeSet::new(),
+            conns: HashMap::new(),
+            why: BTreeMap::new(),
+            senders: HashMap::new(),
+            served: BTreeSet::new(),
+            holders: plan.holders,
+            resumed: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn note(&self, line: String) {
+        self.ctx.out.line(line);
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Library) -> T + Send + 'static,
+    ) -> Option<T> {
+        let lib = self.ctx.lib.clone();
+        tokio::task::spawn_blocking(move || f(&lib)).await.ok()
+    }
+
+    async fn drive(mut self) -> Vec<String> {
+        let holders = std::mem::take(&mut self.holders);
+        let name = self.name.clone();
+        let count = self.meta.chunk_count();
+        let meta = self.meta.clone();
+        let held = match self.blocking(move |lib| lib.prepare(&meta)).await {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => return vec![format!("Error. {e}")],
+            None => return vec![format!("Error. could not prepare {name}")],
+        };
+        let wanted: Vec<u32> = match self.only {
+            Some(c) if c >= count => {
+                return vec![format!(
+                    "Error. There is no chunk {}: {name} has chunks 1 to {count}",
+                    c as u64 + 1
+                )];
+            }
+            Some(c) if held.contains(&c) => {
+                return vec![format!("You already have chunk {} of {name}", c + 1)];
+            }
+            Some(c) => vec![c],
+            None => (0..count).filter(|c| !held.contains(c)).collect(),
+        };
+        if wanted.is_empty() {
+            return self.finish("You already have").await;
+        }
+        self.resumed = held.len();
+        if self.only.is_none() && holders.is_empty() {
+            return vec![format!(
+                "Error. {name} is not available from any online user"
+            )];
+        }
+        let part = match self.ctx.lib.part_file(&name) {
+            Ok(f) => f,
+            Err(e) => return vec![format!("Error. {e}")],
+        };
+        let (checked_tx, mut checked) = mpsc::unbounded_channel();
+        let store = Store::start(part, self.meta.clone(), checked_tx);
+
+        let layout = Layout {
+            size: self.meta.size(),
+            chunk_size: self.meta.chunk_size(),
+            block_len: BLOCK_LEN as u64,
+        };
+        let skip = (0..count).filter(|c| !wanted.contains(c));
+        let config = Config {
+            wait_for_holders: self.only.is_none(),
+            ..Config::default()
+        };
+        let mut sched = Scheduler::new(layout, skip, rand::random(), config);
+        for h in &holders {
+            sched.add_peer(h.user.clone(), h.chunks.iter().copied(), 0);
+        }
+        sched.start(self.now());
+
+        let total: u64 = wanted
+            .iter()
+            .filter_map(|&c| self.meta.chunk_range(c))
+            .map(|(_, l)| l)
+            .sum();
+        let mut progress = Progress::new(total, self.only.is_none());
+        self.set_status(|s| {
+            s.locating = false;
+            s.wanted = total;
+        });
+        // Blocks waiting for the download's attention (4 MiB): beyond, connections stop reading.
+        let (events_tx, mut events) = mpsc::channel(16);
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waiting_said: Option<String> = None;
+
+        let end = 'run: loop {
+            while let Some(action) = sched.poll_action() {
+                match action {
+                    Action::Connect { peer } => self.connect(peer, &events_tx),
+                    Action::Disconnect { peer } => {
+                        self.conns.remove(&peer);
+                    }
+                    Action::Request { peer, chunk, block } => {
+                        if let Some(c) = self.conns.get(&peer) {
+                            let _ = c.cmds.send(fetch::Cmd::Request { chunk, block });
+                        }
+                    }
+                    Action::Cancel { peer, chunk, block } => {
+                        if let Some(c) = self.conns.get(&peer) {
+                            let _ = c.cmds.send(fetch::Cmd::Cancel { chunk, block });
+                        }
+                    }
+                    Action::Verify { chunk } => store.verify(chunk).await,
+                    Action::Finished => break 'run End::Finished,
+                    Action::Stuck { missing } => {
+                        if self.only.is_some() {
+                            break 'run End::Stuck(missing);
+                        }
+                        let why = self.waiting_for(&missing);
+                        if waiting_said.as_ref() != Some(&why) {
+                            self.note(why.clone());
+                            waiting_said = Some(why.clone());
+                        }
+                        self.set_status(|s| s.waiting = Some(why));
+                    }
+                }
+            }
+            let stall = sched
+                .poll_timeout()
+                .map(|ms| self.started + Duration::from_millis(ms));
+            tokio::select! {
+                Some(ev) = events.recv() => {
+                    let now = self.now();
+                    match ev {
+                        fetch::Event::Connected { peer, chunks, received } => {
+                            if let Some(c) = self.conns.get_mut(&peer) {
+                                c.received = Some(received);
+                                sched.connected(&peer, chunks, now);
+                            }
+                        }
+                        fetch::Event::Choked { peer } => sched.choked(&peer, now),
+                        fetch::Event::Unchoked { peer } => sched.unchoked(&peer, now),
+                        fetch::Event::Block { peer, chunk, block, bytes } => {
+                            if sched.block(&peer, chunk, block, now) == Verdict::Keep {
+                                progress.received(bytes.len() as u64);
+                                self.senders.entry(chunk).or_default().insert(peer);
+                                store.write(chunk, block, bytes).await;
+                            }
+                        }
+                        fetch::Event::Rejected { peer, chunk, block } => {
+                            self.why.insert(
+                                peer.clone(),
+                                format!("{peer} no longer has chunk {}", chunk + 1),
+                            );
+                            sched.rejected(&peer, chunk, block, now);
+                        }
+                        fetch::Event::Closed { peer, why } => {
+                            if self.conns.remove(&peer).is_some() {
+                                self.why.insert(peer.clone(), format!("{peer}: {why}"));
+                                sched.peer_gone(&peer, now);
+                            }
+                        }
+                    }
+                }
+                Some(Checked { chunk, outcome }) = checked.recv() => {
+                    let now = self.now();
+                    match outcome {
+                        Ok(true) => {
+                            let n = name.clone();
+                            if let Some(Err(e)) = self.blocking(move |lib| lib.verified(&n, chunk)).await {
+                                break 'run End::Failed(e.to_string());
+                            }
+                            let _ = self.ctx.jobs.send(JobEvent::Have { name: name.clone(), chunk });
+                            if let Some(from) = self.senders.remove(&chunk) {
+                                self.served.extend(from);
+                            }
+                            let len = self.meta.chunk_range(chunk).map_or(0, |(_, l)| l);
+                            progress.verified(len);
+                            sched.verified(chunk, true, now);
+                        }
+                        Ok(false) => {
+                            let from = self.senders.remove(&chunk).unwrap_or_default();
+                            let who: Vec<&str> = from.iter().map(|u| u.as_str()).collect();
+                            let line = match &who[..] {
+                                [liar] => {
+                                    self.why.insert(
+                                        UserName::new(*liar).expect("a user name"),
+                                        format!("chunk {} of {name} from {liar} failed verification", chunk + 1),
+                                    );
+                                    format!(
+                                        "Chunk {} of {name} from {liar} failed verification; not using {liar} again for it",
+                                        chunk + 1
+                                    )
+                                }
+                                _ => format!(
+                                    "Chunk {} of {name} failed verification (blocks from {}); fetching it again, whole from one peer",
+                                    chunk + 1,
+                                    who.join(", ")
+                                ),
+                            };
+                            self.note(line);
+                            progress.forget(self.meta.chunk_range(chunk).map_or(0, |(_, l)| l));
+                            sched.verified(chunk, false, now);
+                        }
+                        Err(kind) => {
+                            break 'run End::Failed(format!(
+                                "cannot write {}: {}",
+                                self.ctx.lib.path_of(&name).display(),
+                                std::io::Error::from(kind)
+                            ));
+                        }
+                    }
+                }
+                Some(ctl) = self.inbox.control.recv() => {
+                    let now = self.now();
+                    match ctl {
+                        Control::Holders { user, chunks } => sched.add_peer(user, chunks, now),
+                        Control::HolderGone { user } => {
+                            self.conns.remove(&user);
+                            self.tickets.remove(&user);
+                            sched.peer_gone(&user, now);
+                        }
+                        Control::Introduced(h) => {
+                            self.tickets.insert(h.user.clone(), (h.addr, h.ticket, Instant::now()));
+                            if self.introducing.remove(&h.user) {
+                                self.connect(h.user, &events_tx);
+                            }
+                        }
+                        Control::NotIntroduced { user, why } => {
+                            if self.introducing.remove(&user) {
+                                self.why.insert(user.clone(), why);
+                                sched.peer_gone(&user, now);
+                            }
+                        }
+                        Control::Cancel => break 'run End::Cancelled,
+                    }
+                }
+                _ = sleep_until(stall) => sched.handle_timeout(self.now()),
+                _ = ticker.tick() => {
+                    let now = self.now();
+                    for (peer, c) in &mut self.conns {
+                        if let Some(r) = &c.received {
+                            let total = r.load(Ordering::Relaxed);
+                            sched.progress(peer, total, now);
+                        }
+                    }
+                    let info = sched.peers();
+                    let sending = info
+                        .iter()
+                        .filter(|p| p.connected && !p.choked && p.in_flight > 0)
+                        .count();
+                    let connected = info.iter().filter(|p| p.connected).count();
+                    let rate = progress.rate(self.started.elapsed());
+                    if let Some(line) = progress.line(&name, connected) {
+                        self.note(line);
+                    }
+                    let (verified, stuck) = (progress.verified, sched.is_stuck());
+                    if !stuck {
+                        waiting_said = None;
+                    }
+                    self.set_status(|s| {
+                        s.verified = verified;
+                        s.rate = rate;
+                        s.peers = connected;
+                        s.sending = sending;
+                        if !stuck {
+                            s.waiting = None;
+                        }
+                    });
+                }
+            }
+        };
+        self.conns.clear();
+        drop(store);
+        self.outcome(end, count).await
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.inbox.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Opens a connection to `peer` with a fresh ticket, or asks the tracker for one.
+    fn connect(&mut self, peer: UserName, events: &mpsc::Sender<fetch::Event>) {
+        let fresh = self
+            .tickets
+            .get(&peer)
+            .is_some_and(|(_, _, at)| at.elapsed() < TICKET_FRESH);
+        let Some((addr, ticket, _)) = self.tickets.remove(&peer).filter(|_| fresh) else {
+            if self.introducing.insert(peer.clone()) {
+                let _ = self.ctx.jobs.send(JobEvent::Introduce {
+                    name: self.name.clone(),
+                    user: peer,
+                });
+            }
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let target = fetch::Target {
+            meta: self.meta.clone(),
+            down: self.ctx.down.clone(),
+        };
+        let task = tokio::spawn(fetch::run(
+            peer.clone(),
+            addr,
+            ticket,
+            target,
+            rx,
+            events.clone(),
+        ));
+        self.conns.insert(
+            peer,
+            Conn {
+                cmds: tx,
+                task,
+                received: None,
+            },
+        );
+    }
+
+    /// The line said when the download cannot progress.
+    fn waiting_for(&self, missing: &[u32]) -> String {
+        let mut lines = vec![format!(
+            "Waiting for {} of {}: no online user can send {}; it resumes when one can (cancel {} to stop)",
+            chunk_list(missing),
+            self.name,
+            if missing.len() == 1 { "it" } else { "them" },
+            self.name
+        )];
+        lines.extend(causes(&self.why));
+        lines.join("\n")
+    }
+
+    /// Moves the finished file into place. On success, one line starting with `verb`.
+    async fn finish(&self, verb: &str) -> Vec<String> {
+        let n = self.name.clone();
+        let size = self.meta.size();
+        match self.blocking(move |lib| lib.finish(&n)).await {
+            Some(Ok(path)) => vec![format!(
+                "{verb} {} ({}) at {}",
+                self.name,
+                human_size(size),
+                path.display()
+            )],
+            Some(Err(e)) => vec![format!("Error. {e}")],
+            None => vec![format!("Error. could not finish {}", self.name)],
+        }
+    }
+
+    async fn outcome(&self, end: End, count: u32) -> Vec<String> {
+        let name = &self.name;
+        let from: Vec<&str> = self.served.iter().map(|u| u.as_str()).collect();
+        match (end, self.only) {
+            (End::Finished, Some(c)) => {
+                let mut lines = vec![format!(
+                    "Downloaded chunk {} of {name} from {}",
+                    c + 1,
+                    from.join(", ")
+                )];
+                if self.ctx.lib.have(name).len() as u32 == count {
+                    lines.extend(self.finish("Completed").await);
+                }
+                lines
+            }
+            (End::Finished, None) => {
+                let done = self.finish("Downloaded").await;
+                if done.first().is_some_and(|l| l.starts_with("Error")) {
+                    return done;
+                }
+                let mut lines = vec![format!(
+                    "Downloaded {name} ({}) from {}",
+                    human_size(self.meta.size()),
+                    from.join(", ")
+                )];
+                if self.resumed > 0 {
+                    lines.push(format!(
+                        "  (resumed: {} of {count} chunks were already here)",
+                        self.resumed
+                    ));
+                }
+                lines
+            }
+            (End::Stuck(_), Some(c)) => {
+                let why = self.why.values().next().cloned().unwrap_or_else(|| {
+                    let user = self.tickets.keys().next().map(|u| u.to_string());
+                    format!(
+                        "{} does not have chunk {} of {name}",
+                        user.unwrap_or_default(),
+                        c + 1
+                    )
+                });
+                vec![format!("Error. {why}")]
+            }
+            (End::Stuck(missing), None) => {
+                // Not reached: a whole-file download waits instead.
+                vec![format!(
+                    "Error. Could not download {name}: nobody can send {}",
+                    chunk_list(&missing)
+                )]
+            }
+            (End::Cancelled, _) => {
+                let kept = self.ctx.lib.have(name).len();
+                vec![format!(
+                    "Cancelled download of {name}: {kept} of {count} chunks kept; download {name} resumes it"
+                )]
+            }
+            (End::Failed(e), _) => vec![format!("Error. {e}")],
+        }
+    }
+}
+
+/// One line per distinct reason peers failed us, naming who.
+fn causes(why: &BTreeMap<UserName, String>) -> Vec<String> {
+    let mut by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (user, w) in why {
+        by.entry(w.as_str()).or_default().push(user.as_str());
+    }
+    by.into_keys().map(|w| format!("  {w}")).collect()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Verified bytes, the recent rate, and when to say how far it is.
+struct Progress {
+    total: u64,
+    verified: u64,
+    received: u64,
+    /// Progress lines are for whole files only.
+    lines: bool,
+    last_line: Option<Instant>,
+    /// Tenths of the file said so far.
+    said: u64,
+    window: (Duration, u64),
+    rate: f64,
+}
+
+impl Progress {
+    fn new(total: u64, lines: bool) -> Progress {
+        Progress {
+            total,
+            verified: 0,
+            received: 0,
+            lines,
+            last_line: None,
+            said: 0,
+            window: (Duration::ZERO, 0),
+            rate: 0.0,
+        }
+    }
+
+    fn received(&mut self, n: u64) {
+        self.received += n;
+    }
+
+    fn verified(&mut self, n: u64) {
+        self.verified += n;
+    }
+
+    /// A chunk failed: its bytes were received for nothing.
+    fn forget(&mut self, n: u64) {
+        self.received = self.received.saturating_sub(n);
+    }
+
+    /// Bytes per second, smoothed over windows of a second.
+    fn rate(&mut self, elapsed: Duration) -> f64 {
+        let (start, bytes) = self.window;
+        let span = elapsed.saturating_sub(start);
+        if span >= Duration::from_secs(1) {
+            let inst = (self.received - bytes) as f64 / span.as_secs_f64();
+            self.rate = if start.is_zero() {
+                inst
+            } else {
+                0.5 * self.rate + 0.5 * inst
+            };
+            self.window = (elapsed, self.received);
+        }
+        self.rate
+    }
+
+    /// A progress line when another tenth of the file is verified (not the last: its
+    /// completion line says it), at most once a second.
+    fn line(&mut self, name: &FileName, peers: usize) -> Option<String> {
+        if !self.lines || self.total == 0 {
+            return None;
+        }
+        let tenths = self.verified * 10 / self.total;
+        if tenths <= self.said || tenths >= 10 {
+            return None;
+        }
+        if self.last_line.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return None;
+        }
+        self.said = tenths;
+        self.last_line = Some(Instant::now());
+        let eta = if self.rate > 0.0 {
+            let secs = (self.total - self.verified) as f64 / self.rate;
+            format!(", ETA {}", crate::render::human_secs(secs))
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "{name}: {}% ({} of {}) at {} from {peers} peer{}{eta}",
+            self.verified * 100 / self.total,
+            human_size(self.verified),
+            human_size(self.total),
+            human_rate(self.rate),
+            if peers == 1 { "" } else { "s" },
+        ))
+    }
+}

@@ -1,0 +1,537 @@
+//! The serving side of transfers: one task per downloader connected to our listener, and
+//! [`Uploads`], which decides whom we serve.
+//!
+//! A holder has one uplink, and in a crowd more downloaders than it can serve well: split
+//! twelve ways, a 40 Mbit/s uplink completes no chunk for anyone for seconds, and nothing
+//! can be re-shared meanwhile. So at most [`UPLOAD_SLOTS`] downloaders are *unchoked*
+//! (served) at once; the others wait in line, in the order they came, and each unchoked
+//! one keeps its slot for one turn: a chunk's worth of bytes, [`TURN`] at most, or until
+//! it stops asking. Then, if someone is waiting, it goes to the back of the line. Nobody
+//! starves, and each turn hands one downloader a whole chunk it can pass on.
+//!
+//! Within the unchoked set every block goes out in the order it was asked for, the
+//! `--up-limit` bucket taken before each; blocks are read from disk one at a time, so a
+//! connection holds at most one block in memory. A chunk is only served while the file it
+//! comes from is still on disk as recorded (checked when the connection opens and every
+//! [`RECHECK`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use wire::{FileName, PeerMsg, UserName};
+
+use crate::library::Library;
+use crate::p2p::PeerFramed;
+use crate::ratelimit::RateLimiter;
+
+/// Downloaders served at once.
+pub const UPLOAD_SLOTS: usize = 4;
+/// Longest turn in a slot while others wait.
+pub const TURN: Duration = Duration::from_secs(20);
+/// An unchoked downloader that asks for nothing this long gives its slot to one waiting.
+const IDLE_TURN: Duration = Duration::from_secs(2);
+/// Requests a downloader may have queued with us; more are rejected.
+const MAX_QUEUED: usize = 256;
+/// A connection with no frame from the downloader for this long is closed.
+const SERVE_IDLE: Duration = Duration::from_secs(120);
+/// How often a served file is checked to still be on disk as recorded.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Who is served now and who waits: pure, with time passed in (milliseconds).
+#[derive(Debug, Default)]
+pub struct Choker {
+    slots: usize,
+    turn_ms: u64,
+    idle_ms: u64,
+    conns: BTreeMap<u64, Slot>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    /// Unchoked, or waiting.
+    served: bool,
+    /// When its turn started, or when it began waiting.
+    since: u64,
+    /// Bytes sent this turn, and a turn's worth.
+    sent: u64,
+    quota: u64,
+    last_request: u64,
+}
+
+impl Choker {
+    pub fn new(slots: usize, turn: Duration, idle: Duration) -> Choker {
+        Choker {
+            slots,
+            turn_ms: turn.as_millis() as u64,
+            idle_ms: idle.as_millis() as u64,
+            conns: BTreeMap::new(),
+        }
+    }
+
+    /// A downloader asks to be served; a turn is `quota` bytes.
+    pub fn join(&mut self, id: u64, quota: u64, now: u64) {
+        self.conns.insert(
+            id,
+            Slot {
+                served: false,
+                since: now,
+                sent: 0,
+                quota,
+                last_request: now,
+            },
+        );
+    }
+
+    pub fn leave(&mut self, id: u64) {
+        self.conns.remove(&id);
+    }
+
+    pub fn requested(&mut self, id: u64, now: u64) {
+        if let Some(s) = self.conns.get_mut(&id) {
+            s.last_request = now;
+        }
+    }
+
+    /// `bytes` went out to `id`; `true` if that ended its turn's quota.
+    pub fn sent(&mut self, id: u64, bytes: u64) -> bool {
+        match self.conns.get_mut(&id) {
+            Some(s) => {
+                s.sent += bytes;
+                s.sent >= s.quota
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_served(&self, id: u64) -> bool {
+        self.conns.get(&id).is_some_and(|s| s.served)
+    }
+
+    /// Applies the rule (see the module doc); returns the connections whose state changed,
+    /// with their new state (`true`: served).
+    pub fn rechoke(&mut self, now: u64) -> Vec<(u64, bool)> {
+        let mut changes = Vec::new();
+        let waiting = self.conns.values().filter(|s| !s.served).count();
+        if waiting > 0 {
+            // Turns that are over go to the back of the line.
+            let (turn_ms, idle_ms) = (self.turn_ms, self.idle_ms);
+            let mut over: Vec<(u64, u64)> = self
+                .conns
+                .iter()
+                .filter(|(_, s)| {
+                    s.served
+                        && (s.sent >= s.quota
+                            || now.saturating_sub(s.since) >= turn_ms
+                            || now.saturating_sub(s.last_request) >= idle_ms)
+                })
+                .map(|(&id, s)| (s.since, id))
+                .collect();
+            over.sort_unstable();
+            for (_, id) in over.into_iter().take(waiting) {
+                let s = self.conns.get_mut(&id).expect("listed");
+                s.served = false;
+                s.since = now;
+                changes.push((id, false));
+            }
+        }
+        // The line, longest waiting first: those just choked are at its back.
+        let mut line: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| !s.served)
+            .map(|(&id, s)| (s.since, id))
+            .collect();
+        line.sort_unstable();
+        let mut free = self
+            .slots
+            .saturating_sub(self.conns.values().filter(|s| s.served).count());
+        for (_, id) in line {
+            if free == 0 {
+                break;
+            }
+            let s = self.conns.get_mut(&id).expect("listed");
+            s.served = true;
+            s.since = now;
+            s.sent = 0;
+            s.last_request = now;
+            free -= 1;
+            match changes.iter().position(|&(c, _)| c == id) {
+                // Choked and served again at once: no change to report.
+                Some(i) => {
+                    changes.remove(i);
+                }
+                None => changes.push((id, true)),
+            }
+        }
+        changes
+    }
+}
+
+/// Everything our listener uploads, shared by its transfer connections.
+pub struct Uploads {
+    started: Instant,
+    limiter: Option<Arc<RateLimiter>>,
+    inner: Mutex<Inner>,
+    /// Payload bytes sent, for `transfers`.
+    pub sent: AtomicU64,
+    /// Bytes per second over the last seconds, and the count it was last measured at.
+    rate: Mutex<(f64, u64)>,
+}
+
+struct Inner {
+    choker: Choker,
+    next_id: u64,
+    /// Each connection's view of whether it is served.
+    tells: HashMap<u64, watch::Sender<bool>>,
+    /// Who each connection serves, for `transfers`.
+    users: HashMap<u64, UserName>,
+}
+
+impl Uploads {
+    pub fn new(limiter: Option<Arc<RateLimiter>>) -> Arc<Uploads> {
+        let uploads = Arc::new(Uploads {
+            started: Instant::now(),
+            limiter,
+            inner: Mutex::new(Inner {
+                choker: Choker::new(UPLOAD_SLOTS, TURN, IDLE_TURN),
+                next_id: 0,
+                tells: HashMap::new(),
+                users: HashMap::new(),
+            }),
+            sent: AtomicU64::new(0),
+            rate: Mutex::new((0.0, 0)),
+        });
+        // Turns also end with time: look again twice a second (and measure the rate).
+        let weak = Arc::downgrade(&uploads);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(u) => {
+                        u.rechoke();
+                        u.measure(0.5);
+                    }
+                    None => return,
+                }
+            }
+        });
+        uploads
+    }
+
+    pub fn limit(&self) -> Option<crate::ratelimit::Rate> {
+        self.limiter.as_ref().map(|l| l.rate())
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Upload rate in bytes per second, smoothed.
+    pub fn rate(&self) -> f64 {
+        self.rate.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn measure(&self, secs: f64) {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let inst = (sent - r.1) as f64 / secs;
+        *r = (0.5 * r.0 + 0.5 * inst, sent);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Users we are serving now, and how many wait.
+    pub fn serving(&self) -> (Vec<UserName>, usize) {
+        let inner = self.lock();
+        let mut served = Vec::new();
+        let mut waiting = 0;
+        for (id, user) in &inner.users {
+            if inner.choker.is_served(*id) {
+                served.push(user.clone());
+            } else {
+                waiting += 1;
+            }
+        }
+        served.sort();
+        (served, waiting)
+    }
+
+    fn join(&self, user: &UserName, quota: u64) -> (u64, watch::Receiver<bool>) {
+        let now = self.now();
+        let rx = {
+            let mut inner = self.lock();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            inner.choker.join(id, quota, now);
+            let (tx, rx) = watch::channel(false);
+            inner.tells.insert(id, tx);
+            inner.users.insert(id, user.clone());
+            (id, rx)
+        };
+        self.rechoke();
+        rx
+    }
+
+    fn leave(&self, id: u64) {
+        {
+            let mut inner = self.lock();
+            inner.choker.leave(id);
+            inner.tells.remove(&id);
+            inner.users.remove(&id);
+        }
+        self.rechoke();
+    }
+
+    fn requested(&self, id: u64) {
+        let now = self.now();
+        self.lock().choker.requested(id, now);
+    }
+
+    fn sent(&self, id: u64, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+        let turn_over = self.lock().choker.sent(id, bytes);
+        if turn_over {
+            self.rechoke();
+        }
+    }
+
+    fn rechoke(&self) {
+        let now = self.now();
+        let mut inner = self.lock();
+        for (id, served) in inner.choker.rechoke(now) {
+            if let Some(tx) = inner.tells.get(&id) {
+                let _ = tx.send(served);
+            }
+        }
+    }
+}
+
+/// Leaves the line when the connection ends, however it ends.
+struct Member<'a> {
+    uploads: &'a Uploads,
+    id: u64,
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.uploads.leave(self.id);
+    }
+}
+
+/// Serves one downloader (`user`) on an accepted `Transfer` connection until it closes.
+pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up: Arc<Uploads>) {
+    let Ok(Some(Ok(PeerMsg::Interested { name }))) =
+        tokio::time::timeout(SERVE_IDLE, framed.next()).await
+    else {
+        return; // closed, idle, junk, or a frame that is not the first one
+    };
+    let held = {
+        let (lib, name) = (lib.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            if lib.still_there(&name) {
+                lib.have(&name)
+            } else {
+                Default::default()
+            }
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let meta = lib.meta(&name);
+    let chunks: Vec<u32> = held.into_iter().collect();
+    let holding = !chunks.is_empty();
+    if framed.send(PeerMsg::Holding { chunks }).await.is_err() || !holding {
+        return;
+    }
+    let Some(meta) = meta else { return };
+    let (id, mut served) = up.join(&user, meta.chunk_size());
+    let _member = Member { uploads: &up, id };
+    let mut queue: VecDeque<(u32, u32)> = VecDeque::new();
+    let mut unchoked = false;
+    let mut source = Source::new(name, lib, meta);
+    loop {
+        tokio::select! {
+            biased;
+            changed = served.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = *served.borrow_and_update();
+                if now == unchoked {
+                    continue;
+                }
+                unchoked = now;
+                let msg = if unchoked {
+                    PeerMsg::Unchoke
+                } else {
+                    queue.clear();
+                    PeerMsg::Choke
+                };
+                if framed.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            frame = tokio::time::timeout(SERVE_IDLE, framed.next()) => match frame {
+                Ok(Some(Ok(PeerMsg::Request { chunk, block }))) => {
+                    if !unchoked {
+                        continue; // choked: requests are dropped, as the downloader knows
+                    }
+                    up.requested(id);
+                    if queue.len() >= MAX_QUEUED {
+                        if framed.send(PeerMsg::Reject { chunk, block }).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        queue.push_back((chunk, block));
+                    }
+                }
+                Ok(Some(Ok(PeerMsg::Cancel { chunk, block }))) => {
+                    queue.retain(|&r| r != (chunk, block));
+                }
+                // Closed, idle, junk, or a frame that has no place here.
+                _ => return,
+            },
+            () = std::future::ready(()), if unchoked && !queue.is_empty() => {
+                let (chunk, block) = queue.pop_front().expect("not empty");
+                let msg = match source.read(chunk, block).await {
+                    Some(bytes) => {
+                        if let Some(l) = &up.limiter {
+                            l.take(bytes.len()).await;
+                        }
+                        up.sent(id, bytes.len() as u64);
+                        PeerMsg::Block { chunk, block, bytes }
+                    }
+                    None => PeerMsg::Reject { chunk, block },
+                };
+                if framed.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads blocks of one file we hold, checking now and then that it is still there.
+struct Source {
+    name: FileName,
+    lib: Arc<Library>,
+    meta: wire::FileMeta,
+    /// The open file and which path it is (a download's part file is renamed when done).
+    file: Option<(std::path::PathBuf, Arc<File>)>,
+    checked: Option<Instant>,
+}
+
+impl Source {
+    fn new(name: FileName, lib: Arc<Library>, meta: wire::FileMeta) -> Source {
+        Source {
+            name,
+            lib,
+            meta,
+            file: None,
+            checked: None,
+        }
+    }
+
+    /// Block `block` of `chunk`, if we hold that chunk and can read it.
+    async fn read(&mut self, chunk: u32, block: u32) -> Option<bytes::Bytes> {
+        let recheck = self.checked.is_none_or(|t| t.elapsed() >= RECHECK);
+        if recheck {
+            let (lib, name) = (self.lib.clone(), self.name.clone());
+            let there = tokio::task::spawn_blocking(move || lib.still_there(&name))
+                .await
+                .unwrap_or(false);
+            if !there {
+                return None;
+            }
+            self.checked = Some(Instant::now());
+        }
+        let src = self.lib.source(&self.name, chunk)?;
+        let (at, len) = self.meta.block_range(chunk, block)?;
+        if self.file.as_ref().is_none_or(|(p, _)| *p != src.path) {
+            let f = File::open(&src.path).ok()?;
+            self.file = Some((src.path.clone(), Arc::new(f)));
+        }
+        let f = self.file.as_ref().expect("opened above").1.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = BytesMut::zeroed(len as usize);
+            f.read_exact_at(&mut buf, at).map(|_| buf.freeze())
+        })
+        .await
+        .ok()?
+        .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choker() -> Choker {
+        Choker::new(2, Duration::from_secs(20), Duration::from_secs(2))
+    }
+
+    #[test]
+    fn slots_fill_in_arrival_order() {
+        let mut c = choker();
+        for id in 0..4 {
+            c.join(id, 1000, id);
+        }
+        assert_eq!(c.rechoke(10), [(0, true), (1, true)]);
+        assert_eq!(c.rechoke(11), [], "nothing changed");
+    }
+
+    #[test]
+    fn a_turn_ends_with_its_quota_and_the_next_in_line_is_served() {
+        let mut c = choker();
+        for id in 0..3 {
+            c.join(id, 1000, id);
+        }
+        c.rechoke(10);
+        c.requested(0, 100);
+        c.requested(1, 100);
+        assert!(!c.sent(0, 999));
+        assert!(c.sent(0, 1));
+        assert_eq!(c.rechoke(200), [(0, false), (2, true)]);
+        // 0 now waits behind nobody but is not served while 1 and 2 hold the slots.
+        c.requested(1, 300);
+        c.requested(2, 300);
+        assert_eq!(c.rechoke(300), []);
+        // 1's turn runs out in time; 0 is next.
+        c.requested(1, 20_000);
+        c.requested(2, 20_000);
+        assert_eq!(c.rechoke(20_010), [(1, false), (0, true)]);
+    }
+
+    #[test]
+    fn an_idle_slot_goes_to_someone_waiting_but_is_kept_if_nobody_waits() {
+        let mut c = choker();
+        c.join(0, 1000, 0);
+        c.rechoke(0);
+        assert_eq!(c.rechoke(10_000), [], "alone: keeps its slot however idle");
+        c.join(1, 1000, 10_000);
+        c.join(2, 1000, 10_000);
+        assert_eq!(c.rechoke(10_001), [(0, false), (1, true), (2, true)]);
+    }
+
+    #[test]
+    fn leaving_frees_a_slot() {
+        let mut c = choker();
+        for id in 0..3 {
+            c.join(id, 1000, id);
+        }
+        c.rechoke(10);
+        c.leave(0);
+        assert_eq!(c.rechoke(11), [(2, true)]);
+    }
+}
