@@ -104,6 +104,8 @@ pub struct Library {
     /// Held briefly for lookups and updates, never across I/O on file contents.
     files: Mutex<HashMap<FileName, Manifest>>,
     withdrawn: Mutex<Option<mpsc::UnboundedSender<Withdrawn>>>,
+    /// Every chunk verified, as it is: what serving connections tell their downloaders.
+    verified: tokio::sync::broadcast::Sender<(FileName, u32)>,
 }
 
 impl Library {
@@ -149,7 +151,13 @@ impl Library {
             state,
             files: Mutex::new(files),
             withdrawn: Mutex::new(None),
+            verified: tokio::sync::broadcast::channel(256).0,
         })
+    }
+
+    /// Chunks verified from now on, as (file, chunk).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(FileName, u32)> {
+        self.verified.subscribe()
     }
 
     /// Where files found vanished or changed are reported from now on.
@@ -383,7 +391,10 @@ impl Library {
             m.have.insert(chunk);
             m.clone()
         };
-        self.save(&m)
+        self.save(&m)?;
+        // Nobody listening is fine.
+        let _ = self.verified.send((name.clone(), chunk));
+        Ok(())
     }
 
     /// Every chunk is held (verified, and durable since it was recorded): moves the part

@@ -91,8 +91,12 @@ impl Default for Config {
 pub enum Action<P> {
     /// Open a transfer connection to `peer`; answer with `connected` or `peer_gone`.
     Connect { peer: P },
-    /// Close the connection to `peer`: it lied, stalled for good, or has nothing we need.
+    /// Close the connection to `peer`: it lied or stalled for good.
     Disconnect { peer: P },
+    /// Tell `peer` we need something it has (again), so it gives us an upload slot.
+    Interested { peer: P },
+    /// Tell `peer` it has nothing we need for now, so it gives its slot to others.
+    NotInterested { peer: P },
     /// Ask `peer` for block `block` of `chunk`.
     Request { peer: P, chunk: Chunk, block: Block },
     /// Withdraw that request: another copy arrived first, or it is no longer wanted.
@@ -128,8 +132,10 @@ enum Link {
     /// Known to hold chunks; no connection.
     Known,
     Connecting,
+    /// `interested`: what we last told it (a new connection starts interested).
     Connected {
         choked: bool,
+        interested: bool,
     },
 }
 
@@ -146,6 +152,9 @@ struct PeerState<P> {
     has: Vec<bool>,
     /// Chunks it said it cannot serve.
     excluded: BTreeSet<Chunk>,
+    /// Its suggested order for chunks to fetch from it (the ones it has sent least):
+    /// rank by chunk, lower first; chunks it did not name rank last.
+    suggested: Vec<u32>,
     link: Link,
     /// Requests in flight, oldest first.
     queue: VecDeque<Req>,
@@ -166,7 +175,11 @@ struct PeerState<P> {
 
 impl<P> PeerState<P> {
     fn unchoked(&self) -> bool {
-        matches!(self.link, Link::Connected { choked: false })
+        matches!(self.link, Link::Connected { choked: false, .. })
+    }
+
+    fn is_connected(&self) -> bool {
+        matches!(self.link, Link::Connected { .. })
     }
 
     fn can_serve(&self, c: Chunk) -> bool {
@@ -300,6 +313,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                     id: peer.clone(),
                     has: vec![false; count],
                     excluded: BTreeSet::new(),
+                    suggested: vec![u32::MAX; count],
                     link: Link::Known,
                     queue: VecDeque::new(),
                     queued_bytes: 0,
@@ -346,7 +360,10 @@ impl<P: Ord + Clone> Scheduler<P> {
                 *h = true;
             }
         }
-        p.link = Link::Connected { choked: true };
+        p.link = Link::Connected {
+            choked: true,
+            interested: true,
+        };
         p.last_progress = now;
         p.window_start = now;
         self.schedule(now);
@@ -355,9 +372,24 @@ impl<P: Ord + Clone> Scheduler<P> {
     pub fn unchoked(&mut self, peer: &P, now: u64) {
         let Some(pid) = self.pid(peer) else { return };
         let p = self.peer_mut(pid);
-        if let Link::Connected { choked } = &mut p.link {
+        if let Link::Connected { choked, .. } = &mut p.link {
             *choked = false;
             p.last_progress = now;
+        }
+        self.schedule(now);
+    }
+
+    /// `peer` suggests fetching `chunks` from it in this order: it has sent them least, so
+    /// they are likely the rarest in the swarm, counting copies still on their way (which
+    /// holdings do not show). Used to break ties between equally rare chunks.
+    pub fn suggested(&mut self, peer: &P, chunks: impl IntoIterator<Item = Chunk>, now: u64) {
+        let Some(pid) = self.pid(peer) else { return };
+        let p = self.peer_mut(pid);
+        p.suggested.iter_mut().for_each(|r| *r = u32::MAX);
+        for (rank, c) in chunks.into_iter().enumerate() {
+            if let Some(r) = p.suggested.get_mut(c as usize) {
+                *r = (*r).min(rank as u32);
+            }
         }
         self.schedule(now);
     }
@@ -365,7 +397,7 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// `peer` choked us: it dropped every request we had with it.
     pub fn choked(&mut self, peer: &P, now: u64) {
         let Some(pid) = self.pid(peer) else { return };
-        if let Link::Connected { choked } = &mut self.peer_mut(pid).link {
+        if let Link::Connected { choked, .. } = &mut self.peer_mut(pid).link {
             *choked = true;
         }
         self.release_all(pid, false);
@@ -586,8 +618,8 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.live()
             .map(|(_, p)| PeerInfo {
                 peer: p.id.clone(),
-                connected: matches!(p.link, Link::Connected { .. }),
-                choked: matches!(p.link, Link::Connected { choked: true }),
+                connected: p.is_connected(),
+                choked: matches!(p.link, Link::Connected { choked: true, .. }),
                 snubbed: p.snubbed,
                 rate: p.rate.map(|r| r * 1000.0),
                 in_flight: p.queue.len(),
@@ -912,18 +944,19 @@ impl<P: Ord + Clone> Scheduler<P> {
             })
             .count();
         let room = !owns(pid) || startable > waiting;
-        let mut best: Option<(usize, u64, usize)> = None; // (holders, tie, chunk)
+        let mut best: Option<(usize, u32, u64, usize)> = None; // (holders, rank, tie, chunk)
+        let ranks = self.peer(pid).suggested.clone();
         for c in (0..count).filter(|&c| serves[c] && room) {
             if !unstarted(c) {
                 continue;
             }
             let holders = self.live().filter(|(_, q)| q.can_serve(c as Chunk)).count();
-            let tie = self.rng.next();
-            if best.is_none_or(|(h, t, _)| (holders, tie) < (h, t)) {
-                best = Some((holders, tie, c));
+            let key = (holders, ranks[c], self.rng.next());
+            if best.is_none_or(|(h, r, t, _)| key < (h, r, t)) {
+                best = Some((key.0, key.1, key.2, c));
             }
         }
-        if let Some((_, _, c)) = best {
+        if let Some((_, _, _, c)) = best {
             let parole =
                 on_parole || matches!(self.chunks[c], ChunkState::Missing { parole: true });
             self.chunks[c] = self.fresh(c as Chunk, pid, parole);
@@ -1011,19 +1044,28 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         let _ = now;
         let count = self.chunks.len();
-        // Connections: drop those with nothing for us, open those with something.
+        // Connections: open those with something for us (interest told as it changes).
         let mut connecting = 0;
         let pids: Vec<Pid> = self.live().map(|(pid, _)| pid).collect();
         for &pid in &pids {
             let p = self.peer(pid);
             let useful = (0..count).any(|c| self.wanted(c) && p.can_serve(c as Chunk));
             match p.link {
-                Link::Connected { .. } if !useful && p.queue.is_empty() => {
-                    let peer = p.id.clone();
-                    self.remove(pid);
-                    self.out.push_back(Action::Disconnect { peer });
+                Link::Connected { interested, .. } => {
+                    connecting += 1;
+                    if interested != useful && p.queue.is_empty() {
+                        let peer = p.id.clone();
+                        if let Link::Connected { interested, .. } = &mut self.peer_mut(pid).link {
+                            *interested = useful;
+                        }
+                        self.out.push_back(if useful {
+                            Action::Interested { peer }
+                        } else {
+                            Action::NotInterested { peer }
+                        });
+                    }
                 }
-                Link::Connected { .. } | Link::Connecting => connecting += 1,
+                Link::Connecting => connecting += 1,
                 Link::Known => {}
             }
         }
@@ -1082,7 +1124,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             || self.live().any(|(_, p)| {
                 !p.queue.is_empty()
                     || p.link == Link::Connecting
-                    || (matches!(p.link, Link::Connected { .. })
+                    || (p.is_connected()
                         && (0..count).any(|c| self.needed(c) && p.can_serve(c as Chunk)))
             });
         if progressing {
@@ -1161,6 +1203,22 @@ mod tests {
     }
 
     #[test]
+    fn suggestions_break_ties_between_equally_rare_chunks() {
+        for seed in 0..20 {
+            let mut s = S::new(layout(4, 1), [], seed, Config::default());
+            s.add_peer(1, 0..4, 0);
+            s.add_peer(2, [3], 0);
+            s.start(0);
+            drain(&mut s);
+            s.connected(&1, 0..4, 0);
+            s.suggested(&1, [2, 1, 0, 3], 0);
+            s.unchoked(&1, 0);
+            // Chunks 0-2 are equally rare (one holder): the suggestion orders them.
+            assert_eq!(requests(&drain(&mut s)), [(1, 2, 0), (1, 1, 0)]);
+        }
+    }
+
+    #[test]
     fn a_block_is_kept_once_and_only_from_whom_it_was_asked() {
         let mut s = S::new(layout(1, 2), [], 1, Config::default());
         let reqs = requests(&ready(&mut s, &[1], 1));
@@ -1174,7 +1232,7 @@ mod tests {
         s.verified(0, true, 5);
         assert_eq!(
             drain(&mut s),
-            [Action::Disconnect { peer: 1 }, Action::Finished]
+            [Action::NotInterested { peer: 1 }, Action::Finished]
         );
     }
 

@@ -95,6 +95,8 @@ struct Wire {
     sent: u64,
     rejects: Vec<(Chunk, Block)>,
     joined: bool,
+    /// We told it we need nothing it has.
+    uninterested: bool,
 }
 
 struct Outcome {
@@ -148,10 +150,16 @@ impl Net<'_> {
                     wire.connect_at = None;
                     wire.queue.clear();
                 }
+                Action::Interested { peer } => self.wires[peer as usize].uninterested = false,
+                Action::NotInterested { peer } => self.wires[peer as usize].uninterested = true,
                 Action::Request { peer, chunk, block } => {
                     let sp = &self.w.peers[peer as usize];
                     let wire = &mut self.wires[peer as usize];
                     assert!(wire.connected, "request to unconnected {peer}");
+                    assert!(
+                        !wire.uninterested,
+                        "request to {peer}, told we need nothing"
+                    );
                     assert!(sp.has.contains(&chunk), "asked {peer} for {chunk} it lacks");
                     assert!(!self.done.contains(&chunk), "asked for done chunk {chunk}");
                     assert!(block < self.layout.block_count(chunk));
@@ -243,6 +251,7 @@ impl Net<'_> {
                     self.s.peer_gone(&peer, now);
                 } else {
                     self.wires[i].connected = true;
+                    self.wires[i].uninterested = false;
                     self.s.connected(&peer, sp.has.iter().copied(), now);
                     self.pump();
                     self.s.unchoked(&peer, now);

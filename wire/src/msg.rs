@@ -307,7 +307,9 @@ pub struct OfflineMessage {
 /// slot for it, `Unchoke`. The downloader then keeps several `Request`s in flight, each
 /// answered by one `Block` or `Reject`, in any order; `Cancel` withdraws one not yet sent.
 /// `Choke` means the holder dropped every request it had from this downloader and serves
-/// none until the next `Unchoke`.
+/// none until the next `Unchoke`. The holder sends `Have` as it gets new chunks; the
+/// downloader says `NotInterested` while the holder has nothing it needs (it then waits
+/// for no slot) and `Interested` again when it has.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
     Hello {
@@ -334,6 +336,18 @@ pub enum PeerMsg {
     Holding {
         chunks: Vec<u32>,
     },
+    /// The holder has verified another chunk of the file.
+    Have {
+        chunk: u32,
+    },
+    /// The holder suggests fetching these chunks from it, in this order: those it has
+    /// sent least (as BitTorrent's Suggest Piece), so a crowd starting together spreads
+    /// over different chunks instead of all fetching the same one. Sent with `Unchoke`.
+    Suggest {
+        chunks: Vec<u32>,
+    },
+    /// The downloader needs nothing the holder has, for now.
+    NotInterested,
     /// The holder drops every request of this downloader and takes no more for now.
     Choke,
     /// The holder has an upload slot for this downloader: requests are served.

@@ -23,6 +23,8 @@ const ANSWER: Duration = Duration::from_secs(10);
 pub enum Cmd {
     Request { chunk: u32, block: u32 },
     Cancel { chunk: u32, block: u32 },
+    Interested,
+    NotInterested,
 }
 
 /// What a connection reports.
@@ -50,6 +52,16 @@ pub enum Event {
         peer: UserName,
         chunk: u32,
         block: u32,
+    },
+    /// The holder verified another chunk.
+    Have {
+        peer: UserName,
+        chunk: u32,
+    },
+    /// The holder's suggested order for chunks to fetch from it.
+    Suggest {
+        peer: UserName,
+        chunks: Vec<u32>,
     },
     /// The connection could not be opened, broke, or the holder broke the protocol.
     Closed {
@@ -112,9 +124,9 @@ async fn talk(
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { return Ok(()) };
                 // Everything queued goes out in one write.
-                framed.feed(request(cmd)).await.map_err(|e| e.to_string())?;
+                framed.feed(request(cmd, target)).await.map_err(|e| e.to_string())?;
                 while let Ok(cmd) = cmds.try_recv() {
-                    framed.feed(request(cmd)).await.map_err(|e| e.to_string())?;
+                    framed.feed(request(cmd, target)).await.map_err(|e| e.to_string())?;
                 }
                 framed.flush().await.map_err(|e| e.to_string())?;
             }
@@ -133,6 +145,12 @@ async fn talk(
                     Some(Ok(PeerMsg::Reject { chunk, block })) => {
                         Event::Rejected { peer: peer.clone(), chunk, block }
                     }
+                    Some(Ok(PeerMsg::Have { chunk })) if chunk < target.meta.chunk_count() => {
+                        Event::Have { peer: peer.clone(), chunk }
+                    }
+                    Some(Ok(PeerMsg::Suggest { chunks })) => {
+                        Event::Suggest { peer: peer.clone(), chunks }
+                    }
                     Some(Ok(PeerMsg::Choke)) => Event::Choked { peer: peer.clone() },
                     Some(Ok(PeerMsg::Unchoke)) => Event::Unchoked { peer: peer.clone() },
                     Some(Ok(_)) => return Err("broke the protocol".into()),
@@ -147,10 +165,14 @@ async fn talk(
     }
 }
 
-fn request(cmd: Cmd) -> PeerMsg {
+fn request(cmd: Cmd, target: &Target) -> PeerMsg {
     match cmd {
         Cmd::Request { chunk, block } => PeerMsg::Request { chunk, block },
         Cmd::Cancel { chunk, block } => PeerMsg::Cancel { chunk, block },
+        Cmd::Interested => PeerMsg::Interested {
+            name: target.meta.name().clone(),
+        },
+        Cmd::NotInterested => PeerMsg::NotInterested,
     }
 }
 

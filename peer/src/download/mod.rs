@@ -303,15 +303,13 @@ impl Driver {
                         self.conns.remove(&peer);
                     }
                     Action::Request { peer, chunk, block } => {
-                        if let Some(c) = self.conns.get(&peer) {
-                            let _ = c.cmds.send(fetch::Cmd::Request { chunk, block });
-                        }
+                        self.tell(&peer, fetch::Cmd::Request { chunk, block });
                     }
                     Action::Cancel { peer, chunk, block } => {
-                        if let Some(c) = self.conns.get(&peer) {
-                            let _ = c.cmds.send(fetch::Cmd::Cancel { chunk, block });
-                        }
+                        self.tell(&peer, fetch::Cmd::Cancel { chunk, block });
                     }
+                    Action::Interested { peer } => self.tell(&peer, fetch::Cmd::Interested),
+                    Action::NotInterested { peer } => self.tell(&peer, fetch::Cmd::NotInterested),
                     Action::Verify { chunk } => store.verify(chunk).await,
                     Action::Finished => break 'run End::Finished,
                     Action::Stuck { missing } => {
@@ -349,6 +347,8 @@ impl Driver {
                                 store.write(chunk, block, bytes).await;
                             }
                         }
+                        fetch::Event::Have { peer, chunk } => sched.add_peer(peer, [chunk], now),
+                        fetch::Event::Suggest { peer, chunks } => sched.suggested(&peer, chunks, now),
                         fetch::Event::Rejected { peer, chunk, block } => {
                             self.why.insert(
                                 peer.clone(),
@@ -479,6 +479,12 @@ impl Driver {
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.inbox.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn tell(&self, peer: &UserName, cmd: fetch::Cmd) {
+        if let Some(c) = self.conns.get(peer) {
+            let _ = c.cmds.send(cmd);
+        }
     }
 
     /// Opens a connection to `peer` with a fresh ticket, or asks the tracker for one.
