@@ -148,8 +148,14 @@ fn read_editor(
     asks: std_mpsc::Receiver<Ask>,
     lines: mpsc::UnboundedSender<Input>,
 ) {
+    // Lines of a paste not handed out yet: a paste of several lines arrives as one edit
+    // buffer with newlines in it (bracketed paste), and each of its lines is a command.
+    let mut pasted: std::collections::VecDeque<String> = Default::default();
     for ask in asks {
         let input = match ask {
+            Ask::Line(_) if !pasted.is_empty() => {
+                Input::Line(pasted.pop_front().expect("not empty"))
+            }
             Ask::Line(prompt) => {
                 reading.store(true, Ordering::SeqCst);
                 let read = editor.readline(&prompt);
@@ -159,7 +165,8 @@ fn read_editor(
                         if !line.trim().is_empty() {
                             let _ = editor.add_history_entry(line.as_str());
                         }
-                        Input::Line(line)
+                        pasted.extend(line.split(['\n', '\r']).map(str::to_owned));
+                        Input::Line(pasted.pop_front().unwrap_or_default())
                     }
                     // Ctrl-C, Ctrl-D, or a terminal error: the user is leaving.
                     Err(_) => Input::End,

@@ -180,6 +180,8 @@ struct Driver {
     holders: Vec<Holder>,
     /// Chunks already held when the download started.
     resumed: usize,
+    /// For a one-chunk fetch: the user it is from.
+    from: Option<UserName>,
 }
 
 impl Driver {
@@ -203,6 +205,7 @@ impl Driver {
             why: BTreeMap::new(),
             senders: HashMap::new(),
             served: BTreeSet::new(),
+            from: plan.holders.first().map(|h| h.user.clone()),
             holders: plan.holders,
             resumed: 0,
         }
@@ -378,6 +381,8 @@ impl Driver {
                             }
                             let len = self.meta.chunk_range(chunk).map_or(0, |(_, l)| l);
                             progress.verified(len);
+                            let verified = progress.verified;
+                            self.set_status(|s| s.verified = verified);
                             sched.verified(chunk, true, now);
                         }
                         Ok(false) => {
@@ -588,14 +593,11 @@ impl Driver {
                 lines
             }
             (End::Stuck(_), Some(c)) => {
-                let why = self.why.values().next().cloned().unwrap_or_else(|| {
-                    let user = self.tickets.keys().next().map(|u| u.to_string());
-                    format!(
-                        "{} does not have chunk {} of {name}",
-                        user.unwrap_or_default(),
-                        c + 1
-                    )
-                });
+                let user = self.from.as_ref().map(|u| u.as_str()).unwrap_or_default();
+                let why =
+                    self.why.values().next().cloned().unwrap_or_else(|| {
+                        format!("{user} does not have chunk {} of {name}", c + 1)
+                    });
                 vec![format!("Error. {why}")]
             }
             (End::Stuck(missing), None) => {

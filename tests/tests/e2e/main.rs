@@ -7,3 +7,4 @@ mod chat;
 mod private;
 mod robustness;
 mod swarm;
+mod terminal;

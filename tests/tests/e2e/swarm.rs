@@ -149,7 +149,9 @@ fn download_draws_on_every_holder() {
         download(&mut p, "f.bin", &data);
         seeders.push(p);
     }
-    let mut vader = t.login("vader");
+    // At 1 MiB/s the connections to all four are open long before the chunks run out
+    // (on loopback, unlimited, the first to connect could take them all).
+    let mut vader = t.login_args("vader", &["--down-limit", "1M"]);
     let done = download(&mut vader, "f.bin", &data);
     assert_eq!(
         done,
@@ -342,6 +344,18 @@ fn corrupt_chunks_are_rejected_and_fetched_elsewhere() {
     luke.send("download f.bin");
     luke.expect("from vader failed verification; not using vader again for it");
     luke.expect("Waiting for chunks 6-10 of f.bin");
+    // A failure costs only what it touches, at once, and says why: the client answers
+    // while it waits, and `transfers` shows what it waits for.
+    let why = luke.next_line();
+    assert!(why.contains("from vader failed verification"), "{why}");
+    let mut who = luke.run("whoelse");
+    who.sort();
+    assert_eq!(who, ["vader", "yoda"]);
+    let transfers = luke.run("transfers");
+    assert!(
+        transfers[0].starts_with("f.bin: 195.3 KiB of 390.6 KiB (50%); Waiting for chunks 6-10"),
+        "{transfers:?}"
+    );
     // hans comes back online: the download learns of him from the tracker and finishes.
     let _hans = t.login_in("hans", &hans.dir);
     let done = luke.expect("Downloaded f.bin (");
@@ -394,4 +408,114 @@ fn a_real_seeder_killed_during_a_download() {
     yoda.kill();
     luke.expect("Downloaded big.bin (");
     assert!(file(&luke.dir, "big.bin") == data);
+}
+
+/// Ctrl-C (SIGINT) of a scripted client during a download: it logs out as `logout` does.
+#[test]
+fn sigint_during_a_download_logs_out() {
+    let t = Tracker::start(60, 120);
+    let (_hans, _) = share(&t, "hans", "big.bin", 8_000_000, 11);
+    let mut yoda = t.login("yoda");
+    let mut luke = t.login_args("luke", &["--down-limit", "2M"]);
+    yoda.expect("luke logged in");
+    luke.send("download big.bin");
+    luke.expect("big.bin: ");
+    // SAFETY: a plain syscall on the child's pid.
+    unsafe {
+        libc::kill(luke.pid() as i32, libc::SIGINT);
+    }
+    luke.expect("Logged out");
+    assert!(luke.wait_exit().success());
+    yoda.expect("luke logged out");
+}
+
+/// A file deleted from `--dir` after it was downloaded: the client no longer serves it,
+/// withdraws it from the tracker, and a later `download` fetches it again.
+#[test]
+fn a_deleted_file_is_no_longer_claimed_or_served() {
+    let t = Tracker::start(60, 120);
+    let (_hans, data) = share(&t, "hans", "f.bin", 300_000, 12);
+    let mut luke = t.login("luke");
+    download(&mut luke, "f.bin", &data);
+    std::fs::remove_file(luke.dir.join("f.bin")).unwrap();
+    let mut yoda = t.login("yoda");
+    assert_eq!(
+        fetch(&mut yoda, "private luke download f.bin 1"),
+        ["Error. luke does not have chunk 1 of f.bin"]
+    );
+    luke.expect("f.bin was deleted; no longer sharing it");
+    luke.sync(); // the withdrawal has reached the tracker
+    assert_eq!(yoda.run("searchFile f.bin"), ["Available", "hans"]);
+    assert_eq!(
+        download(&mut luke, "f.bin", &data),
+        "Downloaded f.bin (293.0 KiB) from hans"
+    );
+}
+
+/// Holders nobody can reach: the download says once which chunks it waits for (as
+/// ranges) and why, one line per holder that failed, and keeps answering.
+#[test]
+fn an_unreachable_swarm_is_explained_in_a_few_lines() {
+    let t = Tracker::start(60, 120);
+    let (mut hans, _) = share(&t, "hans", "f.bin", 1_000_000, 13);
+    let mut raws = Vec::new();
+    for user in ["vader", "leia"] {
+        // A port that was free a moment ago: nothing listens there now.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut raw = Raw::login_p2p(t.addr, user, closed);
+        let name = FileName::new("f.bin").unwrap();
+        let Reply::Located { meta, .. } = raw.request(Request::Locate { name, from: None }) else {
+            panic!("registered");
+        };
+        let have = (0..meta.chunk_count()).collect();
+        assert!(matches!(
+            raw.request(Request::Register { meta, have }),
+            Reply::Registered { .. }
+        ));
+        raws.push(raw);
+    }
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    let mut luke = t.login("luke");
+    let out = luke.send_until("download f.bin", &["Waiting for"]);
+    assert_eq!(
+        out.last().unwrap(),
+        "Waiting for chunks 1-10 of f.bin: no online user can send them; it resumes when one can (cancel f.bin to stop)"
+    );
+    let causes = [luke.next_line(), luke.next_line()];
+    for (cause, user) in causes.iter().zip(["leia", "vader"]) {
+        assert!(
+            cause.starts_with(&format!("  {user}: cannot connect to 127.0.0.1:")),
+            "{cause}"
+        );
+    }
+    // Said once, not once per chunk; and the client still answers.
+    let mut who = luke.run("whoelse");
+    who.sort();
+    assert_eq!(who, ["leia", "vader"]);
+    assert_eq!(
+        luke.run("cancel f.bin"),
+        ["Cancelled download of f.bin: 0 of 10 chunks kept; download f.bin resumes it"]
+    );
+}
+
+/// Scripted (piped) output stays readable for a file of many chunks: progress comes a
+/// few times, not once per chunk.
+#[test]
+fn progress_is_a_few_lines_even_for_many_chunks() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let data = random_bytes(4_000_000, 14);
+    std::fs::write(hans.dir.join("many.bin"), &data).unwrap();
+    hans.send("register many.bin 256");
+    hans.expect("many.bin registered (3.8 MiB, 256 chunks)");
+    let mut luke = t.login_args("luke", &["--down-limit", "1M"]);
+    let done = download(&mut luke, "many.bin", &data);
+    assert_eq!(done, "Downloaded many.bin (3.8 MiB) from hans");
+    let progress = luke.transcript().matches("many.bin: ").count();
+    assert!((1..=9).contains(&progress), "{}", luke.transcript());
 }
