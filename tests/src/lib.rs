@@ -364,6 +364,31 @@ impl Peer {
         }
     }
 
+    /// Waits for a progress line of the download of `name` saying at least `pct` percent
+    /// (progress is printed at most once a second, so a given tenth may be skipped).
+    pub fn expect_progress(&mut self, name: &str, pct: u32) -> String {
+        let prefix = format!("{name}: ");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.out.recv_timeout(left) {
+                Ok(l) => l,
+                Err(e) => panic!(
+                    "{}: no progress of {name} to {pct}% ({e:?}). Transcript:\n{}",
+                    self.name,
+                    self.out.transcript()
+                ),
+            };
+            let at = line
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('%').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if at.is_some_and(|at| at >= pct) {
+                return line;
+            }
+        }
+    }
+
     /// Waits for a line containing any of `wants` and returns it.
     pub fn expect_any(&mut self, wants: &[&str], wait: Duration) -> String {
         let deadline = Instant::now() + wait;

@@ -4,6 +4,7 @@
 
 mod auth;
 mod chat;
+mod lab;
 mod private;
 mod robustness;
 mod swarm;

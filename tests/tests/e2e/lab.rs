@@ -1,0 +1,240 @@
+//! The swarm on shaped links: the real binaries in the network lab (one namespace per
+//! host, tbf-shaped uplinks and downlinks; see tests/src/lab.rs). Needs root.
+//!
+//! Each test asserts what a user sees (a download finishing, from whom, what `transfers`
+//! says); deadlines are generous and only there so a broken swarm fails instead of hanging.
+
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+/// A lab whose host 0 runs the tracker, unshaped; the other hosts get `links`.
+struct Net {
+    lab: Lab,
+    tracker: Tracker,
+}
+
+fn net(links: &[Link]) -> Net {
+    let mut all = vec![Link::FREE];
+    all.extend(links);
+    let lab = Lab::new(&all).unwrap_or_else(|e| panic!("the network lab: {e}"));
+    let tracker = Tracker::start_on(lab.place(0), lab.ip(0), 60, 600);
+    Net { lab, tracker }
+}
+
+impl Net {
+    /// `user` logged in on `host`, with extra command-line `args`.
+    fn peer(&self, host: usize, user: &str, args: &[&str]) -> Peer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut p = Peer::start_on(
+            &self.lab.place(host),
+            self.tracker.addr,
+            dir,
+            Some(tmp),
+            args,
+        );
+        p.login(user);
+        p
+    }
+
+    /// `user` on `host` sharing `data` as `name` in `chunks` chunks.
+    fn seed(&self, host: usize, user: &str, name: &str, data: &[u8], chunks: u32) -> Peer {
+        let mut p = self.peer(host, user, &[]);
+        std::fs::write(p.dir.join(name), data).unwrap();
+        p.send(&format!("register {name} {chunks}"));
+        p.expect(&format!("{name} registered"));
+        p
+    }
+}
+
+fn file(p: &Peer, name: &str) -> Vec<u8> {
+    std::fs::read(p.dir.join(name)).unwrap_or_default()
+}
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A seeder that slows to a trickle mid-download: the download finishes from the others
+/// (its chunk would take two minutes at the trickle).
+#[test]
+fn a_seeder_slowing_to_a_trickle_does_not_hold_up_the_download() {
+    let n = net(&[
+        Link::up_mbit(20.0),
+        Link::up_mbit(20.0),
+        Link::up_mbit(20.0),
+        Link::FREE,
+    ]);
+    let data = random_bytes(16 << 20, 21);
+    let _seeds: Vec<Peer> = ["hans", "yoda", "luke"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.seed(i + 1, u, "f.bin", &data, 10))
+        .collect();
+    let mut leia = n.peer(4, "leia", &[]);
+    leia.send("download f.bin");
+    leia.expect("f.bin: ");
+    n.lab.shape(1, Link::up_mbit(0.1)).unwrap();
+    leia.expect_within("Downloaded f.bin (16.0 MiB) from ", Duration::from_secs(60));
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// A download started while only a slow holder exists picks up faster holders as they log
+/// in, and finishes from them.
+#[test]
+fn a_download_picks_up_holders_as_they_appear() {
+    let n = net(&[
+        Link::up_mbit(2.0),
+        Link::FREE,
+        Link::up_mbit(40.0),
+        Link::up_mbit(40.0),
+    ]);
+    let data = random_bytes(8 << 20, 22);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 10);
+    let mut leia = n.peer(2, "leia", &[]);
+    leia.send("download f.bin");
+    leia.expect_progress("f.bin", 10);
+    // At 2 Mbit/s the rest would take half a minute; two fast holders arrive.
+    let _yoda = n.seed(3, "yoda", "f.bin", &data, 10);
+    let _luke = n.seed(4, "luke", "f.bin", &data, 10);
+    let done = leia.expect_within("Downloaded f.bin (8.0 MiB) from ", LONG);
+    assert!(done.contains("luke") && done.contains("yoda"), "{done}");
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// Leechers starting together serve each other: each gets chunks from other leechers,
+/// and the seed sends far less than a copy per leecher.
+#[test]
+fn leechers_serve_each_other_in_a_crowd() {
+    let mut links = vec![Link::up_mbit(20.0)];
+    links.extend([Link::mbit(20.0, 200.0); 4]);
+    let n = net(&links);
+    let data = random_bytes(8 << 20, 23);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 10);
+    let users = ["yoda", "luke", "leia", "vader"];
+    let mut crowd: Vec<Peer> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.peer(i + 2, u, &[]))
+        .collect();
+    let (sent_before, _) = n.lab.counters(1);
+    for p in &mut crowd {
+        p.send("download f.bin");
+    }
+    for p in &mut crowd {
+        let done = p.expect_within("Downloaded f.bin (8.0 MiB) from ", LONG);
+        let others = users.iter().filter(|u| **u != p.name);
+        assert!(others.into_iter().any(|u| done.contains(u)), "{done}");
+        assert!(file(p, "f.bin") == data);
+    }
+    let (sent_after, _) = n.lab.counters(1);
+    let copies = (sent_after - sent_before) as f64 / data.len() as f64;
+    assert!(
+        copies < 3.0,
+        "the seed sent {copies:.2} copies to 4 leechers"
+    );
+}
+
+/// A chunk that takes more than a minute on a slow link completes: stalls are judged by
+/// progress, not by how long a chunk takes.
+#[test]
+fn a_chunk_longer_than_a_minute_on_a_slow_link_completes() {
+    let n = net(&[Link::up_mbit(1.0), Link::FREE]);
+    let data = random_bytes(8_000_000, 24);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 1);
+    let mut leia = n.peer(2, "leia", &[]);
+    let start = Instant::now();
+    leia.send("download f.bin");
+    leia.expect_within(
+        "Downloaded f.bin (7.6 MiB) from hans",
+        Duration::from_secs(150),
+    );
+    assert!(
+        start.elapsed() > Duration::from_secs(60),
+        "the chunk took over a minute"
+    );
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// Two downloads at once, in the background, while messages keep flowing both ways.
+#[test]
+fn two_downloads_at_once_while_messages_flow() {
+    let n = net(&[Link::up_mbit(8.0), Link::up_mbit(8.0), Link::FREE]);
+    let (one, two) = (random_bytes(6 << 20, 25), random_bytes(6 << 20, 26));
+    let mut hans = n.seed(1, "hans", "one.bin", &one, 10);
+    let _yoda = n.seed(2, "yoda", "two.bin", &two, 10);
+    let mut leia = n.peer(3, "leia", &[]);
+    leia.send("download one.bin");
+    leia.send("download two.bin");
+    leia.expect_progress("one.bin", 10);
+    leia.expect_progress("two.bin", 10);
+    leia.send("message hans still here?");
+    hans.expect("leia: still here?");
+    hans.send("message leia yes");
+    leia.expect("hans: yes");
+    let transfers = leia.run("transfers");
+    assert!(transfers[0].starts_with("one.bin: "), "{transfers:?}");
+    assert!(transfers[1].starts_with("two.bin: "), "{transfers:?}");
+    leia.expect_all(&[
+        "Downloaded one.bin (6.0 MiB) from hans".into(),
+        "Downloaded two.bin (6.0 MiB) from yoda".into(),
+    ]);
+    assert!(file(&leia, "one.bin") == one && file(&leia, "two.bin") == two);
+}
+
+/// `cancel` stops a download and keeps what it verified; `download` resumes from there.
+#[test]
+fn cancel_then_resume() {
+    let n = net(&[Link::up_mbit(8.0), Link::FREE]);
+    let data = random_bytes(8 << 20, 27);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 10);
+    let mut leia = n.peer(2, "leia", &[]);
+    leia.send("download f.bin");
+    leia.expect_progress("f.bin", 30);
+    let cancelled = leia.send_until("cancel f.bin", &["Cancelled download of f.bin"]);
+    let kept: usize = cancelled
+        .last()
+        .unwrap()
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap();
+    assert!((3..10).contains(&kept), "{cancelled:?}");
+    assert_eq!(leia.run("transfers")[0], "No downloads");
+    leia.send("download f.bin");
+    leia.expect_within("Downloaded f.bin (8.0 MiB) from hans", LONG);
+    leia.expect(&format!("(resumed: {kept} of 10 chunks were already here)"));
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// `--down-limit` and `--up-limit` hold within 10%, measured over a whole download.
+#[test]
+fn rate_limits_are_respected_within_ten_percent() {
+    let n = net(&[Link::FREE, Link::FREE, Link::FREE]);
+    let data = random_bytes(6 << 20, 28);
+    let limit = 2.0 * (1 << 20) as f64;
+    let _hans = n.seed(1, "hans", "down.bin", &data, 10);
+    let mut yoda = n.peer(2, "yoda", &["--up-limit", "2M"]);
+    std::fs::write(yoda.dir.join("up.bin"), &data).unwrap();
+    yoda.send("register up.bin 10");
+    yoda.expect("up.bin registered");
+    let mut leia = n.peer(3, "leia", &["--down-limit", "2M"]);
+    let transfers = leia.run("transfers");
+    assert_eq!(
+        transfers.last().unwrap(),
+        "Limits: download 2.0 MiB/s, upload none"
+    );
+    let mut luke = n.peer(3, "luke", &[]);
+    for (p, name) in [(&mut leia, "down.bin"), (&mut luke, "up.bin")] {
+        let start = Instant::now();
+        p.send(&format!("download {name}"));
+        p.expect_within(&format!("Downloaded {name} (6.0 MiB)"), LONG);
+        let at = p.last_line_at().unwrap();
+        let rate = data.len() as f64 / at.duration_since(start).as_secs_f64();
+        assert!(
+            (0.9..=1.1).contains(&(rate / limit)),
+            "{name}: {:.2} MiB/s against a limit of 2 MiB/s",
+            rate / (1 << 20) as f64
+        );
+    }
+}
