@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
     ClientMsg, Event, FileMeta, FileName, LoginResult, Password, PeerMsg, Reply, Request,
@@ -68,7 +69,10 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
             return ExitCode::FAILURE;
         }
     };
-    let code = match login(&mut link, term, &out, p2p_port).await {
+    // Ctrl-C outside the line editor (piped input, the password prompt) is a SIGINT: from
+    // here on it is caught, and seen even when it comes between two reads.
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let code = match login(&mut link, term, &mut sigint, &out, p2p_port).await {
         Ok(Some(me)) => {
             p2p.set_me(me.clone());
             let (jobs_tx, jobs) = mpsc::unbounded_channel();
@@ -98,6 +102,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
                 uploads,
                 limits,
                 withdrawals,
+                sigint,
             };
             let result = match s.announce().await {
                 Ok(()) => s.run(term).await,
@@ -133,11 +138,12 @@ impl From<LinkError> for Refused {
 async fn login(
     link: &mut TrackerLink,
     term: &mut Terminal,
+    sigint: &mut Option<Signal>,
     out: &Printer,
     p2p_port: u16,
 ) -> Result<Option<UserName>, Refused> {
     let user = loop {
-        let Input::Line(line) = read(term, "Username: ", false).await else {
+        let Input::Line(line) = read(term, sigint, "Username: ", false).await else {
             return Ok(None);
         };
         let Ok(user) = UserName::new(line.trim()) else {
@@ -153,7 +159,7 @@ async fn login(
         }
     };
     loop {
-        let Input::Line(line) = read(term, "Password: ", true).await else {
+        let Input::Line(line) = read(term, sigint, "Password: ", true).await else {
             return Ok(None);
         };
         let Ok(password) = Password::new(line) else {
@@ -188,7 +194,12 @@ async fn login(
 
 /// One line at a login prompt; Ctrl-C (a signal while the terminal is not in raw mode)
 /// leaves like end of input.
-async fn read(term: &mut Terminal, prompt: &str, secret: bool) -> Input {
+async fn read(
+    term: &mut Terminal,
+    sigint: &mut Option<Signal>,
+    prompt: &str,
+    secret: bool,
+) -> Input {
     if secret {
         term.ask_secret(prompt);
     } else {
@@ -196,7 +207,17 @@ async fn read(term: &mut Terminal, prompt: &str, secret: bool) -> Input {
     }
     tokio::select! {
         input = term.next() => input,
-        _ = tokio::signal::ctrl_c() => Input::End,
+        () = interrupted(sigint) => Input::End,
+    }
+}
+
+/// The next Ctrl-C (SIGINT); never, if it could not be caught.
+async fn interrupted(sigint: &mut Option<Signal>) {
+    match sigint {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -256,6 +277,7 @@ struct Session {
     limits: Limits,
     /// Files found vanished or changed on disk: withdrawn from the tracker.
     withdrawals: mpsc::UnboundedReceiver<Withdrawn>,
+    sigint: Option<Signal>,
 }
 
 /// What the loop should do after handling something.
@@ -297,7 +319,7 @@ impl Session {
                     }
                     Next::Continue
                 }
-                _ = tokio::signal::ctrl_c(), if !leaving => {
+                () = interrupted(&mut self.sigint), if !leaving => {
                     // Outside the line editor (scripted, or between lines), Ctrl-C is a
                     // signal: leave as `logout` does.
                     leaving = true;

@@ -129,19 +129,31 @@ impl Tty {
     }
 
     /// The client's exit status, once it has exited.
+    ///
+    /// Read from `/proc` while the process is a zombie: under load the tmux server can
+    /// take seconds to reap its pane's process and mark the pane dead.
     pub fn exit_status(&self) -> Option<i32> {
         let out = self.tmux(&[
             "display-message",
             "-p",
             "-t",
             "t",
-            "#{pane_dead} #{pane_dead_status}",
+            "#{pane_pid} #{pane_dead} #{pane_dead_status}",
         ]);
         let mut words = out.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("1"), Some(code)) => code.parse().ok(),
-            _ => None,
+        let (pid, dead, status) = (words.next(), words.next(), words.next());
+        if let (Some("1"), Some(code)) = (dead, status) {
+            return code.parse().ok();
         }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+        // Fields after the command name (in parentheses, maybe with spaces): the state is
+        // the first, the exit code (as waitpid reports it) the 50th.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        if fields.first() != Some(&"Z") {
+            return None;
+        }
+        let raw: i32 = fields.get(49)?.parse().ok()?;
+        Some((raw >> 8) & 0xff)
     }
 
     /// Waits for the client to exit and returns its status.
