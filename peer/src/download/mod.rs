@@ -458,10 +458,11 @@ impl Driver {
                         .count();
                     let connected = info.iter().filter(|p| p.connected).count();
                     let rate = progress.rate(self.started.elapsed());
-                    if let Some(line) = progress.line(&name, connected) {
+                    let (verified, stuck) = (progress.verified, sched.is_stuck());
+                    // While it waits, the "Waiting for" line says where it is.
+                    if let Some(line) = progress.line(&name, connected).filter(|_| !stuck) {
                         self.note(line);
                     }
-                    let (verified, stuck) = (progress.verified, sched.is_stuck());
                     if !stuck {
                         waiting_said = None;
                     }
