@@ -7,10 +7,17 @@
 //!   (verified), whether it is complete. Rewritten atomically (temp file + rename).
 //! - `<dir>/.swarmchat/<name>.part`: a download in progress, full size, verified chunks in
 //!   place. Renamed to `<dir>/<name>` once every chunk is held.
+//! - `<dir>/.swarmchat/<name>.leaves`: the block hashes (merkle leaves) of every chunk whose
+//!   hashes we know, 32 bytes per block of the file at the block's index, zeros where not
+//!   known. A chunk's slice counts only if it hashes to the chunk's root, so a torn or
+//!   stale file costs a refetch of hashes, never a wrong answer.
 //!
 //! We serve a chunk only if the manifest says we hold it: every chunk of a file we
-//! registered, and only verified chunks of a download. All file reads and writes are
-//! streamed in blocks; no whole file or chunk is ever in memory.
+//! registered, and only verified chunks of a download; and a block of a chunk we hold in
+//! part only once it matched its hash and was written. Blocks held in part live in memory
+//! only: after a restart they are found again by hashing the part file's blocks of chunks
+//! whose hashes we know ([`Library::prepare`]), so no write waits for a manifest. All file
+//! reads and writes are streamed in blocks; no whole file or chunk is ever in memory.
 //!
 //! What we hold follows what is on disk: a complete file's size and modification time are
 //! recorded when it is registered or finished, and checked before it is served and before
@@ -18,15 +25,16 @@
 //! (its manifest removed) and reported on the channel from [`Library::withdrawals`], so the
 //! session withdraws it from the tracker instead of serving stale bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use wire::{FileMeta, FileName, BLOCK_LEN, STATE_DIR};
+use wire::{Digest, FileMeta, FileName, BLOCK_LEN, STATE_DIR};
 
 use crate::hash::Hasher;
 
@@ -60,6 +68,48 @@ struct Manifest {
     /// The complete file as it was when registered or finished.
     #[serde(default)]
     stamp: Option<Stamp>,
+    /// Per chunk, its block hashes once known (checked against its root).
+    #[serde(skip)]
+    leaves: Vec<Option<Leaves>>,
+    /// Verified, written blocks of chunks not in `have`.
+    #[serde(skip)]
+    blocks: BTreeMap<u32, BTreeSet<u32>>,
+}
+
+/// The block hashes of one chunk, in order.
+pub type Leaves = Arc<[Digest]>;
+
+/// A file read and hashed by [`Library::describe`], ready to register.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub meta: FileMeta,
+    pub stamp: Stamp,
+    leaves: Vec<Leaves>,
+}
+
+/// What a download starts from ([`Library::prepare`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Chunks held whole.
+    pub have: BTreeSet<u32>,
+    /// Verified blocks of chunks held in part.
+    pub blocks: BTreeMap<u32, BTreeSet<u32>>,
+    /// Chunks whose block hashes are known.
+    pub leaves: BTreeMap<u32, Leaves>,
+}
+
+/// What a holder just gained, as told to the connections serving that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gained {
+    Chunk(u32),
+    Block(u32, u32),
+}
+
+/// Index of block `block` of `chunk` among all blocks of the file (every chunk but the
+/// last is full, so holds the same number of blocks).
+fn block_index(meta: &FileMeta, chunk: u32, block: u32) -> u64 {
+    let per = meta.chunk_size().div_ceil(BLOCK_LEN as u64);
+    chunk as u64 * per + block as u64
 }
 
 /// What tells us a file changed without reading it: its size and modification time.
@@ -104,8 +154,9 @@ pub struct Library {
     /// Held briefly for lookups and updates, never across I/O on file contents.
     files: Mutex<HashMap<FileName, Manifest>>,
     withdrawn: Mutex<Option<mpsc::UnboundedSender<Withdrawn>>>,
-    /// Every chunk verified, as it is: what serving connections tell their downloaders.
-    verified: tokio::sync::broadcast::Sender<(FileName, u32)>,
+    /// Every chunk and block verified, as it is: what serving connections tell their
+    /// downloaders.
+    verified: tokio::sync::broadcast::Sender<(FileName, Gained)>,
 }
 
 impl Library {
@@ -123,9 +174,10 @@ impl Library {
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            let Ok(m) = rmp_serde::from_slice::<Manifest>(&bytes) else {
+            let Ok(mut m) = rmp_serde::from_slice::<Manifest>(&bytes) else {
                 continue;
             };
+            m.leaves = read_leaves(&state, &m.meta);
             let data = if m.complete {
                 dir.join(m.meta.name().as_str())
             } else {
@@ -134,7 +186,6 @@ impl Library {
             let Ok(found) = std::fs::metadata(&data) else {
                 continue;
             };
-            let mut m = m;
             if m.complete {
                 // A manifest from before stamps were kept trusts the file as it is now.
                 let now = Stamp::of(&found);
@@ -151,12 +202,12 @@ impl Library {
             state,
             files: Mutex::new(files),
             withdrawn: Mutex::new(None),
-            verified: tokio::sync::broadcast::channel(256).0,
+            verified: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
-    /// Chunks verified from now on, as (file, chunk).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(FileName, u32)> {
+    /// Chunks and blocks verified from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(FileName, Gained)> {
         self.verified.subscribe()
     }
 
@@ -202,6 +253,7 @@ impl Library {
         }
         let _ = std::fs::remove_file(self.manifest_path(name));
         let _ = std::fs::remove_file(self.part_path(name));
+        let _ = std::fs::remove_file(self.leaves_path(name));
         if let Some(tx) = &*self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = tx.send(Withdrawn {
                 name: name.clone(),
@@ -224,6 +276,10 @@ impl Library {
 
     fn manifest_path(&self, name: &FileName) -> PathBuf {
         self.state.join(format!("{name}.meta"))
+    }
+
+    fn leaves_path(&self, name: &FileName) -> PathBuf {
+        leaves_path(&self.state, name)
     }
 
     /// Everything we hold, to announce to the tracker at login.
@@ -252,43 +308,49 @@ impl Library {
     }
 
     /// Reads `<dir>/<name>` once, computing the SHA-256 of each of (at most) `wanted`
-    /// chunks and of the whole file. Blocking: run it off the async threads.
-    pub fn describe(
-        &self,
-        name: &FileName,
-        wanted: usize,
-    ) -> Result<(FileMeta, Stamp), LibraryError> {
+    /// chunks and of the whole file, and each chunk's merkle tree over its blocks.
+    /// Blocking: run it off the async threads.
+    pub fn describe(&self, name: &FileName, wanted: usize) -> Result<Described, LibraryError> {
         let path = self.path_of(name);
-        let mut file = File::open(&path).map_err(io(&path))?;
+        let file = File::open(&path).map_err(io(&path))?;
         let before = file.metadata().map_err(io(&path))?;
         let stamp = Stamp::of(&before);
         let size = before.len();
         let chunk_size = FileMeta::chunk_size_for(size, wanted);
         let mut whole = Hasher::new();
-        let mut chunks = Vec::new();
-        let mut chunk = Hasher::new();
-        let mut in_chunk = 0u64;
+        let (mut chunks, mut roots, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
         let mut buf = vec![0u8; BLOCK_LEN];
-        let mut total = 0u64;
-        loop {
-            let room = (chunk_size - in_chunk).min(buf.len() as u64) as usize;
-            let n = file.read(&mut buf[..room]).map_err(io(&path))?;
-            if n == 0 {
-                break;
+        let mut reader = std::io::BufReader::with_capacity(0, file);
+        let mut at = 0u64;
+        while at < size {
+            let len = chunk_size.min(size - at);
+            let mut chunk = Hasher::new();
+            let mut tree = Vec::with_capacity(len.div_ceil(BLOCK_LEN as u64) as usize);
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(BLOCK_LEN as u64) as usize;
+                let block = &mut buf[..n];
+                reader.read_exact(block).map_err(|e| LibraryError::Io {
+                    path: path.clone(),
+                    source: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::other("it changed while being read; try again")
+                    } else {
+                        e
+                    },
+                })?;
+                whole.update(block);
+                chunk.update(block);
+                tree.push(merkle::leaf(block));
+                done += n as u64;
             }
-            whole.update(&buf[..n]);
-            chunk.update(&buf[..n]);
-            in_chunk += n as u64;
-            total += n as u64;
-            if in_chunk == chunk_size {
-                chunks.push(std::mem::take(&mut chunk).finish());
-                in_chunk = 0;
-            }
-        }
-        if in_chunk > 0 {
             chunks.push(chunk.finish());
+            roots.push(merkle::root(&tree).expect("a chunk is never empty"));
+            leaves.push(Leaves::from(tree));
+            at += len;
         }
-        if total != size || Stamp::of_path(&path).ok() != Some(stamp) {
+        let mut extra = [0u8; 1];
+        let longer = reader.read(&mut extra).map_err(io(&path))? > 0;
+        if longer || Stamp::of_path(&path).ok() != Some(stamp) {
             return Err(LibraryError::Io {
                 path,
                 source: std::io::Error::other("it changed while being read; try again"),
@@ -299,23 +361,124 @@ impl Library {
             size,
             if size == 0 { 1 } else { chunk_size },
             chunks,
+            roots,
             whole.finish(),
         )?;
-        Ok((meta, stamp))
+        Ok(Described {
+            meta,
+            stamp,
+            leaves,
+        })
     }
 
     /// Records a file we registered: we hold every chunk of `<dir>/<name>`, as it was
-    /// when `stamp` was taken.
-    pub fn add_complete(&self, meta: FileMeta, stamp: Stamp) -> Result<(), LibraryError> {
+    /// when it was described.
+    pub fn add_complete(&self, d: Described) -> Result<(), LibraryError> {
         let m = Manifest {
-            have: (0..meta.chunk_count()).collect(),
+            have: (0..d.meta.chunk_count()).collect(),
             complete: true,
-            stamp: Some(stamp),
-            meta,
+            stamp: Some(d.stamp),
+            leaves: d.leaves.into_iter().map(Some).collect(),
+            blocks: BTreeMap::new(),
+            meta: d.meta,
         };
+        self.write_leaves(
+            &m.meta,
+            (0..m.meta.chunk_count()).zip(m.leaves.iter().flatten()),
+        )?;
         self.save(&m)?;
         self.lock().insert(m.meta.name().clone(), m);
         Ok(())
+    }
+
+    /// Block hashes of `chunk` of `name`, if we know them.
+    pub fn leaves(&self, name: &FileName, chunk: u32) -> Option<Leaves> {
+        self.lock().get(name)?.leaves.get(chunk as usize)?.clone()
+    }
+
+    /// The block hashes of `chunk` of a download, checked against its root by the caller:
+    /// kept (and saved, without waiting for the disk) to check blocks with after a restart
+    /// and to hand to other downloaders.
+    pub fn set_leaves(
+        &self,
+        name: &FileName,
+        chunk: u32,
+        leaves: Leaves,
+    ) -> Result<(), LibraryError> {
+        let meta = {
+            let mut files = self.lock();
+            let Some(m) = files.get_mut(name) else {
+                return Ok(());
+            };
+            match m.leaves.get_mut(chunk as usize) {
+                Some(slot @ None) => *slot = Some(leaves.clone()),
+                _ => return Ok(()),
+            }
+            m.meta.clone()
+        };
+        self.write_leaves(&meta, [(chunk, &leaves)])
+    }
+
+    fn write_leaves<'a>(
+        &self,
+        meta: &FileMeta,
+        chunks: impl IntoIterator<Item = (u32, &'a Leaves)>,
+    ) -> Result<(), LibraryError> {
+        let path = self.leaves_path(meta.name());
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        for (chunk, leaves) in chunks {
+            let bytes: Vec<u8> = leaves.iter().flat_map(|d| d.0).collect();
+            f.write_all_at(&bytes, block_index(meta, chunk, 0) * 32)
+                .map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Block `block` of `chunk` of a download matched its hash and is written: from now on
+    /// we serve it, and those downloading from us hear of it.
+    pub fn block_verified(&self, name: &FileName, chunk: u32, block: u32) {
+        {
+            let mut files = self.lock();
+            let Some(m) = files.get_mut(name) else { return };
+            if m.have.contains(&chunk) || !m.blocks.entry(chunk).or_default().insert(block) {
+                return;
+            }
+        }
+        let _ = self
+            .verified
+            .send((name.clone(), Gained::Block(chunk, block)));
+    }
+
+    /// Verified blocks of chunks of `name` held in part.
+    pub fn partial(&self, name: &FileName) -> BTreeMap<u32, BTreeSet<u32>> {
+        self.lock()
+            .get(name)
+            .map(|m| m.blocks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where to read block `block` of `chunk` of `name` from, if we hold it (its chunk
+    /// whole, or the block itself), as the path and the block's offset and length.
+    pub fn block_source(&self, name: &FileName, chunk: u32, block: u32) -> Option<ChunkSource> {
+        let files = self.lock();
+        let m = files.get(name)?;
+        let held =
+            m.have.contains(&chunk) || m.blocks.get(&chunk).is_some_and(|b| b.contains(&block));
+        if !held {
+            return None;
+        }
+        let (offset, len) = m.meta.block_range(chunk, block)?;
+        let path = if m.complete {
+            self.path_of(name)
+        } else {
+            self.part_path(name)
+        };
+        Some(ChunkSource { path, offset, len })
     }
 
     /// Where to read `chunk` of `name` from, if we hold it.
@@ -334,22 +497,41 @@ impl Library {
         Some(ChunkSource { path, offset, len })
     }
 
-    /// Gets ready to download `meta`: the part file exists at full size. Returns the chunks
-    /// already held (all of them if the file is complete). A stale partial download of
-    /// different content under the same name is discarded.
-    pub fn prepare(&self, meta: &FileMeta) -> Result<BTreeSet<u32>, LibraryError> {
+    /// Gets ready to download `meta`: the part file exists at full size. Returns what is
+    /// already held: every chunk if the file is complete; else the verified chunks, the
+    /// block hashes known, and the blocks of unfinished chunks that match their hashes
+    /// (read back from the part file: blocks written before a restart count). A stale
+    /// partial download of different content under the same name is discarded. Blocking.
+    pub fn prepare(&self, meta: &FileMeta) -> Result<Prepared, LibraryError> {
         let name = meta.name();
         // What we claim to hold must still be there; if not, it is forgotten first.
         self.still_there(name);
-        if let Some(m) = self.lock().get(name) {
-            if m.meta == *meta {
-                if m.complete {
-                    return Ok(m.have.clone());
+        let known = self.lock().get(name).filter(|m| m.meta == *meta).cloned();
+        if let Some(m) = known {
+            let leaves: BTreeMap<u32, Leaves> = m
+                .leaves
+                .iter()
+                .enumerate()
+                .filter_map(|(c, l)| Some((c as u32, l.clone()?)))
+                .collect();
+            if m.complete {
+                return Ok(Prepared {
+                    have: m.have,
+                    leaves,
+                    ..Prepared::default()
+                });
+            }
+            let part = self.part_path(name);
+            if std::fs::metadata(&part).is_ok_and(|d| d.len() == meta.size()) {
+                let blocks = self.recheck_blocks(&m, &leaves)?;
+                if let Some(live) = self.lock().get_mut(name) {
+                    live.blocks = blocks.clone();
                 }
-                let part = self.part_path(name);
-                if std::fs::metadata(&part).is_ok_and(|d| d.len() == meta.size()) {
-                    return Ok(m.have.clone());
-                }
+                return Ok(Prepared {
+                    have: m.have,
+                    blocks,
+                    leaves,
+                });
             }
         }
         let target = self.path_of(name);
@@ -359,15 +541,47 @@ impl Library {
         let part = self.part_path(name);
         let f = File::create(&part).map_err(io(&part))?;
         f.set_len(meta.size()).map_err(io(&part))?;
+        let _ = std::fs::remove_file(self.leaves_path(name));
         let m = Manifest {
             meta: meta.clone(),
             have: BTreeSet::new(),
             complete: false,
             stamp: None,
+            leaves: vec![None; meta.chunk_count() as usize],
+            blocks: BTreeMap::new(),
         };
         self.save(&m)?;
         self.lock().insert(name.clone(), m);
-        Ok(BTreeSet::new())
+        Ok(Prepared::default())
+    }
+
+    /// The blocks of unfinished chunks (with known hashes) that the part file holds.
+    fn recheck_blocks(
+        &self,
+        m: &Manifest,
+        leaves: &BTreeMap<u32, Leaves>,
+    ) -> Result<BTreeMap<u32, BTreeSet<u32>>, LibraryError> {
+        let part = self.part_path(m.meta.name());
+        let f = File::open(&part).map_err(io(&part))?;
+        let mut buf = vec![0u8; BLOCK_LEN];
+        let mut out = BTreeMap::new();
+        for (&chunk, hashes) in leaves.iter().filter(|(c, _)| !m.have.contains(c)) {
+            let mut held = BTreeSet::new();
+            for (b, want) in hashes.iter().enumerate() {
+                let Some((at, len)) = m.meta.block_range(chunk, b as u32) else {
+                    break;
+                };
+                let block = &mut buf[..len as usize];
+                f.read_exact_at(block, at).map_err(io(&part))?;
+                if merkle::leaf(block) == *want {
+                    held.insert(b as u32);
+                }
+            }
+            if !held.is_empty() {
+                out.insert(chunk, held);
+            }
+        }
+        Ok(out)
     }
 
     /// Opens the part file of a prepared download for writing chunks into (and reading
@@ -389,11 +603,12 @@ impl Library {
                 return Ok(());
             };
             m.have.insert(chunk);
+            m.blocks.remove(&chunk);
             m.clone()
         };
         self.save(&m)?;
         // Nobody listening is fine.
-        let _ = self.verified.send((name.clone(), chunk));
+        let _ = self.verified.send((name.clone(), Gained::Chunk(chunk)));
         Ok(())
     }
 
@@ -433,6 +648,7 @@ impl Library {
         }
         std::fs::rename(&part, &target).map_err(io(&target))?;
         m.complete = true;
+        m.blocks.clear();
         m.stamp = Some(Stamp::of_path(&target).map_err(io(&target))?);
         self.save(&m)?;
         self.lock().insert(name.clone(), m);
@@ -454,11 +670,32 @@ impl Library {
     }
 }
 
+fn leaves_path(state: &Path, name: &FileName) -> PathBuf {
+    state.join(format!("{name}.leaves"))
+}
+
+/// The block hashes of each chunk of `meta` found in its leaves file, where they match the
+/// chunk's root.
+fn read_leaves(state: &Path, meta: &FileMeta) -> Vec<Option<Leaves>> {
+    let bytes = std::fs::read(leaves_path(state, meta.name())).unwrap_or_default();
+    (0..meta.chunk_count())
+        .map(|c| {
+            let n = meta.block_count(c)? as u64;
+            let at = (block_index(meta, c, 0) * 32) as usize;
+            let slice = bytes.get(at..at + n as usize * 32)?;
+            let hashes: Vec<Digest> = slice
+                .chunks_exact(32)
+                .map(|h| Digest(h.try_into().expect("32 bytes")))
+                .collect();
+            (merkle::root(&hashes).as_ref() == meta.chunk_root(c)).then(|| Leaves::from(hashes))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hash::sha256;
-    use std::os::unix::fs::FileExt;
 
     fn name(s: &str) -> FileName {
         FileName::new(s).unwrap()
@@ -474,7 +711,7 @@ mod tests {
         let data = sample(1000);
         std::fs::write(dir.path().join("f.bin"), &data).unwrap();
         let lib = Library::open(dir.path()).unwrap();
-        let (meta, _) = lib.describe(&name("f.bin"), 10).unwrap();
+        let meta = lib.describe(&name("f.bin"), 10).unwrap().meta;
         assert_eq!(meta.size(), 1000);
         assert_eq!(meta.chunk_count(), 10);
         assert_eq!(meta.sha256(), &sha256(&data));
@@ -482,6 +719,9 @@ mod tests {
             let (off, len) = meta.chunk_range(c).unwrap();
             let want = sha256(&data[off as usize..(off + len) as usize]);
             assert_eq!(meta.chunk_hash(c), Some(&want));
+            // One block per chunk here: the root is the block's leaf.
+            let leaf = merkle::leaf(&data[off as usize..(off + len) as usize]);
+            assert_eq!(meta.chunk_root(c), Some(&leaf));
         }
         assert!(lib.describe(&name("missing"), 10).is_err());
     }
@@ -495,11 +735,11 @@ mod tests {
             .unwrap()
             .describe(&name("f.bin"), 3)
             .unwrap()
-            .0;
+            .meta;
 
         let dst = tempfile::tempdir().unwrap();
         let lib = Library::open(dst.path()).unwrap();
-        assert!(lib.prepare(&meta).unwrap().is_empty());
+        assert_eq!(lib.prepare(&meta).unwrap(), Prepared::default());
         let part = lib.part_file(meta.name()).unwrap();
         let (off, len) = meta.chunk_range(1).unwrap();
         part.write_all_at(&data[off as usize..(off + len) as usize], off)
@@ -513,7 +753,7 @@ mod tests {
 
         // A restart remembers the verified chunk.
         let lib = Library::open(dst.path()).unwrap();
-        assert_eq!(lib.prepare(&meta).unwrap(), BTreeSet::from([1]));
+        assert_eq!(lib.prepare(&meta).unwrap().have, BTreeSet::from([1]));
         assert_eq!(lib.holdings(), [(meta.clone(), vec![1])]);
         let part = lib.part_file(meta.name()).unwrap();
         for c in [0, 2] {
@@ -536,8 +776,8 @@ mod tests {
         let lib = Library::open(dir.path()).unwrap();
         let mut gone = lib.withdrawals();
         for f in ["a.bin", "b.bin"] {
-            let (meta, stamp) = lib.describe(&name(f), 2).unwrap();
-            lib.add_complete(meta, stamp).unwrap();
+            let d = lib.describe(&name(f), 2).unwrap();
+            lib.add_complete(d).unwrap();
             assert!(lib.still_there(&name(f)));
         }
         std::fs::remove_file(dir.path().join("a.bin")).unwrap();
@@ -574,6 +814,88 @@ mod tests {
         assert!(Library::open(dir.path()).unwrap().holdings().is_empty());
     }
 
+    /// A file of 5 blocks in 2 chunks of 3 blocks each, the last of each chunk short.
+    fn blocky() -> (tempfile::TempDir, Vec<u8>, Described) {
+        let src = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5 * BLOCK_LEN).map(|i| (i * 13 % 253) as u8).collect();
+        std::fs::write(src.path().join("f.bin"), &data).unwrap();
+        let d = Library::open(src.path())
+            .unwrap()
+            .describe(&name("f.bin"), 2)
+            .unwrap();
+        (src, data, d)
+    }
+
+    #[test]
+    fn roots_cover_each_chunks_blocks_and_a_seeder_hands_out_its_hashes() {
+        let (src, data, d) = blocky();
+        let meta = d.meta.clone();
+        assert_eq!(meta.block_count(0), Some(3));
+        // Chunks of 2.5 blocks: the third block of each is half a block.
+        assert_eq!(
+            meta.block_range(0, 2),
+            Some((2 * BLOCK_LEN as u64, BLOCK_LEN as u64 / 2))
+        );
+        let leaves: Vec<Digest> = (0..3)
+            .map(|b| {
+                let (at, len) = meta.block_range(0, b).unwrap();
+                merkle::leaf(&data[at as usize..(at + len) as usize])
+            })
+            .collect();
+        assert_eq!(meta.chunk_root(0), merkle::root(&leaves).as_ref());
+        let lib = Library::open(src.path()).unwrap();
+        lib.add_complete(d).unwrap();
+        assert_eq!(lib.leaves(meta.name(), 0).as_deref(), Some(&leaves[..]));
+        // Kept across a restart, from the leaves file.
+        let lib = Library::open(src.path()).unwrap();
+        assert_eq!(lib.leaves(meta.name(), 0).as_deref(), Some(&leaves[..]));
+        assert_eq!(lib.leaves(meta.name(), 1).map(|l| l.len()), Some(3));
+    }
+
+    #[test]
+    fn blocks_are_served_once_written_and_found_again_after_a_restart() {
+        let (_src, data, d) = blocky();
+        let meta = d.meta.clone();
+        let dst = tempfile::tempdir().unwrap();
+        let lib = Library::open(dst.path()).unwrap();
+        let mut news = lib.subscribe();
+        lib.prepare(&meta).unwrap();
+        let hashes = d.leaves[0].clone();
+        lib.set_leaves(meta.name(), 0, hashes.clone()).unwrap();
+        let part = lib.part_file(meta.name()).unwrap();
+        for b in [0u32, 2] {
+            let (at, len) = meta.block_range(0, b).unwrap();
+            part.write_all_at(&data[at as usize..(at + len) as usize], at)
+                .unwrap();
+            lib.block_verified(meta.name(), 0, b);
+        }
+        assert!(lib.block_source(meta.name(), 0, 2).is_some());
+        assert!(lib.block_source(meta.name(), 0, 1).is_none(), "not held");
+        assert!(
+            lib.source(meta.name(), 0).is_none(),
+            "the chunk is not whole"
+        );
+        assert_eq!(
+            lib.partial(meta.name()),
+            BTreeMap::from([(0, BTreeSet::from([0, 2]))])
+        );
+        assert_eq!(news.try_recv().unwrap().1, Gained::Block(0, 0));
+        assert_eq!(news.try_recv().unwrap().1, Gained::Block(0, 2));
+        // Block 1 was written but never verified (a crash came first); block 0 rotted.
+        let (at, len) = meta.block_range(0, 1).unwrap();
+        part.write_all_at(&data[at as usize..(at + len) as usize], at)
+            .unwrap();
+        part.write_all_at(b"rot", 0).unwrap();
+        drop(lib);
+        let lib = Library::open(dst.path()).unwrap();
+        let p = lib.prepare(&meta).unwrap();
+        assert!(p.have.is_empty());
+        assert_eq!(p.leaves.get(&0), Some(&hashes));
+        assert_eq!(p.blocks, BTreeMap::from([(0, BTreeSet::from([1, 2]))]));
+        assert!(lib.block_source(meta.name(), 0, 1).is_some());
+        assert!(lib.block_source(meta.name(), 0, 0).is_none());
+    }
+
     #[test]
     fn finish_refuses_while_chunks_are_missing() {
         let src = tempfile::tempdir().unwrap();
@@ -582,7 +904,7 @@ mod tests {
             .unwrap()
             .describe(&name("f.bin"), 2)
             .unwrap()
-            .0;
+            .meta;
         let dst = tempfile::tempdir().unwrap();
         let lib = Library::open(dst.path()).unwrap();
         lib.prepare(&meta).unwrap();
@@ -602,7 +924,7 @@ mod tests {
             .unwrap()
             .describe(&name("f.bin"), 2)
             .unwrap()
-            .0;
+            .meta;
         let dst = tempfile::tempdir().unwrap();
         std::fs::write(dst.path().join("f.bin"), b"mine").unwrap();
         let lib = Library::open(dst.path()).unwrap();

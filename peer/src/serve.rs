@@ -35,9 +35,9 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use wire::{FileName, PeerMsg, UserName};
+use wire::{FileName, Partial, PeerMsg, UserName};
 
-use crate::library::Library;
+use crate::library::{Gained, Library};
 use crate::p2p::PeerFramed;
 use crate::ratelimit::RateLimiter;
 
@@ -411,11 +411,11 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
     };
     // Before reading what we hold, so no chunk verified meanwhile goes untold.
     let mut verified = lib.subscribe();
-    let held = {
+    let (held, partial) = {
         let (lib, name) = (lib.clone(), name.clone());
         tokio::task::spawn_blocking(move || {
             if lib.still_there(&name) {
-                lib.have(&name)
+                (lib.have(&name), lib.partial(&name))
             } else {
                 Default::default()
             }
@@ -423,10 +423,22 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
         .await
         .unwrap_or_default()
     };
+    // A file we are downloading too is worth keeping the connection for even while we
+    // hold nothing of it: blocks come, and the downloader hears of each.
     let meta = lib.meta(&name);
     let chunks: Vec<u32> = held.into_iter().collect();
-    let holding = !chunks.is_empty();
-    if framed.send(PeerMsg::Holding { chunks }).await.is_err() || !holding {
+    let partial: Vec<Partial> = match &meta {
+        Some(m) => partial
+            .into_iter()
+            .filter_map(|(c, blocks)| Some(Partial::new(c, m.block_count(c)?, blocks)))
+            .collect(),
+        None => Vec::new(),
+    };
+    if framed
+        .send(PeerMsg::Holding { chunks, partial })
+        .await
+        .is_err()
+    {
         return;
     }
     let Some(meta) = meta else { return };
@@ -434,7 +446,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
     let _member = Member { uploads: &up, id };
     let mut queue: VecDeque<(u32, u32)> = VecDeque::new();
     let mut unchoked = false;
-    let mut source = Source::new(name, lib.clone(), meta);
+    let mut source = Source::new(name, lib.clone());
     loop {
         tokio::select! {
             biased;
@@ -479,6 +491,21 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                 Ok(Some(Ok(PeerMsg::Cancel { chunk, block }))) => {
                     queue.retain(|&r| r != (chunk, block));
                 }
+                Ok(Some(Ok(PeerMsg::WantHashes { chunk, batch }))) => {
+                    let leaves = lib.leaves(source.name(), chunk);
+                    let msg = match leaves.and_then(|l| Some((merkle::batch_proof(&l, batch)?, l))) {
+                        Some((proof, l)) => {
+                            let (first, len) = merkle::batch_range(l.len() as u32, batch)
+                                .expect("a proof means the batch exists");
+                            let leaves = l[first as usize..(first + len) as usize].to_vec();
+                            PeerMsg::Hashes { chunk, batch, leaves, proof }
+                        }
+                        None => PeerMsg::NoHashes { chunk, batch },
+                    };
+                    if framed.send(msg).await.is_err() {
+                        return;
+                    }
+                }
                 Ok(Some(Ok(PeerMsg::NotInterested))) => up.interest(id, false),
                 Ok(Some(Ok(PeerMsg::Interested { name: again }))) if again == *source.name() => {
                     up.interest(id, true);
@@ -487,8 +514,12 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                 _ => return,
             },
             news = verified.recv() => match news {
-                Ok((file, chunk)) if file == *source.name() => {
-                    if framed.send(PeerMsg::Have { chunk }).await.is_err() {
+                Ok((file, gained)) if file == *source.name() => {
+                    let msg = match gained {
+                        Gained::Chunk(chunk) => PeerMsg::Have { chunk },
+                        Gained::Block(chunk, block) => PeerMsg::HaveBlock { chunk, block },
+                    };
+                    if framed.send(msg).await.is_err() {
                         return;
                     }
                 }
@@ -519,18 +550,16 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
 struct Source {
     name: FileName,
     lib: Arc<Library>,
-    meta: wire::FileMeta,
     /// The open file and which path it is (a download's part file is renamed when done).
     file: Option<(std::path::PathBuf, Arc<File>)>,
     checked: Option<Instant>,
 }
 
 impl Source {
-    fn new(name: FileName, lib: Arc<Library>, meta: wire::FileMeta) -> Source {
+    fn new(name: FileName, lib: Arc<Library>) -> Source {
         Source {
             name,
             lib,
-            meta,
             file: None,
             checked: None,
         }
@@ -553,8 +582,8 @@ impl Source {
             }
             self.checked = Some(Instant::now());
         }
-        let src = self.lib.source(&self.name, chunk)?;
-        let (at, len) = self.meta.block_range(chunk, block)?;
+        let src = self.lib.block_source(&self.name, chunk, block)?;
+        let (at, len) = (src.offset, src.len);
         if self.file.as_ref().is_none_or(|(p, _)| *p != src.path) {
             let f = File::open(&src.path).ok()?;
             self.file = Some((src.path.clone(), Arc::new(f)));

@@ -11,13 +11,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, FileMeta, FileName, LoginResult, Password, PeerMsg, Reply, Request,
-    ServerMsg, UserCheck, UserName,
+    ClientMsg, Event, FileName, LoginResult, Password, PeerMsg, Reply, Request, ServerMsg,
+    UserCheck, UserName,
 };
 
 use crate::command::{help_text, Command};
 use crate::download::{self, Control, Handle, Inbox, JobEvent, Plan};
-use crate::library::{Library, Stamp, Withdrawn};
+use crate::library::{Library, Withdrawn};
 use crate::p2p::{Ended, P2p, P2pEvent, PeerHandle};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::render::{self, Asked};
@@ -262,7 +262,7 @@ struct Session {
     /// Results of work done in the background: file hashing, downloads.
     jobs: mpsc::UnboundedReceiver<JobEvent>,
     /// Files hashed and sent to the tracker, kept until it accepts them.
-    registering: HashMap<FileName, (FileMeta, Stamp)>,
+    registering: HashMap<FileName, crate::library::Described>,
     /// Downloads locating or running, by file: at most one per file.
     transfers: BTreeMap<FileName, Handle>,
     /// The download ends of those still being located, until the tracker answers.
@@ -369,9 +369,10 @@ impl Session {
     async fn on_job(&mut self, job: JobEvent) -> Result<(), LinkError> {
         match job {
             JobEvent::Described { name, result } => match result {
-                Ok((meta, stamp)) => {
+                Ok(described) => {
+                    let meta = described.meta.clone();
                     let have = (0..meta.chunk_count()).collect();
-                    self.registering.insert(name, (meta.clone(), stamp));
+                    self.registering.insert(name, described);
                     self.send(Asked::Register, Request::Register { meta, have })
                         .await?;
                 }
@@ -578,8 +579,8 @@ impl Session {
                 }
                 match r {
                     Reply::Registered { name, .. } => {
-                        if let Some((meta, stamp)) = self.registering.remove(&name) {
-                            if let Err(e) = self.lib.add_complete(meta, stamp) {
+                        if let Some(described) = self.registering.remove(&name) {
+                            if let Err(e) = self.lib.add_complete(described) {
                                 self.out.line(format!("Error. {e}"));
                             }
                         }

@@ -6,8 +6,11 @@
 //! which is what lets the simulation in `sim.rs` run whole swarms on links of different
 //! speeds, in virtual time, exactly.
 //!
-//! A file is split into chunks (what the tracker registers and the SHA-256 covers) and each
-//! chunk into blocks (what one request asks for). A peer is asked for several blocks at once,
+//! A file is split into chunks (what the tracker registers and announces) and each chunk
+//! into blocks (what one request asks for, and what is verified: the driver checks every
+//! block against its merkle leaf before the scheduler sees it, so a liar is caught by the
+//! first bad block and blamed exactly). Peers may hold chunks whole or only some of their
+//! blocks (they are downloading the file too), and are asked only for blocks they hold. A peer is asked for several blocks at once,
 //! as many as it delivers in [`Config::queue_ms`], so a fast link never idles between
 //! requests; a chunk's blocks normally come from the one peer that started it, in order;
 //! a faster idle peer may take the tail of a slow peer's chunk, and at the very end ask for
@@ -149,7 +152,13 @@ struct Req {
 #[derive(Debug, Clone)]
 struct PeerState<P> {
     id: P,
+    /// Chunks it holds whole.
     has: Vec<bool>,
+    /// Blocks it holds of chunks it does not hold whole (it is downloading the file too).
+    part: BTreeMap<Chunk, BTreeSet<Block>>,
+    /// It is downloading the file: worth a connection even before it holds anything,
+    /// since it tells us of every block it gains.
+    fellow: bool,
     /// Chunks it said it cannot serve.
     excluded: BTreeSet<Chunk>,
     /// Its suggested order for chunks to fetch from it (the ones it has sent least):
@@ -166,9 +175,6 @@ struct PeerState<P> {
     total: u64,
     last_progress: u64,
     snubbed: bool,
-    /// It sent blocks of a chunk that failed its check along with other peers: from now on
-    /// it only fetches whole chunks alone, so a second failure of its proves it lied.
-    parole: bool,
     /// Blocks kept from it.
     kept: u64,
 }
@@ -182,8 +188,14 @@ impl<P> PeerState<P> {
         matches!(self.link, Link::Connected { .. })
     }
 
+    /// Holds some of chunk `c` and has not refused it.
     fn can_serve(&self, c: Chunk) -> bool {
-        self.has[c as usize] && !self.excluded.contains(&c)
+        (self.has[c as usize] || self.part.contains_key(&c)) && !self.excluded.contains(&c)
+    }
+
+    fn can_serve_block(&self, c: Chunk, b: Block) -> bool {
+        (self.has[c as usize] || self.part.get(&c).is_some_and(|s| s.contains(&b)))
+            && !self.excluded.contains(&c)
     }
 }
 
@@ -192,7 +204,10 @@ enum BlockState {
     Missing,
     /// Asked of one peer, or two in end game.
     Requested([Option<Pid>; 2]),
+    /// Kept (it matched its hash on arrival), from that peer.
     Have(Pid),
+    /// Held from before this download started (a resumed download).
+    Held,
 }
 
 #[derive(Debug, Clone)]
@@ -201,16 +216,14 @@ struct Active {
     /// Blocks nobody has or was asked for.
     missing: BTreeSet<Block>,
     have: u32,
-    /// The peer fetching it from the front, in order.
+    /// The peer fetching it from the front, in order (the blocks it holds, for a peer
+    /// holding the chunk in part).
     owner: Option<Pid>,
-    /// After a failed check with several contributors: the whole chunk must come from its
-    /// owner alone, so a second failure names the liar.
-    parole: bool,
 }
 
 #[derive(Debug, Clone)]
 enum ChunkState {
-    Missing { parole: bool },
+    Missing,
     Active(Active),
     Verifying { from: Vec<Pid> },
     Done,
@@ -270,7 +283,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         config: Config,
     ) -> Self {
         let count = layout.chunk_count() as usize;
-        let mut chunks = vec![ChunkState::Missing { parole: false }; count];
+        let mut chunks = vec![ChunkState::Missing; count];
         for c in have {
             if let Some(s) = chunks.get_mut(c as usize) {
                 *s = ChunkState::Done;
@@ -312,6 +325,8 @@ impl<P: Ord + Clone> Scheduler<P> {
                 self.peers.push(Some(PeerState {
                     id: peer.clone(),
                     has: vec![false; count],
+                    part: BTreeMap::new(),
+                    fellow: false,
                     excluded: BTreeSet::new(),
                     suggested: vec![u32::MAX; count],
                     link: Link::Known,
@@ -323,7 +338,6 @@ impl<P: Ord + Clone> Scheduler<P> {
                     total: 0,
                     last_progress: now,
                     snubbed: false,
-                    parole: false,
                     kept: 0,
                 }));
                 self.names.push(peer.clone());
@@ -335,7 +349,75 @@ impl<P: Ord + Clone> Scheduler<P> {
         for c in chunks {
             if let Some(h) = p.has.get_mut(c as usize) {
                 *h = true;
+                p.part.remove(&c);
             }
+        }
+        self.schedule(now);
+    }
+
+    /// Blocks of `chunk` already held and verified (a resumed download): never fetched.
+    /// Before [`Scheduler::start`] only.
+    pub fn held_blocks(&mut self, chunk: Chunk, blocks: impl IntoIterator<Item = Block>) {
+        let n = self.layout.block_count(chunk);
+        let Some(state) = self.chunks.get_mut(chunk as usize) else {
+            return;
+        };
+        if !matches!(state, ChunkState::Missing) {
+            return;
+        }
+        let mut a = Active {
+            blocks: vec![BlockState::Missing; n as usize],
+            missing: (0..n).collect(),
+            have: 0,
+            owner: None,
+        };
+        for b in blocks.into_iter().filter(|&b| b < n) {
+            if a.missing.remove(&b) {
+                a.blocks[b as usize] = BlockState::Held;
+                a.have += 1;
+            }
+        }
+        if a.have == 0 {
+            return;
+        }
+        let complete = a.missing.is_empty();
+        *state = ChunkState::Active(a);
+        if complete {
+            self.complete(chunk);
+        }
+    }
+
+    /// `peer` is downloading this file too (it may hold nothing yet): connect to it, to
+    /// hear of the blocks it gains.
+    pub fn add_fellow(&mut self, peer: P, now: u64) {
+        self.add_peer(peer.clone(), [], now);
+        if let Some(pid) = self.pid(&peer) {
+            self.peer_mut(pid).fellow = true;
+            self.schedule(now);
+        }
+    }
+
+    /// `peer` holds these verified blocks of `chunk` (added to what it was known to hold).
+    pub fn add_blocks(
+        &mut self,
+        peer: &P,
+        chunk: Chunk,
+        blocks: impl IntoIterator<Item = Block>,
+        now: u64,
+    ) {
+        let n = self.layout.block_count(chunk);
+        let Some(pid) = self.pid(peer) else { return };
+        let p = self.peer_mut(pid);
+        if chunk as usize >= p.has.len() || p.has[chunk as usize] {
+            return;
+        }
+        let set = p.part.entry(chunk).or_default();
+        set.extend(blocks.into_iter().filter(|&b| b < n));
+        if set.is_empty() {
+            p.part.remove(&chunk);
+        } else if set.len() == n as usize {
+            p.part.remove(&chunk);
+            p.has[chunk as usize] = true;
         }
         self.schedule(now);
     }
@@ -346,18 +428,35 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.schedule(now);
     }
 
-    /// The connection to `peer` is open and it says it holds `chunks` (replacing what we
-    /// were told before). It starts choked.
-    pub fn connected(&mut self, peer: &P, chunks: impl IntoIterator<Item = Chunk>, now: u64) {
+    /// The connection to `peer` is open and it says it holds `chunks` whole and blocks
+    /// `partial` of others (replacing what we were told before). It starts choked.
+    pub fn connected(
+        &mut self,
+        peer: &P,
+        chunks: impl IntoIterator<Item = Chunk>,
+        partial: impl IntoIterator<Item = (Chunk, Vec<Block>)>,
+        now: u64,
+    ) {
         let Some(pid) = self.pid(peer) else { return };
+        let layout = self.layout;
         let p = self.peer_mut(pid);
         if p.link != Link::Connecting {
             return;
         }
         p.has.iter_mut().for_each(|h| *h = false);
+        p.part.clear();
         for c in chunks {
             if let Some(h) = p.has.get_mut(c as usize) {
                 *h = true;
+            }
+        }
+        for (c, blocks) in partial {
+            if (c as usize) < p.has.len() && !p.has[c as usize] {
+                let n = layout.block_count(c);
+                let set: BTreeSet<Block> = blocks.into_iter().filter(|&b| b < n).collect();
+                if !set.is_empty() {
+                    p.part.insert(c, set);
+                }
             }
         }
         p.link = Link::Connected {
@@ -481,6 +580,16 @@ impl<P: Ord + Clone> Scheduler<P> {
         verdict
     }
 
+    /// Block `block` of `chunk` from `peer` did not match its hash (or came with no hash to
+    /// check it by): the peer lied, and is not used again; only that block is fetched
+    /// again, since every other block was checked on its own.
+    pub fn bad_block(&mut self, peer: &P, chunk: Chunk, block: Block, now: u64) {
+        let Some(pid) = self.pid(peer) else { return };
+        let _ = (chunk, block);
+        self.ban(pid);
+        self.schedule(now);
+    }
+
     /// `peer` will not serve `chunk` (it does not hold it, or cannot read it now).
     pub fn rejected(&mut self, peer: &P, chunk: Chunk, block: Block, now: u64) {
         let Some(pid) = self.pid(peer) else { return };
@@ -502,15 +611,14 @@ impl<P: Ord + Clone> Scheduler<P> {
         if let Some(ChunkState::Active(a)) = self.chunks.get_mut(chunk as usize) {
             if a.owner == Some(pid) {
                 a.owner = None;
-                if a.parole {
-                    self.reset(chunk, true);
-                }
             }
         }
         self.schedule(now);
     }
 
-    /// The hash check asked for by `Verify { chunk }`.
+    /// The hash check asked for by `Verify { chunk }`. Every block of the chunk matched its
+    /// own hash on arrival, so a failure here means the file's description disagrees with
+    /// itself (or the disk failed): the chunk is fetched again, from other peers.
     pub fn verified(&mut self, chunk: Chunk, ok: bool, now: u64) {
         let Some(ChunkState::Verifying { from }) = self.chunks.get(chunk as usize) else {
             return;
@@ -518,18 +626,10 @@ impl<P: Ord + Clone> Scheduler<P> {
         let from = from.clone();
         if ok {
             self.chunks[chunk as usize] = ChunkState::Done;
-        } else if from.len() == 1 {
-            // One sender: it lied.
-            self.chunks[chunk as usize] = ChunkState::Missing { parole: false };
-            self.ban(from[0]);
         } else {
-            // Several senders: each is suspect, none proven. The chunk and the senders go on
-            // parole: whole chunks from one peer, so the next failure names the liar.
-            self.chunks[chunk as usize] = ChunkState::Missing { parole: true };
+            self.chunks[chunk as usize] = ChunkState::Missing;
             for pid in from {
-                if let Some(p) = self.peers.get_mut(pid as usize).and_then(Option::as_mut) {
-                    p.parole = true;
-                }
+                self.ban(pid);
             }
         }
         self.schedule(now);
@@ -711,49 +811,24 @@ impl<P: Ord + Clone> Scheduler<P> {
     }
 
     /// `pid` no longer owns the chunks it was fetching in order: others may continue them.
-    /// A chunk on parole cannot be continued by anyone else and starts over.
     fn disown(&mut self, pid: Pid) {
         for c in 0..self.chunks.len() {
             if let ChunkState::Active(a) = &mut self.chunks[c] {
                 if a.owner == Some(pid) {
                     a.owner = None;
-                    if a.parole {
-                        self.reset(c as Chunk, true);
-                    }
                 }
             }
         }
     }
 
-    /// Starts `chunk` over: whatever was received of it is forgotten (and will be
-    /// overwritten), outstanding requests for it are cancelled.
-    fn reset(&mut self, chunk: Chunk, parole: bool) {
-        for pid in 0..self.peers.len() as Pid {
-            let queued: Vec<Req> = match &self.peers[pid as usize] {
-                Some(p) => p
-                    .queue
-                    .iter()
-                    .filter(|r| r.chunk == chunk)
-                    .copied()
-                    .collect(),
-                None => continue,
-            };
-            for r in queued {
-                self.cancel(pid, r.chunk, r.block);
-            }
-        }
-        self.chunks[chunk as usize] = ChunkState::Missing { parole };
-    }
-
     /// `chunk` started by `owner`, nothing of it received.
-    fn fresh(&self, chunk: Chunk, owner: Pid, parole: bool) -> ChunkState {
+    fn fresh(&self, chunk: Chunk, owner: Pid) -> ChunkState {
         let n = self.layout.block_count(chunk);
         ChunkState::Active(Active {
             blocks: vec![BlockState::Missing; n as usize],
             missing: (0..n).collect(),
             have: 0,
             owner: Some(owner),
-            parole,
         })
     }
 
@@ -784,8 +859,8 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.index.remove(&p.id);
     }
 
-    /// `pid` is not to be used again in this download; blocks it sent that are not yet
-    /// verified are fetched again from others.
+    /// `pid` is not to be used again in this download; what was asked of it goes to
+    /// others.
     fn ban(&mut self, pid: Pid) {
         if self.peers[pid as usize].is_none() {
             return;
@@ -794,17 +869,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         let connected = self.peer(pid).link != Link::Known;
         self.release_all(pid, false);
         self.disown(pid);
-        for c in 0..self.chunks.len() {
-            if let ChunkState::Active(a) = &mut self.chunks[c] {
-                for b in 0..a.blocks.len() {
-                    if a.blocks[b] == BlockState::Have(pid) {
-                        a.blocks[b] = BlockState::Missing;
-                        a.missing.insert(b as Block);
-                        a.have -= 1;
-                    }
-                }
-            }
-        }
+        // Blocks it sent before are kept: each matched its hash on arrival.
         self.peers[pid as usize] = None;
         self.index.remove(&id);
         self.banned.insert(id.clone());
@@ -813,18 +878,9 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
     }
 
-    /// Is chunk `c` still wanted (not done)? A chunk being checked may fail and be needed
-    /// again, so its holders are kept.
-    fn wanted(&self, c: usize) -> bool {
-        !matches!(self.chunks[c], ChunkState::Done)
-    }
-
     /// Is chunk `c` still to be fetched (not done, not being checked)?
     fn needed(&self, c: usize) -> bool {
-        matches!(
-            self.chunks[c],
-            ChunkState::Missing { .. } | ChunkState::Active(_)
-        )
+        matches!(self.chunks[c], ChunkState::Missing | ChunkState::Active(_))
     }
 
     /// How many requests `p` should have in flight.
@@ -871,7 +927,9 @@ impl<P: Ord + Clone> Scheduler<P> {
                 let free = by.iter_mut().find(|s| s.is_none()).expect("a free slot");
                 *free = Some(pid);
             }
-            BlockState::Have(_) => unreachable!("never asked for a block we have"),
+            BlockState::Have(_) | BlockState::Held => {
+                unreachable!("never asked for a block we have")
+            }
         }
         let p = self.peer_mut(pid);
         p.queue.push_back(Req { chunk, block, len });
@@ -883,57 +941,51 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// The next block `pid` should be asked for, per the rule in STATE.md.
     fn pick(&mut self, pid: Pid) -> Option<(Chunk, Block)> {
         let count = self.chunks.len();
-        let serves: Vec<bool> = {
-            let p = self.peer(pid);
-            (0..count as Chunk).map(|c| p.can_serve(c)).collect()
+        // The first missing block of an active chunk that `pid` can serve.
+        let first = |s: &Self, c: usize| -> Option<Block> {
+            let ChunkState::Active(a) = &s.chunks[c] else {
+                return None;
+            };
+            let p = s.peer(pid);
+            a.missing
+                .iter()
+                .copied()
+                .find(|&b| p.can_serve_block(c as Chunk, b))
         };
-        // 1. Continue a chunk it owns, in order.
+        // 1. Continue a chunk it owns, in order (the blocks it holds, if it holds it in
+        //    part).
         for c in 0..count {
-            if let ChunkState::Active(a) = &self.chunks[c] {
-                if a.owner == Some(pid) {
-                    if let Some(&b) = a.missing.first() {
-                        return Some((c as Chunk, b));
-                    }
+            if matches!(&self.chunks[c], ChunkState::Active(a) if a.owner == Some(pid)) {
+                if let Some(b) = first(self, c) {
+                    return Some((c as Chunk, b));
                 }
             }
         }
-        let on_parole = self.peer(pid).parole;
-        // 2. Take over a chunk nobody owns (its owner left, choked or stalled), in order.
-        //    A peer on parole may not add to blocks others sent: it takes the chunk over
-        //    only when nobody else can continue it, and then from the start.
-        for c in (0..count).filter(|&c| serves[c]) {
-            let ChunkState::Active(a) = &self.chunks[c] else {
-                continue;
-            };
-            if a.owner.is_some() || a.parole || a.missing.is_empty() {
+        // 2. Take over a chunk nobody owns (its owner left, choked or stalled, or it was
+        //    held in part when the download started), in order.
+        for c in 0..count {
+            if !matches!(&self.chunks[c], ChunkState::Active(a) if a.owner.is_none()) {
                 continue;
             }
-            if on_parole {
-                let others = self
-                    .live()
-                    .any(|(q, p)| q != pid && !p.parole && p.unchoked() && p.can_serve(c as Chunk));
-                if a.have > 0 && others {
-                    continue;
+            if let Some(b) = first(self, c) {
+                if let ChunkState::Active(a) = &mut self.chunks[c] {
+                    a.owner = Some(pid);
                 }
-                self.reset(c as Chunk, true);
-                self.chunks[c] = self.fresh(c as Chunk, pid, true);
-                return Some((c as Chunk, 0));
-            }
-            if let ChunkState::Active(a) = &mut self.chunks[c] {
-                a.owner = Some(pid);
-                let b = *a.missing.first().expect("not empty");
                 return Some((c as Chunk, b));
             }
         }
         // 3. Start the rarest chunk it can serve that nobody has started; a second one at
         //    once only if that leaves one for every other peer still without a chunk.
-        let unstarted = |c: usize| matches!(self.chunks[c], ChunkState::Missing { .. });
+        let unstarted = |c: usize| matches!(self.chunks[c], ChunkState::Missing);
         let owns = |q: Pid| {
             self.chunks
                 .iter()
                 .any(|s| matches!(s, ChunkState::Active(a) if a.owner == Some(q)))
         };
-        let startable = (0..count).filter(|&c| serves[c] && unstarted(c)).count();
+        let me = self.peer(pid);
+        let startable = (0..count)
+            .filter(|&c| unstarted(c) && me.can_serve(c as Chunk))
+            .count();
         let waiting = self
             .live()
             .filter(|&(q, p)| {
@@ -945,11 +997,11 @@ impl<P: Ord + Clone> Scheduler<P> {
             .count();
         let room = !owns(pid) || startable > waiting;
         let mut best: Option<(usize, u32, u64, usize)> = None; // (holders, rank, tie, chunk)
-        let ranks = self.peer(pid).suggested.clone();
-        for c in (0..count).filter(|&c| serves[c] && room) {
-            if !unstarted(c) {
-                continue;
-            }
+        let ranks = me.suggested.clone();
+        let candidates: Vec<usize> = (0..count)
+            .filter(|&c| room && unstarted(c) && me.can_serve(c as Chunk))
+            .collect();
+        for c in candidates {
             let holders = self.live().filter(|(_, q)| q.can_serve(c as Chunk)).count();
             let key = (holders, ranks[c], self.rng.next());
             if best.is_none_or(|(h, r, t, _)| key < (h, r, t)) {
@@ -957,33 +1009,38 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
         }
         if let Some((_, _, _, c)) = best {
-            let parole =
-                on_parole || matches!(self.chunks[c], ChunkState::Missing { parole: true });
-            self.chunks[c] = self.fresh(c as Chunk, pid, parole);
-            return Some((c as Chunk, 0));
-        }
-        if on_parole {
-            return None;
+            self.chunks[c] = self.fresh(c as Chunk, pid);
+            return Some((c as Chunk, first(self, c).expect("it holds some of it")));
         }
         let p = self.peer(pid);
         let block = self.layout.block_len;
-        // 4. Take the last missing block of another peer's chunk, if we would have it
-        //    sooner than its owner would get to it.
+        // 4. Take the last missing block it can serve of another peer's chunk: at once if
+        //    the owner cannot serve that block (it holds the chunk in part), else if we
+        //    would have it sooner than the owner would get to it.
         let mut steal: Option<(u64, Chunk, Block)> = None; // (missing blocks, chunk, block)
-        for c in (0..count).filter(|&c| serves[c]) {
+        for c in 0..count {
             let ChunkState::Active(a) = &self.chunks[c] else {
                 continue;
             };
-            if a.parole {
-                continue;
-            }
-            let (Some(&b), Some(owner)) = (a.missing.last(), a.owner) else {
+            let Some(owner) = a.owner else { continue };
+            let Some(b) = a
+                .missing
+                .iter()
+                .rev()
+                .copied()
+                .find(|&b| p.can_serve_block(c as Chunk, b))
+            else {
                 continue;
             };
+            let q = self.peer(owner);
             // The owner fetches from the front: its queue, then every missing block up to
             // and including `b`.
-            let left = a.missing.len() as u64;
-            if self.sooner(p, block, self.peer(owner), left * block)
+            let left = if q.can_serve_block(c as Chunk, b) {
+                a.missing.range(..=b).count() as u64
+            } else {
+                u64::MAX
+            };
+            if (left == u64::MAX || self.sooner(p, block, q, left * block))
                 && steal.is_none_or(|(l, _, _)| left > l)
             {
                 steal = Some((left, c as Chunk, b));
@@ -1003,7 +1060,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             let mut ahead = 0;
             for r in &q.queue {
                 ahead += r.len;
-                if !serves[r.chunk as usize] {
+                if !p.can_serve_block(r.chunk, r.block) {
                     continue;
                 }
                 let ChunkState::Active(a) = &self.chunks[r.chunk as usize] else {
@@ -1012,7 +1069,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 let BlockState::Requested(by) = a.blocks[r.block as usize] else {
                     continue;
                 };
-                if a.parole || by.iter().all(Option::is_some) {
+                if by.iter().all(Option::is_some) {
                     continue;
                 }
                 let theirs = match q.rate {
@@ -1037,6 +1094,23 @@ impl<P: Ord + Clone> Scheduler<P> {
         dup.map(|(_, c, b)| (c, b))
     }
 
+    /// Whether `p` holds a block we still need (not kept, not held, chunk not done).
+    fn useful(&self, p: &PeerState<P>) -> bool {
+        (0..self.chunks.len()).any(|c| {
+            if !p.can_serve(c as Chunk) {
+                return false;
+            }
+            match &self.chunks[c] {
+                ChunkState::Done => false,
+                ChunkState::Missing | ChunkState::Verifying { .. } => true,
+                ChunkState::Active(a) => a.blocks.iter().enumerate().any(|(b, s)| {
+                    !matches!(s, BlockState::Have(_) | BlockState::Held)
+                        && p.can_serve_block(c as Chunk, b as Block)
+                }),
+            }
+        })
+    }
+
     /// Applies the rule in STATE.md until nothing more can be asked.
     fn schedule(&mut self, now: u64) {
         if self.ended || !self.started {
@@ -1049,7 +1123,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         let pids: Vec<Pid> = self.live().map(|(pid, _)| pid).collect();
         for &pid in &pids {
             let p = self.peer(pid);
-            let useful = (0..count).any(|c| self.wanted(c) && p.can_serve(c as Chunk));
+            let useful = self.useful(p);
             match p.link {
                 Link::Connected { interested, .. } => {
                     connecting += 1;
@@ -1075,7 +1149,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             };
             if p.link == Link::Known
                 && connecting < self.config.max_peers
-                && (0..count).any(|c| self.wanted(c) && p.can_serve(c as Chunk))
+                && (p.fellow || self.useful(p))
             {
                 let peer = p.id.clone();
                 self.peer_mut(pid).link = Link::Connecting;
@@ -1124,8 +1198,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             || self.live().any(|(_, p)| {
                 !p.queue.is_empty()
                     || p.link == Link::Connecting
-                    || (p.is_connected()
-                        && (0..count).any(|c| self.needed(c) && p.can_serve(c as Chunk)))
+                    || (p.is_connected() && self.useful(p))
             });
         if progressing {
             self.stuck = false;
@@ -1181,7 +1254,7 @@ mod tests {
         let acts = drain(s);
         for &p in ids {
             assert!(acts.contains(&Action::Connect { peer: p }), "{acts:?}");
-            s.connected(&p, 0..all, 0);
+            s.connected(&p, 0..all, [], 0);
             s.unchoked(&p, 0);
         }
         drain(s)
@@ -1194,8 +1267,8 @@ mod tests {
         s.add_peer(2, [0, 1, 2], 0);
         s.start(0);
         drain(&mut s);
-        s.connected(&1, [0, 1, 2, 3], 0);
-        s.connected(&2, [0, 1, 2], 0);
+        s.connected(&1, [0, 1, 2, 3], [], 0);
+        s.connected(&2, [0, 1, 2], [], 0);
         s.unchoked(&1, 0);
         let reqs = requests(&drain(&mut s));
         // Only peer 1 holds chunk 3: its first request; then blocks in order.
@@ -1210,7 +1283,7 @@ mod tests {
             s.add_peer(2, [3], 0);
             s.start(0);
             drain(&mut s);
-            s.connected(&1, 0..4, 0);
+            s.connected(&1, 0..4, [], 0);
             s.suggested(&1, [2, 1, 0, 3], 0);
             s.unchoked(&1, 0);
             // Chunks 0-2 are equally rare (one holder): the suggestion orders them.

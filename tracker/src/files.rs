@@ -8,8 +8,10 @@
 //!
 //! Downloaders *watch* the file they are downloading (from their `Locate` until `Unwatch`
 //! or logout): every change in who holds what is pushed to them as it happens (`Holders`,
-//! `HolderGone`), so leechers that start together find each other as soon as one of them
-//! has verified a chunk, and a seeder that logs in mid-download is used at once.
+//! `HolderGone`), and of each other: a watcher is announced to the others as a holder of
+//! no chunk yet (`Holders` with an empty list), since downloaders trade verified blocks
+//! long before the tracker hears of a whole chunk. So leechers that start together find
+//! each other at once, and a seeder that logs in mid-download is used at once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -138,9 +140,21 @@ impl Tracker {
     /// `me` stops watching `name`.
     pub(crate) fn unwatch(&mut self, me: &UserName, name: &FileName) -> Reply {
         if let Some(entry) = self.files.get_mut(name) {
-            entry.watchers.remove(me);
+            if entry.watchers.remove(me) && !entry.holders.contains_key(me) {
+                self.fellow_gone(me, name);
+            }
         }
         Reply::Noted
+    }
+
+    /// `me` no longer downloads `name` and holds none of it: the other downloaders, who
+    /// knew of it as a fellow, forget it.
+    fn fellow_gone(&mut self, me: &UserName, name: &FileName) {
+        let event = Event::HolderGone {
+            name: name.clone(),
+            user: me.clone(),
+        };
+        self.tell_watchers(me, name, event);
     }
 
     /// `me` no longer holds anything of `name`.
@@ -222,10 +236,19 @@ impl Tracker {
         let Some(entry) = self.files.get_mut(name) else {
             return unknown(name);
         };
+        let mut new_fellow = false;
         if from.is_none() {
             // Registered with the snapshot below, under the same lock: every change after
             // the snapshot reaches the watcher as an event.
-            entry.watchers.insert(me.clone());
+            new_fellow = entry.watchers.insert(me.clone()) && !entry.holders.contains_key(me);
+        }
+        if new_fellow {
+            let event = Event::Holders {
+                name: name.clone(),
+                user: me.clone(),
+                chunks: Vec::new(),
+            };
+            self.tell_watchers(me, name, event);
         }
         let entry = &self.files[name];
         let meta = entry.meta.clone();
@@ -239,6 +262,20 @@ impl Tracker {
                     .visible_holders(me, entry)
                     .map(|(u, held)| (u.clone(), held.iter().copied().collect()))
                     .collect();
+                // Fellow downloaders that hold no whole chunk yet, each of them visible
+                // both ways (blocks flow in both directions).
+                all.extend(
+                    entry
+                        .watchers
+                        .iter()
+                        .filter(|w| {
+                            *w != me
+                                && !entry.holders.contains_key(*w)
+                                && !self.has_blocked(w, me)
+                                && !self.has_blocked(me, w)
+                        })
+                        .map(|w| (w.clone(), Vec::new())),
+                );
                 all.sort();
                 all
             }
@@ -265,8 +302,8 @@ impl Tracker {
     pub(crate) fn forget_holdings(&mut self, user: &UserName) {
         let mut held = Vec::new();
         for (name, entry) in self.files.iter_mut() {
-            entry.watchers.remove(user);
-            if entry.holders.remove(user).is_some() {
+            let watched = entry.watchers.remove(user);
+            if entry.holders.remove(user).is_some() || watched {
                 held.push(name.clone());
             }
         }
@@ -296,6 +333,7 @@ mod tests {
                 Digest([fill + 1; 32]),
                 Digest([fill + 2; 32]),
             ],
+            vec![Digest([fill + 3; 32]); 3],
             Digest([fill; 32]),
         )
         .unwrap()
@@ -558,6 +596,73 @@ mod tests {
         req(&mut t, &luke, Request::Unwatch { name: f("a.bin") }, T0);
         req(&mut t, &yoda, have(0), T0);
         assert_eq!(luke.events(), []);
+    }
+
+    #[test]
+    fn downloaders_of_a_file_are_told_of_each_other() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4002);
+        let mut yoda = login_p2p(&mut t, "yoda", T0, 4003);
+        let vader = login_p2p(&mut t, "vader", T0, 4004);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        let locate = || Request::Locate {
+            name: f("a.bin"),
+            from: None,
+        };
+        let users = |r: Reply| match r {
+            Reply::Located { holders, .. } => holders
+                .into_iter()
+                .map(|h| (h.user.to_string(), h.chunks))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            users(req(&mut t, &luke, locate(), T0)),
+            [("hans".to_string(), vec![0, 1, 2])]
+        );
+        luke.events();
+        // The second downloader gets the first as a fellow holding nothing yet, and the
+        // first hears of the second.
+        assert_eq!(
+            users(req(&mut t, &yoda, locate(), T0)),
+            [
+                ("hans".to_string(), vec![0, 1, 2]),
+                ("luke".to_string(), vec![])
+            ]
+        );
+        yoda.events();
+        // (luke also gets the ticket yoda will dial it with.)
+        let news: Vec<Event> = luke
+            .events()
+            .into_iter()
+            .filter(|e| !matches!(e, Event::PrivateTicket { .. }))
+            .collect();
+        assert_eq!(
+            news,
+            [Event::Holders {
+                name: f("a.bin"),
+                user: u("yoda"),
+                chunks: vec![]
+            }]
+        );
+        // A downloader blocked by another is not introduced to it.
+        req(&mut t, &vader, Request::Block { user: u("luke") }, T0);
+        let seen: Vec<String> = users(req(&mut t, &vader, locate(), T0))
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(seen, ["hans", "yoda"]);
+        // Stopping (or logging out) is told to the others.
+        yoda.events();
+        req(&mut t, &luke, Request::Unwatch { name: f("a.bin") }, T0);
+        assert_eq!(
+            yoda.events(),
+            [Event::HolderGone {
+                name: f("a.bin"),
+                user: u("luke")
+            }]
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     logout_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_by_logout ON sessions (logout_at);
-CREATE TABLE IF NOT EXISTS files (
+-- Descriptions of protocol 2 had no merkle roots: clients that cannot check blocks
+-- cannot download them, so those names are released.
+DROP TABLE IF EXISTS files;
+CREATE TABLE IF NOT EXISTS files_v3 (
     name TEXT PRIMARY KEY,
     meta BLOB NOT NULL
 ) WITHOUT ROWID;
@@ -235,13 +238,13 @@ impl Store {
     pub fn put_file(&self, meta: &FileMeta) -> Result<(), StoreError> {
         let blob = rmp_serde::to_vec(meta)?;
         self.db
-            .prepare_cached("INSERT OR REPLACE INTO files (name, meta) VALUES (?1, ?2)")?
+            .prepare_cached("INSERT OR REPLACE INTO files_v3 (name, meta) VALUES (?1, ?2)")?
             .execute(params![meta.name().as_str(), blob])?;
         Ok(())
     }
 
     pub fn files(&self) -> Result<Vec<FileMeta>, StoreError> {
-        let mut stmt = self.db.prepare("SELECT meta FROM files")?;
+        let mut stmt = self.db.prepare("SELECT meta FROM files_v3")?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
         for r in rows {

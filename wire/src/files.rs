@@ -129,6 +129,8 @@ pub enum MetaError {
     ZeroChunk,
     #[error("{0} chunks is more than the {MAX_CHUNKS} allowed")]
     TooManyChunks(usize),
+    #[error("{roots} merkle roots for {chunks} chunks")]
+    Roots { chunks: usize, roots: usize },
     #[error("{chunks} chunk hashes for {size} bytes in chunks of {chunk_size}")]
     Mismatch {
         size: u64,
@@ -144,7 +146,10 @@ pub struct FileMeta {
     name: FileName,
     size: u64,
     chunk_size: u64,
-    chunks: Vec<Digest>,
+    /// Per chunk, its SHA-256 and the root of the merkle tree over its blocks (the
+    /// `merkle` crate): what every block is checked against on arrival. (One vector, not
+    /// two: the description travels inside replies, which stay small to move.)
+    chunks: Vec<(Digest, Digest)>,
     sha256: Digest,
 }
 
@@ -154,23 +159,26 @@ struct RawMeta {
     size: u64,
     chunk_size: u64,
     chunks: Vec<Digest>,
+    roots: Vec<Digest>,
     sha256: Digest,
 }
 
 impl TryFrom<RawMeta> for FileMeta {
     type Error = MetaError;
     fn try_from(r: RawMeta) -> Result<Self, MetaError> {
-        FileMeta::new(r.name, r.size, r.chunk_size, r.chunks, r.sha256)
+        FileMeta::new(r.name, r.size, r.chunk_size, r.chunks, r.roots, r.sha256)
     }
 }
 
 impl From<FileMeta> for RawMeta {
     fn from(m: FileMeta) -> RawMeta {
+        let (chunks, roots) = m.chunks.into_iter().unzip();
         RawMeta {
             name: m.name,
             size: m.size,
             chunk_size: m.chunk_size,
-            chunks: m.chunks,
+            chunks,
+            roots,
             sha256: m.sha256,
         }
     }
@@ -182,6 +190,7 @@ impl FileMeta {
         size: u64,
         chunk_size: u64,
         chunks: Vec<Digest>,
+        roots: Vec<Digest>,
         sha256: Digest,
     ) -> Result<Self, MetaError> {
         if size == 0 {
@@ -200,11 +209,17 @@ impl FileMeta {
                 chunks: chunks.len(),
             });
         }
+        if roots.len() != chunks.len() {
+            return Err(MetaError::Roots {
+                chunks: chunks.len(),
+                roots: roots.len(),
+            });
+        }
         Ok(Self {
             name,
             size,
             chunk_size,
-            chunks,
+            chunks: chunks.into_iter().zip(roots).collect(),
             sha256,
         })
     }
@@ -228,10 +243,21 @@ impl FileMeta {
         self.chunks.len() as u32
     }
     pub fn chunk_hash(&self, chunk: u32) -> Option<&Digest> {
-        self.chunks.get(chunk as usize)
+        self.chunks.get(chunk as usize).map(|(hash, _)| hash)
     }
     pub fn sha256(&self) -> &Digest {
         &self.sha256
+    }
+    /// The merkle root over `chunk`'s blocks.
+    pub fn chunk_root(&self, chunk: u32) -> Option<&Digest> {
+        self.chunks.get(chunk as usize).map(|(_, root)| root)
+    }
+
+    /// Blocks in the whole file: the length of a bitfield of them.
+    pub fn total_blocks(&self) -> u64 {
+        (0..self.chunk_count())
+            .map(|c| self.block_count(c).unwrap_or(0) as u64)
+            .sum()
     }
 
     /// Byte offset and length of `chunk`, if it exists.
@@ -295,12 +321,20 @@ mod tests {
     #[test]
     fn meta_checks_its_arithmetic() {
         let name = FileName::new("f").unwrap();
-        let m = FileMeta::new(name.clone(), 25, 10, vec![d(1), d(2), d(3)], d(0)).unwrap();
+        let m = FileMeta::new(
+            name.clone(),
+            25,
+            10,
+            vec![d(1), d(2), d(3)],
+            vec![d(4); 3],
+            d(0),
+        )
+        .unwrap();
         assert_eq!(m.chunk_range(0), Some((0, 10)));
         assert_eq!(m.chunk_range(2), Some((20, 5)));
         assert_eq!(m.chunk_range(3), None);
         assert_eq!(
-            FileMeta::new(name.clone(), 25, 10, vec![d(1), d(2)], d(0)),
+            FileMeta::new(name.clone(), 25, 10, vec![d(1), d(2)], vec![d(4); 2], d(0)),
             Err(MetaError::Mismatch {
                 size: 25,
                 chunk_size: 10,
@@ -308,12 +342,26 @@ mod tests {
             })
         );
         assert_eq!(
-            FileMeta::new(name.clone(), 0, 1, vec![], d(0)),
+            FileMeta::new(name.clone(), 0, 1, vec![], vec![], d(0)),
             Err(MetaError::Empty)
         );
         assert_eq!(
-            FileMeta::new(name, 1000, 1, vec![d(1); 1000], d(0)),
+            FileMeta::new(
+                name.clone(),
+                1000,
+                1,
+                vec![d(1); 1000],
+                vec![d(1); 1000],
+                d(0)
+            ),
             Err(MetaError::TooManyChunks(1000))
+        );
+        assert_eq!(
+            FileMeta::new(name, 25, 10, vec![d(1), d(2), d(3)], vec![d(4); 2], d(0)),
+            Err(MetaError::Roots {
+                chunks: 3,
+                roots: 2
+            })
         );
     }
 
@@ -322,7 +370,16 @@ mod tests {
         let name = FileName::new("f").unwrap();
         let b = BLOCK_LEN as u64;
         // Chunks of 2.5 blocks; the file ends half a block into its second chunk.
-        let m = FileMeta::new(name, 3 * b, 5 * b / 2, vec![d(1), d(2)], d(0)).unwrap();
+        let m = FileMeta::new(
+            name,
+            3 * b,
+            5 * b / 2,
+            vec![d(1), d(2)],
+            vec![d(3); 2],
+            d(0),
+        )
+        .unwrap();
+        assert_eq!(m.total_blocks(), 4);
         assert_eq!(m.block_count(0), Some(3));
         assert_eq!(m.block_range(0, 2), Some((2 * b, b / 2)));
         assert_eq!(m.block_range(0, 3), None);
@@ -364,6 +421,7 @@ mod tests {
             size: 25,
             chunk_size: 10,
             chunks: vec![d(1)],
+            roots: vec![d(2)],
             sha256: d(0),
         };
         let bytes = rmp_serde::to_vec(&raw).unwrap();

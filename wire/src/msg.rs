@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{FileMeta, FileName};
+use crate::files::{Digest, FileMeta, FileName};
 use crate::ids::{Password, Text, UserName};
 
 /// A one-time permission, issued by the tracker, for one user to open one private
@@ -307,9 +307,13 @@ pub struct OfflineMessage {
 /// slot for it, `Unchoke`. The downloader then keeps several `Request`s in flight, each
 /// answered by one `Block` or `Reject`, in any order; `Cancel` withdraws one not yet sent.
 /// `Choke` means the holder dropped every request it had from this downloader and serves
-/// none until the next `Unchoke`. The holder sends `Have` as it gets new chunks; the
-/// downloader says `NotInterested` while the holder has nothing it needs (it then waits
-/// for no slot) and `Interested` again when it has.
+/// none until the next `Unchoke`. The holder sends `Have` as it gets new chunks and
+/// `HaveBlock` as it gets blocks of chunks it has not completed (a holder downloading the
+/// same file serves those blocks too); the downloader says `NotInterested` while the
+/// holder has nothing it needs (it then waits for no slot) and `Interested` again when it
+/// has. Before the first block of a chunk, the downloader asks for the chunk's block
+/// hashes (`WantHashes`, answered at once, choked or not, with `Hashes` or `NoHashes`),
+/// checks them against the chunk's merkle root and then every block against its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
     Hello {
@@ -332,13 +336,39 @@ pub enum PeerMsg {
     Interested {
         name: FileName,
     },
-    /// The holder's answer: the chunks (0-based) of that file it holds now; empty if none.
+    /// The holder's answer: the chunks (0-based) of that file it holds now, and the
+    /// verified blocks of chunks it holds only in part; both empty if it holds nothing.
     Holding {
         chunks: Vec<u32>,
+        partial: Vec<Partial>,
     },
     /// The holder has verified another chunk of the file.
     Have {
         chunk: u32,
+    },
+    /// The holder has verified block `block` of `chunk` (a chunk it does not hold whole).
+    HaveBlock {
+        chunk: u32,
+        block: u32,
+    },
+    /// Send me batch `batch` of the block hashes of `chunk`.
+    WantHashes {
+        chunk: u32,
+        batch: u32,
+    },
+    /// Batch `batch` of `chunk`'s block hashes (blocks `batch * B ..`, `B` = the `merkle`
+    /// crate's batch size, 512), with the sibling roots that prove them against the
+    /// chunk's root (top first; none when the chunk has at most `B` blocks).
+    Hashes {
+        chunk: u32,
+        batch: u32,
+        leaves: Vec<Digest>,
+        proof: Vec<Digest>,
+    },
+    /// The holder has no block hashes of that chunk.
+    NoHashes {
+        chunk: u32,
+        batch: u32,
     },
     /// The holder suggests fetching these chunks from it, in this order: those it has
     /// sent least (as BitTorrent's Suggest Piece), so a crowd starting together spreads
@@ -375,6 +405,48 @@ pub enum PeerMsg {
     },
 }
 
+/// The verified blocks of one chunk held in part: bit `b % 8` of byte `b / 8` is block
+/// `b` (least significant bit first); as many bytes as the chunk's blocks need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    pub chunk: u32,
+    pub blocks: bytes::Bytes,
+}
+
+impl Partial {
+    /// The blocks set in `blocks`, if it is exactly the right length for `count` blocks
+    /// and sets none at or past `count`.
+    pub fn blocks(&self, count: u32) -> Option<Vec<u32>> {
+        if self.blocks.len() != (count as usize).div_ceil(8) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, byte) in self.blocks.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    let b = (i * 8 + bit) as u32;
+                    if b >= count {
+                        return None;
+                    }
+                    out.push(b);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    pub fn new(chunk: u32, count: u32, held: impl IntoIterator<Item = u32>) -> Partial {
+        let mut bytes = vec![0u8; (count as usize).div_ceil(8)];
+        for b in held.into_iter().filter(|&b| b < count) {
+            bytes[b as usize / 8] |= 1 << (b % 8);
+        }
+        Partial {
+            chunk,
+            blocks: bytes.into(),
+        }
+    }
+}
+
 /// What a connection to a peer's listener is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purpose {
@@ -392,4 +464,27 @@ pub enum PeerRefusal {
     Version(u32),
     /// The listener is at its connection limit.
     Busy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_bitfields_round_trip_and_refuse_what_does_not_fit() {
+        for count in [1u32, 7, 8, 9, 13, 64, 100] {
+            let held: Vec<u32> = (0..count).filter(|b| b % 3 != 1).collect();
+            let p = Partial::new(4, count, held.iter().copied());
+            assert_eq!(p.blocks.len(), (count as usize).div_ceil(8));
+            assert_eq!(p.blocks(count), Some(held));
+            // Another count: a different length, or bits past the end.
+            assert_eq!(p.blocks(count + 8), None);
+        }
+        let past_end = Partial {
+            chunk: 0,
+            blocks: vec![0b1000_0000].into(),
+        };
+        assert_eq!(past_end.blocks(7), None);
+        assert_eq!(past_end.blocks(8), Some(vec![7]));
+    }
 }

@@ -3,8 +3,12 @@
 //! to holders (`fetch`), the part file (`store`) and the screen.
 //!
 //! The scheduler decides; this module only does what it says and tells it what happened,
-//! with `now` measured from the start of the download. Only blocks the scheduler keeps are
-//! written, so a connection given up on, or beaten to a block, writes nothing.
+//! with `now` measured from the start of the download. Every block is checked against its
+//! hash (a leaf of its chunk's merkle tree) before the scheduler hears of it, and only
+//! blocks the scheduler keeps are written, so a connection given up on, beaten to a block
+//! or lying writes nothing. A chunk's block hashes are asked of the first peer asked for
+//! one of its blocks, before that block, on the same connection; they are checked against
+//! the chunk's root from the file's description.
 
 mod fetch;
 pub mod store;
@@ -20,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wire::{FileMeta, FileName, Holder, Ticket, UserName, BLOCK_LEN};
 
-use crate::library::Library;
+use crate::library::{Leaves, Library};
 use crate::ratelimit::RateLimiter;
 use crate::render::{chunk_list, human_rate, human_size};
 use crate::terminal::Printer;
@@ -55,7 +59,7 @@ pub enum JobEvent {
     /// `register` finished reading and hashing the file.
     Described {
         name: FileName,
-        result: Result<(FileMeta, crate::library::Stamp), String>,
+        result: Result<crate::library::Described, String>,
     },
     /// A chunk was verified and kept: announce it to the tracker now.
     Have { name: FileName, chunk: u32 },
@@ -182,6 +186,14 @@ struct Driver {
     resumed: usize,
     /// For a one-chunk fetch: the user it is from.
     from: Option<UserName>,
+    /// Block hashes of each chunk, once checked against its root.
+    leaves: HashMap<u32, Leaves>,
+    /// Batches of hashes received so far, for chunks of several batches.
+    batches: HashMap<u32, Vec<Option<Vec<wire::Digest>>>>,
+    /// Peers asked for the hashes of a chunk.
+    hashes_asked: BTreeSet<(UserName, u32)>,
+    /// Peers found sending a bad block or bad hashes.
+    liars: BTreeSet<UserName>,
 }
 
 impl Driver {
@@ -208,6 +220,10 @@ impl Driver {
             from: plan.holders.first().map(|h| h.user.clone()),
             holders: plan.holders,
             resumed: 0,
+            leaves: HashMap::new(),
+            batches: HashMap::new(),
+            hashes_asked: BTreeSet::new(),
+            liars: BTreeSet::new(),
         }
     }
 
@@ -232,7 +248,7 @@ impl Driver {
         let name = self.name.clone();
         let count = self.meta.chunk_count();
         let meta = self.meta.clone();
-        let held = match self.blocking(move |lib| lib.prepare(&meta)).await {
+        let prepared = match self.blocking(move |lib| lib.prepare(&meta)).await {
             Some(Ok(h)) => h,
             Some(Err(e)) => return vec![format!("Error. {e}")],
             None => return vec![format!("Error. could not prepare {name}")],
@@ -244,16 +260,17 @@ impl Driver {
                     c as u64 + 1
                 )];
             }
-            Some(c) if held.contains(&c) => {
+            Some(c) if prepared.have.contains(&c) => {
                 return vec![format!("You already have chunk {} of {name}", c + 1)];
             }
             Some(c) => vec![c],
-            None => (0..count).filter(|c| !held.contains(c)).collect(),
+            None => (0..count).filter(|c| !prepared.have.contains(c)).collect(),
         };
         if wanted.is_empty() {
             return self.finish("You already have").await;
         }
-        self.resumed = held.len();
+        self.resumed = prepared.have.len();
+        self.leaves = prepared.leaves.clone().into_iter().collect();
         if self.only.is_none() && holders.is_empty() {
             return vec![format!(
                 "Error. {name} is not available from any online user"
@@ -264,7 +281,9 @@ impl Driver {
             Err(e) => return vec![format!("Error. {e}")],
         };
         let (checked_tx, mut checked) = mpsc::unbounded_channel();
-        let store = Store::start(part, self.meta.clone(), checked_tx);
+        let (lib, file) = (self.ctx.lib.clone(), name.clone());
+        let written = Box::new(move |c, b| lib.block_verified(&file, c, b));
+        let store = Store::start(part, self.meta.clone(), checked_tx, written);
 
         let layout = Layout {
             size: self.meta.size(),
@@ -277,8 +296,21 @@ impl Driver {
             ..Config::default()
         };
         let mut sched = Scheduler::new(layout, skip, rand::random(), config);
+        let mut resumed_bytes = 0;
+        for (&c, blocks) in prepared.blocks.iter().filter(|(c, _)| wanted.contains(c)) {
+            sched.held_blocks(c, blocks.iter().copied());
+            resumed_bytes += blocks
+                .iter()
+                .filter_map(|&b| self.meta.block_range(c, b))
+                .map(|(_, l)| l)
+                .sum::<u64>();
+        }
         for h in &holders {
-            sched.add_peer(h.user.clone(), h.chunks.iter().copied(), 0);
+            if h.chunks.is_empty() && self.only.is_none() {
+                sched.add_fellow(h.user.clone(), 0);
+            } else {
+                sched.add_peer(h.user.clone(), h.chunks.iter().copied(), 0);
+            }
         }
         sched.start(self.now());
 
@@ -288,6 +320,7 @@ impl Driver {
             .map(|(_, l)| l)
             .sum();
         let mut progress = Progress::new(total, self.only.is_none());
+        progress.received(resumed_bytes);
         self.set_status(|s| {
             s.locating = false;
             s.wanted = total;
@@ -306,6 +339,14 @@ impl Driver {
                         self.conns.remove(&peer);
                     }
                     Action::Request { peer, chunk, block } => {
+                        if !self.leaves.contains_key(&chunk)
+                            && self.hashes_asked.insert((peer.clone(), chunk))
+                        {
+                            let n = self.meta.block_count(chunk).unwrap_or(0);
+                            for batch in 0..merkle::batch_count(n) {
+                                self.tell(&peer, fetch::Cmd::WantHashes { chunk, batch });
+                            }
+                        }
                         self.tell(&peer, fetch::Cmd::Request { chunk, block });
                     }
                     Action::Cancel { peer, chunk, block } => {
@@ -313,7 +354,9 @@ impl Driver {
                     }
                     Action::Interested { peer } => self.tell(&peer, fetch::Cmd::Interested),
                     Action::NotInterested { peer } => self.tell(&peer, fetch::Cmd::NotInterested),
-                    Action::Verify { chunk } => store.verify(chunk).await,
+                    // Every block matched its hash on arrival: the chunk only has to be
+                    // made durable before it is recorded.
+                    Action::Verify { chunk } => store.complete(chunk).await,
                     Action::Finished => break 'run End::Finished,
                     Action::Stuck { missing } => {
                         if self.only.is_some() {
@@ -335,20 +378,54 @@ impl Driver {
                 Some(ev) = events.recv() => {
                     let now = self.now();
                     match ev {
-                        fetch::Event::Connected { peer, chunks, received } => {
+                        fetch::Event::Connected { peer, chunks, partial, received } => {
                             if let Some(c) = self.conns.get_mut(&peer) {
                                 c.received = Some(received);
-                                sched.connected(&peer, chunks, now);
+                                sched.connected(&peer, chunks, partial, now);
                             }
                         }
                         fetch::Event::Choked { peer } => sched.choked(&peer, now),
                         fetch::Event::Unchoked { peer } => sched.unchoked(&peer, now),
-                        fetch::Event::Block { peer, chunk, block, bytes } => {
-                            if sched.block(&peer, chunk, block, now) == Verdict::Keep {
+                        fetch::Event::Block { peer, chunk, block, bytes, leaf } => {
+                            let right = self
+                                .leaves
+                                .get(&chunk)
+                                .and_then(|l| l.get(block as usize));
+                            if right != Some(&leaf) {
+                                // Its hashes came before it on this connection, or it
+                                // refused them: either way, a block we cannot trust.
+                                self.liar(&peer, format!(
+                                    "block {} of chunk {} of {name} from {peer} failed verification; not using {peer} again",
+                                    block + 1,
+                                    chunk + 1
+                                ));
+                                self.conns.remove(&peer);
+                                sched.bad_block(&peer, chunk, block, now);
+                            } else if sched.block(&peer, chunk, block, now) == Verdict::Keep {
                                 progress.received(bytes.len() as u64);
                                 self.senders.entry(chunk).or_default().insert(peer);
                                 store.write(chunk, block, bytes).await;
                             }
+                        }
+                        fetch::Event::Hashes { peer, chunk, batch, leaves, proof } => {
+                            if let Err(why) = self.hashes(chunk, batch, leaves, proof).await {
+                                self.liar(&peer, format!(
+                                    "{peer} sent wrong block hashes for chunk {} of {name} ({why}); not using {peer} again",
+                                    chunk + 1
+                                ));
+                                self.conns.remove(&peer);
+                                sched.bad_block(&peer, chunk, 0, now);
+                            }
+                        }
+                        fetch::Event::NoHashes { peer, chunk } => {
+                            self.why.insert(
+                                peer.clone(),
+                                format!("{peer} no longer has chunk {}", chunk + 1),
+                            );
+                            sched.rejected(&peer, chunk, u32::MAX, now);
+                        }
+                        fetch::Event::HaveBlock { peer, chunk, block } => {
+                            sched.add_blocks(&peer, chunk, [block], now);
                         }
                         fetch::Event::Have { peer, chunk } => sched.add_peer(peer, [chunk], now),
                         fetch::Event::Suggest { peer, chunks } => sched.suggested(&peer, chunks, now),
@@ -370,7 +447,7 @@ impl Driver {
                 Some(Checked { chunk, outcome }) = checked.recv() => {
                     let now = self.now();
                     match outcome {
-                        Ok(true) => {
+                        Ok(()) => {
                             let n = name.clone();
                             if let Some(Err(e)) = self.blocking(move |lib| lib.verified(&n, chunk)).await {
                                 break 'run End::Failed(e.to_string());
@@ -385,30 +462,6 @@ impl Driver {
                             self.set_status(|s| s.verified = verified);
                             sched.verified(chunk, true, now);
                         }
-                        Ok(false) => {
-                            let from = self.senders.remove(&chunk).unwrap_or_default();
-                            let who: Vec<&str> = from.iter().map(|u| u.as_str()).collect();
-                            let line = match &who[..] {
-                                [liar] => {
-                                    self.why.insert(
-                                        UserName::new(*liar).expect("a user name"),
-                                        format!("chunk {} of {name} from {liar} failed verification", chunk + 1),
-                                    );
-                                    format!(
-                                        "Chunk {} of {name} from {liar} failed verification; not using {liar} again for it",
-                                        chunk + 1
-                                    )
-                                }
-                                _ => format!(
-                                    "Chunk {} of {name} failed verification (blocks from {}); fetching it again, whole from one peer",
-                                    chunk + 1,
-                                    who.join(", ")
-                                ),
-                            };
-                            self.note(line);
-                            progress.forget(self.meta.chunk_range(chunk).map_or(0, |(_, l)| l));
-                            sched.verified(chunk, false, now);
-                        }
                         Err(kind) => {
                             break 'run End::Failed(format!(
                                 "cannot write {}: {}",
@@ -421,6 +474,11 @@ impl Driver {
                 Some(ctl) = self.inbox.control.recv() => {
                     let now = self.now();
                     match ctl {
+                        Control::Holders { user, chunks } if chunks.is_empty() => {
+                            if self.only.is_none() {
+                                sched.add_fellow(user, now);
+                            }
+                        }
                         Control::Holders { user, chunks } => sched.add_peer(user, chunks, now),
                         Control::HolderGone { user } => {
                             self.conns.remove(&user);
@@ -481,6 +539,59 @@ impl Driver {
         self.conns.clear();
         drop(store);
         self.outcome(end, count).await
+    }
+
+    /// `peer` sent a bad block or bad hashes: told once, remembered as the reason.
+    fn liar(&mut self, peer: &UserName, line: String) {
+        if self.liars.insert(peer.clone()) {
+            self.note(line.clone());
+        }
+        self.why.insert(peer.clone(), line);
+    }
+
+    /// Checks a batch of `chunk`'s block hashes against its root; once every batch is in,
+    /// they are the chunk's hashes (and saved for a restart and for other downloaders).
+    async fn hashes(
+        &mut self,
+        chunk: u32,
+        batch: u32,
+        leaves: Vec<wire::Digest>,
+        proof: Vec<wire::Digest>,
+    ) -> Result<(), &'static str> {
+        if self.leaves.contains_key(&chunk) {
+            return Ok(()); // another peer's came first
+        }
+        let (Some(root), Some(n)) = (self.meta.chunk_root(chunk), self.meta.block_count(chunk))
+        else {
+            return Err("no such chunk");
+        };
+        if !merkle::check_batch(root, n, batch, &leaves, &proof) {
+            return Err("they do not match the chunk's root");
+        }
+        let batches = self
+            .batches
+            .entry(chunk)
+            .or_insert_with(|| vec![None; merkle::batch_count(n) as usize]);
+        batches[batch as usize] = Some(leaves);
+        if batches.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let all: Vec<wire::Digest> = self
+            .batches
+            .remove(&chunk)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .collect();
+        let all = Leaves::from(all);
+        self.leaves.insert(chunk, all.clone());
+        let name = self.name.clone();
+        // Losing them costs only asking again after a restart.
+        let _ = self
+            .blocking(move |lib| lib.set_leaves(&name, chunk, all))
+            .await;
+        Ok(())
     }
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
@@ -669,11 +780,6 @@ impl Progress {
 
     fn verified(&mut self, n: u64) {
         self.verified += n;
-    }
-
-    /// A chunk failed: its bytes were received for nothing.
-    fn forget(&mut self, n: u64) {
-        self.received = self.received.saturating_sub(n);
     }
 
     /// Bytes per second, smoothed over windows of a second.

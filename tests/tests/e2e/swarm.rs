@@ -280,12 +280,25 @@ fn serve_badly(stream: TcpStream, meta: &FileMeta, data: &[u8], how: Misbehave) 
     };
     s.send(&PeerMsg::Holding {
         chunks: (0..meta.chunk_count()).collect(),
+        partial: vec![],
     });
     s.send(&PeerMsg::Unchoke);
     let mut answered = 0;
     for _ in 0..4096 {
         let (chunk, block) = match s.recv() {
             Some(PeerMsg::Request { chunk, block }) => (chunk, block),
+            // The right block hashes, so each bad block is caught on its own.
+            Some(PeerMsg::WantHashes { chunk, batch }) => {
+                let leaves = leaves_of(meta, data, chunk);
+                let (first, len) = merkle::batch_range(leaves.len() as u32, batch).unwrap();
+                s.send(&PeerMsg::Hashes {
+                    chunk,
+                    batch,
+                    proof: merkle::batch_proof(&leaves, batch).unwrap(),
+                    leaves: leaves[first as usize..(first + len) as usize].to_vec(),
+                });
+                continue;
+            }
             Some(_) => continue, // cancels
             None => return false,
         };
@@ -306,6 +319,16 @@ fn serve_badly(stream: TcpStream, meta: &FileMeta, data: &[u8], how: Misbehave) 
         answered += 1;
     }
     false
+}
+
+/// The merkle leaves of `chunk` of `data`.
+fn leaves_of(meta: &FileMeta, data: &[u8], chunk: u32) -> Vec<wire::Digest> {
+    (0..meta.block_count(chunk).unwrap())
+        .map(|b| {
+            let (at, len) = meta.block_range(chunk, b).unwrap();
+            merkle::leaf(&data[at as usize..(at + len) as usize])
+        })
+        .collect()
 }
 
 struct Conn(TcpStream, bytes::BytesMut);
@@ -349,7 +372,7 @@ fn corrupt_chunks_are_rejected_and_fetched_elsewhere() {
     let mut luke = t.login("luke");
     assert_eq!(luke.run("searchFile f.bin"), ["Available", "vader", "yoda"]);
     luke.send("download f.bin");
-    luke.expect("from vader failed verification; not using vader again for it");
+    luke.expect("of f.bin from vader failed verification; not using vader again");
     luke.expect("Waiting for chunks 6-10 of f.bin");
     // A failure costs only what it touches, at once, and says why: the client answers
     // while it waits, and `transfers` shows what it waits for.
