@@ -105,11 +105,8 @@ pub enum Gained {
     Block(u32, u32),
 }
 
-/// Index of block `block` of `chunk` among all blocks of the file (every chunk but the
-/// last is full, so holds the same number of blocks).
 fn block_index(meta: &FileMeta, chunk: u32, block: u32) -> u64 {
-    let per = meta.chunk_size().div_ceil(BLOCK_LEN as u64);
-    chunk as u64 * per + block as u64
+    meta.block_index(chunk, block).unwrap_or(0)
 }
 
 /// What tells us a file changed without reading it: its size and modification time.

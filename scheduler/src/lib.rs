@@ -71,6 +71,9 @@ pub struct Config {
     pub max_queue: u32,
     /// Connections to peers at once.
     pub max_peers: usize,
+    /// A chunk a peer said to fetch elsewhere first (`later`) is not asked of it for this
+    /// long.
+    pub defer_ms: u64,
     /// Whether a download that cannot progress waits for new holders (`Stuck` is a notice)
     /// or ends (`Stuck` is final), as a one-chunk fetch from a named user does.
     pub wait_for_holders: bool,
@@ -85,6 +88,7 @@ impl Default for Config {
             min_queue: 2,
             max_queue: 64,
             max_peers: 32,
+            defer_ms: 2_000,
             wait_for_holders: true,
         }
     }
@@ -161,6 +165,12 @@ struct PeerState<P> {
     fellow: bool,
     /// Chunks it said it cannot serve.
     excluded: BTreeSet<Chunk>,
+    /// Blocks it said to fetch elsewhere first, until when.
+    deferred: BTreeMap<(Chunk, Block), u64>,
+    /// Until when it counts as a seed in a crowd (it said `later` in the last
+    /// `defer_ms`), whose uplink should carry only what nobody else has: it is asked only
+    /// for blocks no other peer holds. Once the crowd is gone it is asked for anything.
+    crowded: u64,
     /// Its suggested order for chunks to fetch from it (the ones it has sent least):
     /// rank by chunk, lower first; chunks it did not name rank last.
     suggested: Vec<u32>,
@@ -196,6 +206,7 @@ impl<P> PeerState<P> {
     fn can_serve_block(&self, c: Chunk, b: Block) -> bool {
         (self.has[c as usize] || self.part.get(&c).is_some_and(|s| s.contains(&b)))
             && !self.excluded.contains(&c)
+            && !self.deferred.contains_key(&(c, b))
     }
 }
 
@@ -256,6 +267,8 @@ pub struct Scheduler<P: Ord + Clone> {
     /// Peers never to be used again in this download (corrupt, or silent for `drop_ms`).
     banned: BTreeSet<P>,
     rng: Rng,
+    /// The latest `now` seen.
+    clock: u64,
     out: VecDeque<Action<P>>,
     started: bool,
     ended: bool,
@@ -298,6 +311,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             index: BTreeMap::new(),
             banned: BTreeSet::new(),
             rng: Rng(seed),
+            clock: 0,
             out: VecDeque::new(),
             started: false,
             ended: false,
@@ -328,6 +342,8 @@ impl<P: Ord + Clone> Scheduler<P> {
                     part: BTreeMap::new(),
                     fellow: false,
                     excluded: BTreeSet::new(),
+                    deferred: BTreeMap::new(),
+                    crowded: 0,
                     suggested: vec![u32::MAX; count],
                     link: Link::Known,
                     queue: VecDeque::new(),
@@ -590,6 +606,21 @@ impl<P: Ord + Clone> Scheduler<P> {
         self.schedule(now);
     }
 
+    /// `peer` sends block `block` of `chunk` to others first (a seed in a crowd spreading
+    /// what it sent nobody yet): that block is asked of others, or of it again after
+    /// [`Config::defer_ms`]; its other blocks are still asked of it.
+    pub fn later(&mut self, peer: &P, chunk: Chunk, block: Block, now: u64) {
+        let Some(pid) = self.pid(peer) else { return };
+        if self.unqueue(pid, chunk, block) {
+            self.release_block(pid, chunk, block);
+        }
+        let until = now + self.config.defer_ms;
+        let p = self.peer_mut(pid);
+        p.deferred.insert((chunk, block), until);
+        p.crowded = until;
+        self.schedule(now);
+    }
+
     /// `peer` will not serve `chunk` (it does not hold it, or cannot read it now).
     pub fn rejected(&mut self, peer: &P, chunk: Chunk, block: Block, now: u64) {
         let Some(pid) = self.pid(peer) else { return };
@@ -637,7 +668,8 @@ impl<P: Ord + Clone> Scheduler<P> {
 
     /// When [`Scheduler::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.live()
+        let stall = self
+            .live()
             .filter(|(_, p)| !p.queue.is_empty())
             .map(|(_, p)| {
                 p.last_progress
@@ -646,8 +678,14 @@ impl<P: Ord + Clone> Scheduler<P> {
                     } else {
                         self.config.snub_ms
                     }
-            })
-            .min()
+            });
+        let deferral = self.live().flat_map(|(_, p)| {
+            p.deferred
+                .values()
+                .copied()
+                .chain(Some(p.crowded).filter(|&t| t > self.clock))
+        });
+        stall.chain(deferral).min()
     }
 
     /// Snubs peers that stopped sending, gives up on those silent for too long.
@@ -941,16 +979,24 @@ impl<P: Ord + Clone> Scheduler<P> {
     /// The next block `pid` should be asked for, per the rule in STATE.md.
     fn pick(&mut self, pid: Pid) -> Option<(Chunk, Block)> {
         let count = self.chunks.len();
-        // The first missing block of an active chunk that `pid` can serve.
+        // The rarest missing block of an active chunk that `pid` can serve, the first of
+        // those in order: a block only one fellow holds (just in from a seed) spreads
+        // first, and blocks held by all come in order.
         let first = |s: &Self, c: usize| -> Option<Block> {
             let ChunkState::Active(a) = &s.chunks[c] else {
                 return None;
             };
-            let p = s.peer(pid);
             a.missing
                 .iter()
                 .copied()
-                .find(|&b| p.can_serve_block(c as Chunk, b))
+                .filter(|&b| s.offers(pid, c as Chunk, b))
+                .min_by_key(|&b| {
+                    let holders = s
+                        .live()
+                        .filter(|(_, q)| q.can_serve_block(c as Chunk, b))
+                        .count();
+                    (holders, b)
+                })
         };
         // 1. Continue a chunk it owns, in order (the blocks it holds, if it holds it in
         //    part).
@@ -1000,6 +1046,11 @@ impl<P: Ord + Clone> Scheduler<P> {
         let ranks = me.suggested.clone();
         let candidates: Vec<usize> = (0..count)
             .filter(|&c| room && unstarted(c) && me.can_serve(c as Chunk))
+            .filter(|&c| {
+                me.crowded <= self.clock
+                    || (0..self.layout.block_count(c as Chunk))
+                        .any(|b| self.offers(pid, c as Chunk, b))
+            })
             .collect();
         for c in candidates {
             let holders = self.live().filter(|(_, q)| q.can_serve(c as Chunk)).count();
@@ -1028,7 +1079,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                 .iter()
                 .rev()
                 .copied()
-                .find(|&b| p.can_serve_block(c as Chunk, b))
+                .find(|&b| self.offers(pid, c as Chunk, b))
             else {
                 continue;
             };
@@ -1060,7 +1111,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             let mut ahead = 0;
             for r in &q.queue {
                 ahead += r.len;
-                if !p.can_serve_block(r.chunk, r.block) {
+                if !self.offers(pid, r.chunk, r.block) {
                     continue;
                 }
                 let ChunkState::Active(a) = &self.chunks[r.chunk as usize] else {
@@ -1094,18 +1145,34 @@ impl<P: Ord + Clone> Scheduler<P> {
         dup.map(|(_, c, b)| (c, b))
     }
 
-    /// Whether `p` holds a block we still need (not kept, not held, chunk not done).
-    fn useful(&self, p: &PeerState<P>) -> bool {
+    /// Whether `pid` may be asked for block `b` of `c`: it holds it (and did not defer
+    /// it), and, if it is a crowded seed, nobody else holds it.
+    fn offers(&self, pid: Pid, c: Chunk, b: Block) -> bool {
+        let p = self.peer(pid);
+        p.can_serve_block(c, b)
+            && (p.crowded <= self.clock
+                || !self
+                    .live()
+                    .any(|(q, o)| q != pid && o.can_serve_block(c, b)))
+    }
+
+    /// Whether `pid` may be asked for a block we still need (not kept, not held, chunk not
+    /// done).
+    fn useful(&self, pid: Pid) -> bool {
+        let p = self.peer(pid);
         (0..self.chunks.len()).any(|c| {
             if !p.can_serve(c as Chunk) {
                 return false;
             }
-            match &self.chunks[c] {
+            let c = c as Chunk;
+            match &self.chunks[c as usize] {
                 ChunkState::Done => false,
-                ChunkState::Missing | ChunkState::Verifying { .. } => true,
+                ChunkState::Missing | ChunkState::Verifying { .. } => {
+                    (0..self.layout.block_count(c)).any(|b| self.offers(pid, c, b))
+                }
                 ChunkState::Active(a) => a.blocks.iter().enumerate().any(|(b, s)| {
                     !matches!(s, BlockState::Have(_) | BlockState::Held)
-                        && p.can_serve_block(c as Chunk, b as Block)
+                        && self.offers(pid, c, b as Block)
                 }),
             }
         })
@@ -1116,14 +1183,17 @@ impl<P: Ord + Clone> Scheduler<P> {
         if self.ended || !self.started {
             return;
         }
-        let _ = now;
+        self.clock = self.clock.max(now);
+        for p in self.peers.iter_mut().flatten() {
+            p.deferred.retain(|_, until| *until > now);
+        }
         let count = self.chunks.len();
         // Connections: open those with something for us (interest told as it changes).
         let mut connecting = 0;
         let pids: Vec<Pid> = self.live().map(|(pid, _)| pid).collect();
         for &pid in &pids {
             let p = self.peer(pid);
-            let useful = self.useful(p);
+            let useful = self.useful(pid);
             match p.link {
                 Link::Connected { interested, .. } => {
                     connecting += 1;
@@ -1149,7 +1219,7 @@ impl<P: Ord + Clone> Scheduler<P> {
             };
             if p.link == Link::Known
                 && connecting < self.config.max_peers
-                && (p.fellow || self.useful(p))
+                && (p.fellow || self.useful(pid))
             {
                 let peer = p.id.clone();
                 self.peer_mut(pid).link = Link::Connecting;
@@ -1195,10 +1265,10 @@ impl<P: Ord + Clone> Scheduler<P> {
             .chunks
             .iter()
             .any(|s| matches!(s, ChunkState::Verifying { .. }))
-            || self.live().any(|(_, p)| {
+            || self.live().any(|(pid, p)| {
                 !p.queue.is_empty()
                     || p.link == Link::Connecting
-                    || (p.is_connected() && self.useful(p))
+                    || (p.is_connected() && self.useful(pid))
             });
         if progressing {
             self.stuck = false;
@@ -1330,6 +1400,81 @@ mod tests {
         // Its name is not accepted again in this download.
         s.add_peer(liar, [0, 1], 3);
         assert!(!drain(&mut s).contains(&Action::Connect { peer: liar }));
+    }
+
+    #[test]
+    fn a_bad_block_bans_its_sender_and_only_that_block_is_fetched_again() {
+        // One chunk of 4 blocks, two holders.
+        let mut s = S::new(layout(1, 4), [], 3, Config::default());
+        let reqs = requests(&ready(&mut s, &[1, 2], 1));
+        let (owner, _, _) = reqs[0];
+        let other = 3 - owner;
+        assert_eq!(s.block(&owner, 0, 0, 1), Verdict::Keep);
+        assert_eq!(s.block(&owner, 0, 1, 1), Verdict::Keep);
+        drain(&mut s);
+        s.bad_block(&owner, 0, 2, 2);
+        let acts = drain(&mut s);
+        assert!(
+            acts.contains(&Action::Disconnect { peer: owner }),
+            "{acts:?}"
+        );
+        // Blocks 0 and 1 matched their hashes and stay; 2 and 3 come from the other.
+        assert_eq!(s.held(0, 0), Some(&owner));
+        assert_eq!(
+            s.block(&other, 0, 0, 3),
+            Verdict::Discard,
+            "never asked again"
+        );
+        assert_eq!(s.block(&other, 0, 2, 3), Verdict::Keep);
+        assert_eq!(s.block(&other, 0, 3, 3), Verdict::Keep);
+        assert!(drain(&mut s).contains(&Action::Verify { chunk: 0 }));
+    }
+
+    #[test]
+    fn a_partial_holder_is_asked_only_for_blocks_it_has_and_a_fellow_is_connected_early() {
+        let mut s = S::new(layout(1, 4), [], 5, Config::default());
+        s.add_fellow(1, 0);
+        s.start(0);
+        assert!(
+            drain(&mut s).contains(&Action::Connect { peer: 1 }),
+            "a fellow holding nothing"
+        );
+        s.connected(&1, [], [(0, vec![1, 3])], 1);
+        s.unchoked(&1, 1);
+        let got: BTreeSet<(u8, Chunk, Block)> = requests(&drain(&mut s)).into_iter().collect();
+        assert_eq!(got, BTreeSet::from([(1, 0, 1), (1, 0, 3)]));
+        // It gains block 0: asked for it as soon as its queue has room.
+        assert_eq!(s.block(&1, 0, 1, 2), Verdict::Keep);
+        drain(&mut s);
+        s.add_blocks(&1, 0, [0], 2);
+        assert_eq!(requests(&drain(&mut s)), [(1, 0, 0)]);
+    }
+
+    #[test]
+    fn a_crowded_seed_is_asked_only_for_what_nobody_else_has_until_the_crowd_goes() {
+        let mut s = S::new(layout(1, 4), [], 9, Config::default());
+        let reqs = requests(&ready(&mut s, &[1], 1));
+        assert!(reqs.contains(&(1, 0, 0)), "{reqs:?}");
+        // A fellow holds blocks 0 and 1; the seed says block 0 goes to others first.
+        s.add_fellow(2, 1);
+        drain(&mut s);
+        s.connected(&2, [], [(0, vec![0, 1])], 1);
+        drain(&mut s);
+        s.later(&1, 0, 0, 2);
+        let acts = drain(&mut s);
+        assert!(
+            !requests(&acts).iter().any(|&(p, _, b)| p == 1 && b < 2),
+            "{acts:?}"
+        );
+        s.unchoked(&2, 3);
+        let got = requests(&drain(&mut s));
+        assert!(
+            got.contains(&(2, 0, 0)),
+            "the fellow serves the deferred block: {got:?}"
+        );
+        // Two seconds on, the crowd is over: the seed may be asked for anything again.
+        let at = s.poll_timeout().expect("the deferral ends");
+        assert_eq!(at, 2 + Config::default().defer_ms);
     }
 
     #[test]

@@ -253,6 +253,14 @@ impl FileMeta {
         self.chunks.get(chunk as usize).map(|(_, root)| root)
     }
 
+    /// Index of block `block` of `chunk` among all blocks of the file (every chunk but the
+    /// last is full, so holds the same number of blocks), if both exist.
+    pub fn block_index(&self, chunk: u32, block: u32) -> Option<u64> {
+        self.block_range(chunk, block)?;
+        let per = self.chunk_size.div_ceil(BLOCK_LEN as u64);
+        Some(chunk as u64 * per + block as u64)
+    }
+
     /// Blocks in the whole file: the length of a bitfield of them.
     pub fn total_blocks(&self) -> u64 {
         (0..self.chunk_count())

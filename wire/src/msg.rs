@@ -403,6 +403,13 @@ pub enum PeerMsg {
         chunk: u32,
         block: u32,
     },
+    /// That block is not sent now: the holder is a seed with more downloaders than slots,
+    /// and has already sent it to others while blocks it sent nobody remain, so others
+    /// hold it or soon will. Ask them, or ask again later (it is not refused twice).
+    Later {
+        chunk: u32,
+        block: u32,
+    },
 }
 
 /// The verified blocks of one chunk held in part: bit `b % 8` of byte `b / 8` is block

@@ -76,6 +76,12 @@ pub enum Event {
         chunk: u32,
         block: u32,
     },
+    /// The holder sends that block to others first.
+    Later {
+        peer: UserName,
+        chunk: u32,
+        block: u32,
+    },
     /// The holder verified another chunk.
     Have {
         peer: UserName,
@@ -192,6 +198,9 @@ async fn talk(
                     }
                     Some(Ok(PeerMsg::Reject { chunk, block })) => {
                         Event::Rejected { peer: peer.clone(), chunk, block }
+                    }
+                    Some(Ok(PeerMsg::Later { chunk, block })) => {
+                        Event::Later { peer: peer.clone(), chunk, block }
                     }
                     Some(Ok(PeerMsg::Have { chunk })) if chunk < target.meta.chunk_count() => {
                         Event::Have { peer: peer.clone(), chunk }

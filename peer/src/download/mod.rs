@@ -424,6 +424,9 @@ impl Driver {
                             );
                             sched.rejected(&peer, chunk, u32::MAX, now);
                         }
+                        fetch::Event::Later { peer, chunk, block } => {
+                            sched.later(&peer, chunk, block, now);
+                        }
                         fetch::Event::HaveBlock { peer, chunk, block } => {
                             sched.add_blocks(&peer, chunk, [block], now);
                         }
