@@ -74,6 +74,9 @@ pub struct Config {
     /// A chunk a peer said to fetch elsewhere first (`later`) is not asked of it for this
     /// long.
     pub defer_ms: u64,
+    /// A download waiting on a connected peer that gained a block this recently is not
+    /// stuck: more is coming (it is downloading the file too).
+    pub fellow_ms: u64,
     /// Whether a download that cannot progress waits for new holders (`Stuck` is a notice)
     /// or ends (`Stuck` is final), as a one-chunk fetch from a named user does.
     pub wait_for_holders: bool,
@@ -89,6 +92,7 @@ impl Default for Config {
             max_queue: 64,
             max_peers: 32,
             defer_ms: 2_000,
+            fellow_ms: 5_000,
             wait_for_holders: true,
         }
     }
@@ -163,6 +167,9 @@ struct PeerState<P> {
     /// It is downloading the file: worth a connection even before it holds anything,
     /// since it tells us of every block it gains.
     fellow: bool,
+    /// When it last told us of a block or chunk it gained: a download fed by a fellow
+    /// that keeps gaining is not stuck, even while it has nothing new for us.
+    gained_at: Option<u64>,
     /// Chunks it said it cannot serve.
     excluded: BTreeSet<Chunk>,
     /// Blocks it said to fetch elsewhere first, until when.
@@ -341,6 +348,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                     has: vec![false; count],
                     part: BTreeMap::new(),
                     fellow: false,
+                    gained_at: None,
                     excluded: BTreeSet::new(),
                     deferred: BTreeMap::new(),
                     crowded: 0,
@@ -364,6 +372,9 @@ impl<P: Ord + Clone> Scheduler<P> {
         let p = self.peer_mut(pid);
         for c in chunks {
             if let Some(h) = p.has.get_mut(c as usize) {
+                if !*h && matches!(p.link, Link::Connected { .. }) {
+                    p.gained_at = Some(now);
+                }
                 *h = true;
                 p.part.remove(&c);
             }
@@ -427,6 +438,7 @@ impl<P: Ord + Clone> Scheduler<P> {
         if chunk as usize >= p.has.len() || p.has[chunk as usize] {
             return;
         }
+        p.gained_at = Some(now);
         let set = p.part.entry(chunk).or_default();
         set.extend(blocks.into_iter().filter(|&b| b < n));
         if set.is_empty() {
@@ -684,6 +696,11 @@ impl<P: Ord + Clone> Scheduler<P> {
                 .values()
                 .copied()
                 .chain(Some(p.crowded).filter(|&t| t > self.clock))
+                .chain(
+                    p.gained_at
+                        .map(|t| t + self.config.fellow_ms)
+                        .filter(|&t| t > self.clock),
+                )
         });
         stall.chain(deferral).min()
     }
@@ -1269,6 +1286,8 @@ impl<P: Ord + Clone> Scheduler<P> {
                 !p.queue.is_empty()
                     || p.link == Link::Connecting
                     || (p.is_connected() && self.useful(pid))
+                    || (p.is_connected()
+                        && p.gained_at.is_some_and(|t| now < t + self.config.fellow_ms))
             });
         if progressing {
             self.stuck = false;

@@ -184,6 +184,10 @@ struct Driver {
     holders: Vec<Holder>,
     /// Chunks already held when the download started.
     resumed: usize,
+    /// Bytes of blocks of other chunks already held when it started.
+    resumed_blocks: u64,
+    /// Bytes received that failed verification, by sender (each fetched again elsewhere).
+    bad_bytes: BTreeMap<UserName, u64>,
     /// For a one-chunk fetch: the user it is from.
     from: Option<UserName>,
     /// Block hashes of each chunk, once checked against its root.
@@ -220,6 +224,8 @@ impl Driver {
             from: plan.holders.first().map(|h| h.user.clone()),
             holders: plan.holders,
             resumed: 0,
+            resumed_blocks: 0,
+            bad_bytes: BTreeMap::new(),
             leaves: HashMap::new(),
             batches: HashMap::new(),
             hashes_asked: BTreeSet::new(),
@@ -320,7 +326,8 @@ impl Driver {
             .map(|(_, l)| l)
             .sum();
         let mut progress = Progress::new(total, self.only.is_none());
-        progress.received(resumed_bytes);
+        progress.verified(resumed_bytes);
+        self.resumed_blocks = resumed_bytes;
         self.set_status(|s| {
             s.locating = false;
             s.wanted = total;
@@ -399,10 +406,13 @@ impl Driver {
                                     block + 1,
                                     chunk + 1
                                 ));
+                                *self.bad_bytes.entry(peer.clone()).or_default() += bytes.len() as u64;
                                 self.conns.remove(&peer);
                                 sched.bad_block(&peer, chunk, block, now);
                             } else if sched.block(&peer, chunk, block, now) == Verdict::Keep {
+                                // Checked against its hash already: it counts as verified.
                                 progress.received(bytes.len() as u64);
+                                progress.verified(bytes.len() as u64);
                                 self.senders.entry(chunk).or_default().insert(peer);
                                 store.write(chunk, block, bytes).await;
                             }
@@ -459,8 +469,7 @@ impl Driver {
                             if let Some(from) = self.senders.remove(&chunk) {
                                 self.served.extend(from);
                             }
-                            let len = self.meta.chunk_range(chunk).map_or(0, |(_, l)| l);
-                            progress.verified(len);
+                            // `transfers` is current at every chunk, not only every tick.
                             let verified = progress.verified;
                             self.set_status(|s| s.verified = verified);
                             sched.verified(chunk, true, now);
@@ -699,10 +708,23 @@ impl Driver {
                     human_size(self.meta.size()),
                     from.join(", ")
                 )];
-                if self.resumed > 0 {
+                match (self.resumed, self.resumed_blocks) {
+                    (0, 0) => {}
+                    (chunks, 0) => lines.push(format!(
+                        "  (resumed: {chunks} of {count} chunks were already here)"
+                    )),
+                    (chunks, bytes) => lines.push(format!(
+                        "  (resumed: {chunks} of {count} chunks and {} of others were already here)",
+                        human_size(bytes)
+                    )),
+                }
+                if !self.bad_bytes.is_empty() {
+                    let total: u64 = self.bad_bytes.values().sum();
+                    let who: Vec<&str> = self.bad_bytes.keys().map(|u| u.as_str()).collect();
                     lines.push(format!(
-                        "  (resumed: {} of {count} chunks were already here)",
-                        self.resumed
+                        "  (fetched again: {} that failed verification, from {})",
+                        human_size(total),
+                        who.join(", ")
                     ));
                 }
                 lines
@@ -724,8 +746,23 @@ impl Driver {
             }
             (End::Cancelled, _) => {
                 let kept = self.ctx.lib.have(name).len();
+                let blocks: u64 = self
+                    .ctx
+                    .lib
+                    .partial(name)
+                    .iter()
+                    .flat_map(|(&c, bs)| {
+                        bs.iter().filter_map(move |&b| self.meta.block_range(c, b))
+                    })
+                    .map(|(_, len)| len)
+                    .sum();
+                let others = if blocks > 0 {
+                    format!(" and {} of others", human_size(blocks))
+                } else {
+                    String::new()
+                };
                 vec![format!(
-                    "Cancelled download of {name}: {kept} of {count} chunks kept; download {name} resumes it"
+                    "Cancelled download of {name}: {kept} of {count} chunks{others} kept; download {name} resumes it"
                 )]
             }
             (End::Failed(e), _) => vec![format!("Error. {e}")],

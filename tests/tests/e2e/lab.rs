@@ -203,7 +203,8 @@ fn cancel_then_resume() {
     assert_eq!(leia.run("transfers")[0], "No downloads");
     leia.send("download f.bin");
     leia.expect_within("Downloaded f.bin (8.0 MiB) from hans", LONG);
-    leia.expect(&format!("(resumed: {kept} of 10 chunks were already here)"));
+    // What was kept: the verified chunks, and the verified blocks of others.
+    leia.expect(&format!("(resumed: {kept} of 10 chunks"));
     assert!(file(&leia, "f.bin") == data);
 }
 
@@ -237,4 +238,127 @@ fn rate_limits_are_respected_within_ten_percent() {
             rate / (1 << 20) as f64
         );
     }
+}
+
+/// Downloaders trade blocks before any of them holds a whole chunk: the file is one
+/// chunk, its only seeder blocked the second downloader, and the second downloader gets
+/// the file from the first, receiving blocks while the first is still downloading.
+#[test]
+fn a_leecher_serves_blocks_of_a_chunk_it_has_not_completed() {
+    let n = net(&[Link::up_mbit(8.0), Link::FREE, Link::FREE]);
+    let data = random_bytes(6 << 20, 31);
+    let mut hans = n.seed(1, "hans", "f.bin", &data, 1);
+    assert_eq!(hans.run("block leia"), ["leia is blocked"]);
+    let mut yoda = n.peer(2, "yoda", &[]);
+    let mut leia = n.peer(3, "leia", &[]);
+    assert_eq!(leia.run("searchFile f.bin"), ["Not available"]);
+    yoda.send("download f.bin");
+    yoda.expect_progress("f.bin", 10);
+    leia.send("download f.bin");
+    leia.expect_progress("f.bin", 20);
+    let leia_had_blocks = leia.last_line_at().expect("a progress line");
+    yoda.expect_within("Downloaded f.bin (6.0 MiB) from hans", LONG);
+    let yoda_done = yoda.last_line_at().expect("the completion line");
+    assert!(
+        leia_had_blocks < yoda_done,
+        "leia had a fifth of the file before yoda held its only chunk"
+    );
+    leia.expect_within("Downloaded f.bin (6.0 MiB) from yoda", LONG);
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// One chunk, two seeders: its blocks come from both.
+#[test]
+fn blocks_of_one_chunk_come_from_several_peers() {
+    let n = net(&[Link::up_mbit(8.0), Link::up_mbit(8.0), Link::FREE]);
+    let data = random_bytes(6 << 20, 32);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 1);
+    let _yoda = n.seed(2, "yoda", "f.bin", &data, 1);
+    let mut leia = n.peer(3, "leia", &[]);
+    leia.send("download f.bin");
+    leia.expect_within("Downloaded f.bin (6.0 MiB) from hans, yoda", LONG);
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// A download killed mid-chunk keeps the blocks it had verified: started again, it says
+/// how much was already there, and fetches only the rest.
+#[test]
+fn a_download_killed_mid_chunk_resumes_from_its_verified_blocks() {
+    let n = net(&[Link::up_mbit(8.0), Link::FREE]);
+    let data = random_bytes(6 << 20, 33);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 1);
+    let home = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut p = Peer::start_on(
+            &n.lab.place(2),
+            n.tracker.addr,
+            home.path().to_owned(),
+            None,
+            &[],
+        );
+        p.login("leia");
+        p
+    };
+    let mut leia = start();
+    leia.send("download f.bin");
+    leia.expect_progress("f.bin", 40);
+    leia.kill();
+    let mut leia = start();
+    leia.send("download f.bin");
+    leia.expect_within("Downloaded f.bin (6.0 MiB) from hans", LONG);
+    let resumed = leia.expect("(resumed: 0 of 1 chunks and ");
+    let kept: f64 = resumed
+        .split(" and ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("{resumed}"));
+    assert!((2.0..6.0).contains(&kept), "{resumed}");
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// A seeder whose disk rotted after it registered (same size and time, other bytes): its
+/// first bad block gets it banned and named, that block is fetched again from the others,
+/// and the file is right.
+#[test]
+fn a_seeder_with_rotted_blocks_is_banned_and_only_its_bad_block_fetched_again() {
+    let n = net(&[
+        Link::up_mbit(20.0),
+        Link::up_mbit(20.0),
+        Link::up_mbit(20.0),
+        Link::FREE,
+    ]);
+    let data = random_bytes(8 << 20, 34);
+    let _hans = n.seed(1, "hans", "f.bin", &data, 10);
+    let _yoda = n.seed(2, "yoda", "f.bin", &data, 10);
+    let vader = n.seed(3, "vader", "f.bin", &data, 10);
+    rot(&vader.dir.join("f.bin"));
+    let mut leia = n.peer(4, "leia", &[]);
+    leia.send("download f.bin");
+    leia.expect("of f.bin from vader failed verification; not using vader again");
+    let done = leia.expect_within("Downloaded f.bin (8.0 MiB) from ", LONG);
+    assert!(done.contains("hans") && done.contains("yoda"), "{done}");
+    leia.expect("(fetched again: 256.0 KiB that failed verification, from vader)");
+    assert!(file(&leia, "f.bin") == data);
+}
+
+/// Flips a byte in every 256 KiB block of `path`, keeping its size and modification time
+/// (what a client checks without reading the file).
+fn rot(path: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut at = 100;
+    while at < len {
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[!b[0]], at).unwrap();
+        at += 256 * 1024;
+    }
+    f.set_modified(mtime).unwrap();
 }
