@@ -3,7 +3,7 @@
 //! same topology when they are installed. Prints figures; never fails on speed.
 //!
 //! Run it with `bench/netswarm [CASE...] [--no-aria2c | --only-aria2c]` (builds release
-//! binaries first; needs root). CASE: 1, 2 or 3 (default: all).
+//! binaries first; needs root). CASE: 1 to 4 (default: all).
 //!
 //! "Ideal" is the lower bound on the time for every downloader to finish: for one
 //! downloader the file size over the seeders' summed uplinks; in general the minimum
@@ -25,6 +25,9 @@ struct Case {
     chunks: u32,
     seeds: Vec<Link>,
     leechers: Vec<Link>,
+    /// The last seed's copy rots in these chunks (0-based) after it registered: one byte
+    /// of every block changed, size and modification time kept.
+    rotted: Vec<u32>,
 }
 
 impl Case {
@@ -41,6 +44,7 @@ impl Case {
                     Link::up_mbit(4.0),
                 ],
                 leechers: vec![Link::FREE],
+                rotted: vec![],
             },
             Case {
                 title: "flash crowd: 32 MiB in 10 chunks, 1 seed up 40 Mbit, 12 leechers 40 up / 400 down, starting together",
@@ -48,6 +52,7 @@ impl Case {
                 chunks: 10,
                 seeds: vec![Link::up_mbit(40.0)],
                 leechers: vec![Link::mbit(40.0, 400.0); 12],
+                rotted: vec![],
             },
             Case {
                 title: "slow links, big chunks: 32 MiB in 2 chunks, 2 seeders up 2 Mbit",
@@ -55,6 +60,15 @@ impl Case {
                 chunks: 2,
                 seeds: vec![Link::up_mbit(2.0); 2],
                 leechers: vec![Link::FREE],
+                rotted: vec![],
+            },
+            Case {
+                title: "a seeder's copy rotted in two chunks: 64 MiB in 10 chunks, 4 seeders up 40 Mbit, the last one's chunks 3 and 7 corrupt on disk",
+                size: 64 << 20,
+                chunks: 10,
+                seeds: vec![Link::up_mbit(40.0); 4],
+                leechers: vec![Link::FREE],
+                rotted: vec![2, 6],
             },
         ]
     }
@@ -90,6 +104,8 @@ impl Case {
 
 /// What one run of a case measured.
 struct Outcome {
+    /// What the downloaders said they fetched again after it failed verification.
+    refetched: Vec<String>,
     /// Seconds to complete, per leecher; `None` for one that failed.
     done: Vec<Option<f64>>,
     /// Bytes the seeds sent (IP, headers included) over the file size.
@@ -115,11 +131,20 @@ fn run_ours(case: &Case, source: &Path, want: [u8; 32]) -> Result<Outcome, Strin
     let mut dirs = Vec::new();
     for host in 1..=case.seeds.len() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::hard_link(source, dir.path().join(NAME)).unwrap();
+        let rots = host == case.seeds.len() && !case.rotted.is_empty();
+        if rots {
+            std::fs::copy(source, dir.path().join(NAME)).unwrap();
+        } else {
+            std::fs::hard_link(source, dir.path().join(NAME)).unwrap();
+        }
         let mut p = Peer::start_on(&lab.place(host), t.addr, dir.path().to_owned(), None, &[]);
         p.login_as(&user(host), &format!("pw{host}"));
         p.send(&format!("register {NAME} {}", case.chunks));
         p.expect_within(&format!("{NAME} registered"), long);
+        if rots {
+            let chunk = case.size.div_ceil(case.chunks as u64);
+            rot(&dir.path().join(NAME), &case.rotted, chunk);
+        }
         seeds.push(p);
         dirs.push(dir);
     }
@@ -144,10 +169,19 @@ fn run_ours(case: &Case, source: &Path, want: [u8; 32]) -> Result<Outcome, Strin
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();
+    let mut refetched = Vec::new();
     for p in &mut leechers {
         let left = case.deadline().saturating_sub(start.elapsed());
         let line = p.expect_any(&[&format!("Downloaded {NAME} ("), "Error."], left);
         let at = p.last_line_at().unwrap_or_else(Instant::now);
+        if !case.rotted.is_empty() {
+            let said = p.sync();
+            refetched.extend(
+                said.iter()
+                    .filter(|l| l.contains("fetched again") || l.contains("failed verification"))
+                    .map(|l| format!("{}: {}", p.name, l.trim())),
+            );
+        }
         if line.starts_with("Error.") || sha256_file(&p.dir.join(NAME)) != want {
             failures.push(format!("{}: {line}", p.name));
             done.push(None);
@@ -163,7 +197,32 @@ fn run_ours(case: &Case, source: &Path, want: [u8; 32]) -> Result<Outcome, Strin
         done,
         seed_upload,
         failures,
+        refetched,
     })
+}
+
+/// Changes one byte in every 256 KiB block of chunks `chunks` (of `chunk` bytes) of
+/// `path`, keeping its size and modification time: a disk that rotted under a seeder.
+fn rot(path: &Path, chunks: &[u32], chunk: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    let len = f.metadata().unwrap().len();
+    for &c in chunks {
+        let end = ((c as u64 + 1) * chunk).min(len);
+        let mut at = c as u64 * chunk + 7;
+        while at < end {
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[!b[0]], at).unwrap();
+            at += 256 * 1024;
+        }
+    }
+    f.set_modified(mtime).unwrap();
 }
 
 fn run_aria2c(case: &Case, source: &Path) -> Result<Outcome, String> {
@@ -188,6 +247,7 @@ fn run_aria2c(case: &Case, source: &Path) -> Result<Outcome, String> {
         done: times.into_iter().map(Some).collect(),
         seed_upload: (sent(&lab) - before) as f64 / case.size as f64,
         failures: Vec::new(),
+        refetched: Vec::new(),
     })
 }
 
@@ -220,6 +280,9 @@ fn report(label: &str, ideal: f64, out: &Outcome) {
     );
     for f in &out.failures {
         println!("             {f}");
+    }
+    for r in &out.refetched {
+        println!("             {r}");
     }
 }
 
@@ -255,9 +318,9 @@ fn main() {
         .map(|a| {
             a.parse::<usize>()
                 .ok()
-                .filter(|n| (1..=3).contains(n))
+                .filter(|n| (1..=4).contains(n))
                 .unwrap_or_else(|| {
-                    eprintln!("usage: bench/netswarm [1|2|3]... [--no-aria2c | --only-aria2c]");
+                    eprintln!("usage: bench/netswarm [1|2|3|4]... [--no-aria2c | --only-aria2c]");
                     std::process::exit(2)
                 })
         })
@@ -287,7 +350,10 @@ fn main() {
                 }
             }
         }
-        if aria {
+        if aria && !case.rotted.is_empty() {
+            // aria2c's seeders would share one good copy: not the same case.
+            println!("  aria2c     not run: its seeders cannot be given a rotted copy");
+        } else if aria {
             match run_aria2c(&case, &source) {
                 Ok(out) => report("aria2c", ideal, &out),
                 Err(e) => println!("  aria2c     skipped: {e}"),
