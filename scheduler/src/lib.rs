@@ -1003,6 +1003,19 @@ impl<P: Ord + Clone> Scheduler<P> {
             let ChunkState::Active(a) = &s.chunks[c] else {
                 return None;
             };
+            // When every peer that has any of it has all of it, all blocks are equally
+            // rare: the first will do, without counting holders block by block.
+            let uniform = s
+                .live()
+                .all(|(_, q)| q.has[c] || !q.part.contains_key(&(c as Chunk)))
+                && s.live().all(|(_, q)| q.deferred.is_empty());
+            if uniform {
+                return a
+                    .missing
+                    .iter()
+                    .copied()
+                    .find(|&b| s.offers(pid, c as Chunk, b));
+            }
             a.missing
                 .iter()
                 .copied()
@@ -1187,10 +1200,14 @@ impl<P: Ord + Clone> Scheduler<P> {
                 ChunkState::Missing | ChunkState::Verifying { .. } => {
                     (0..self.layout.block_count(c)).any(|b| self.offers(pid, c, b))
                 }
-                ChunkState::Active(a) => a.blocks.iter().enumerate().any(|(b, s)| {
-                    !matches!(s, BlockState::Have(_) | BlockState::Held)
-                        && self.offers(pid, c, b as Block)
-                }),
+                // Missing blocks first (a set: no walk over the blocks already in), then
+                // those asked of someone else.
+                ChunkState::Active(a) => {
+                    a.missing.iter().any(|&b| self.offers(pid, c, b))
+                        || a.blocks.iter().enumerate().any(|(b, s)| {
+                            matches!(s, BlockState::Requested(_)) && self.offers(pid, c, b as Block)
+                        })
+                }
             }
         })
     }
