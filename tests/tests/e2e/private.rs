@@ -170,14 +170,17 @@ fn a_peer_killed_mid_session_is_reported_gone() {
 /// in past the 2-second timeout; idle luke is logged out, and the session with him ends.
 #[test]
 fn private_commands_count_as_activity() {
-    let t = Tracker::start(60, 2);
+    // A 3 s timeout: luke, idle, is logged out after it; hans, typing a private message
+    // every 0.4 s until well past it, never is. (With a 2 s timeout and a message every
+    // 0.5 s the test failed once, the whole suite running beside a busy loop on 2 cores.)
+    let t = Tracker::start(60, 3);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
     hans.send("startprivate luke");
     hans.expect("Start private messaging with luke");
-    for i in 0..6 {
+    for i in 0..12 {
         hans.send(&format!("private luke tick {i}"));
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(400));
     }
     luke.expect("You have been logged out due to inactivity");
     assert!(luke.wait_exit().success());
