@@ -643,12 +643,19 @@ impl Library {
         if target.exists() {
             return Err(LibraryError::Exists { path: target });
         }
-        std::fs::rename(&part, &target).map_err(io(&target))?;
-        m.complete = true;
-        m.blocks.clear();
-        m.stamp = Some(Stamp::of_path(&target).map_err(io(&target))?);
+        // The rename and the switch to the new path happen under the lock (a rename moves
+        // no file contents): whoever asks where a block is gets a path that exists. Seen
+        // under load: a holder asked between the two found neither, refused the block,
+        // and its downloader stopped asking it for the chunk.
+        {
+            let mut files = self.lock();
+            std::fs::rename(&part, &target).map_err(io(&target))?;
+            m.complete = true;
+            m.blocks.clear();
+            m.stamp = Some(Stamp::of_path(&target).map_err(io(&target))?);
+            files.insert(name.clone(), m.clone());
+        }
         self.save(&m)?;
-        self.lock().insert(name.clone(), m);
         Ok(target)
     }
 

@@ -671,12 +671,20 @@ impl Source {
             }
             self.checked = Some(Instant::now());
         }
-        let src = self.lib.block_source(&self.name, chunk, block)?;
-        let (at, len) = (src.offset, src.len);
+        let mut src = self.lib.block_source(&self.name, chunk, block)?;
         if self.file.as_ref().is_none_or(|(p, _)| *p != src.path) {
-            let f = File::open(&src.path).ok()?;
+            let f = match File::open(&src.path) {
+                Ok(f) => f,
+                // A download finishing renames its part file between our lookup and our
+                // open: look again, once.
+                Err(_) => {
+                    src = self.lib.block_source(&self.name, chunk, block)?;
+                    File::open(&src.path).ok()?
+                }
+            };
             self.file = Some((src.path.clone(), Arc::new(f)));
         }
+        let (at, len) = (src.offset, src.len);
         let f = self.file.as_ref().expect("opened above").1.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = BytesMut::zeroed(len as usize);
