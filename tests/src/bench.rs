@@ -245,3 +245,25 @@ pub fn aria2c_swarm(
     }
     Ok(done.into_iter().map(|d| d.unwrap_or_default()).collect())
 }
+
+/// A disk that rotted under a seeder: changes one byte in every 256 KiB block of the byte
+/// range `from..to` of `path`, keeping its size and modification time (all a client checks
+/// without reading the file).
+pub fn rot(path: &Path, from: u64, to: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let meta = f.metadata().unwrap();
+    let (mtime, to) = (meta.modified().unwrap(), to.min(meta.len()));
+    let mut at = from + 7;
+    while at < to {
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[!b[0]], at).unwrap();
+        at += 256 * 1024;
+    }
+    f.set_modified(mtime).unwrap();
+}

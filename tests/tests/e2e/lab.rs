@@ -332,7 +332,7 @@ fn a_seeder_with_rotted_blocks_is_banned_and_only_its_bad_block_fetched_again() 
     let _hans = n.seed(1, "hans", "f.bin", &data, 10);
     let _yoda = n.seed(2, "yoda", "f.bin", &data, 10);
     let vader = n.seed(3, "vader", "f.bin", &data, 10);
-    rot(&vader.dir.join("f.bin"));
+    harness::bench::rot(&vader.dir.join("f.bin"), 0, u64::MAX);
     let mut leia = n.peer(4, "leia", &[]);
     leia.send("download f.bin");
     leia.expect("of f.bin from vader failed verification; not using vader again");
@@ -340,25 +340,4 @@ fn a_seeder_with_rotted_blocks_is_banned_and_only_its_bad_block_fetched_again() 
     assert!(done.contains("hans") && done.contains("yoda"), "{done}");
     leia.expect("(fetched again: 256.0 KiB that failed verification, from vader)");
     assert!(file(&leia, "f.bin") == data);
-}
-
-/// Flips a byte in every 256 KiB block of `path`, keeping its size and modification time
-/// (what a client checks without reading the file).
-fn rot(path: &std::path::Path) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mtime = f.metadata().unwrap().modified().unwrap();
-    let len = f.metadata().unwrap().len();
-    let mut at = 100;
-    while at < len {
-        let mut b = [0u8];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[!b[0]], at).unwrap();
-        at += 256 * 1024;
-    }
-    f.set_modified(mtime).unwrap();
 }
