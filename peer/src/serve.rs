@@ -24,6 +24,10 @@
 //! level): a request for a block it has sent more often than its least-sent block is
 //! answered `Later`, once per downloader and block, so the downloader fetches it from the
 //! fellow that has it (or soon will) and the seed's uplink carries only what nobody has.
+//! The check is made when the request comes and again when its turn to be sent comes: two
+//! downloaders asking for one block at once both pass the first (measured on `bench/netswarm
+//! 2` with only the first: 10 of the seed's first 140 blocks out were second copies, and its
+//! last new block went out 0.5 s later).
 //! Measured on `bench/netswarm 2` before this rule: the seed sent 2.15 copies of the file,
 //! 44 of its 130 blocks once and the rest up to 7 times, the last new block at 13.2 s.
 //!
@@ -616,6 +620,18 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
             },
             () = std::future::ready(()), if unchoked && !queue.is_empty() => {
                 let (chunk, block) = queue.pop_front().expect("not empty");
+                // Asked again now it is its turn: a copy may have gone to someone else
+                // while this request waited (two downloaders asking for one block at
+                // once both pass the check on arrival).
+                if let Some(index) = meta.block_index(chunk, block).filter(|&i| {
+                    seed && !said_later.contains(&i) && up.later(source.name(), i, total)
+                }) {
+                    said_later.insert(index);
+                    if framed.send(PeerMsg::Later { chunk, block }).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let msg = match source.read(chunk, block).await {
                     Some(bytes) => {
                         if let Some(l) = &up.limiter {

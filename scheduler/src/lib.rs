@@ -1132,7 +1132,12 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         // 5. End game: ask for a block already asked of a peer that would deliver it at
         //    least twice as late. Only on measured rates (or a snubbed peer): a duplicate
-        //    costs the sender's upload.
+        //    costs the sender's upload. And only once nothing is left that some peer could
+        //    be asked for first: in a crowd every uplink is busy, and a copy that loses the
+        //    race is an upload taken from someone who needed it.
+        if !self.end_game() {
+            return None;
+        }
         let mut dup: Option<(f64, Chunk, Block)> = None;
         for (qid, q) in self.live() {
             if qid == pid {
@@ -1173,6 +1178,20 @@ impl<P: Ord + Clone> Scheduler<P> {
             }
         }
         dup.map(|(_, c, b)| (c, b))
+    }
+
+    /// Whether every block still wanted is asked of someone, or held by nobody we could
+    /// ask: the end game, when duplicate requests may go out.
+    fn end_game(&self) -> bool {
+        let anyone = |c: Chunk, b: Block| self.live().any(|(q, _)| self.offers(q, c, b));
+        self.chunks.iter().enumerate().all(|(c, s)| {
+            let c = c as Chunk;
+            match s {
+                ChunkState::Missing => !(0..self.layout.block_count(c)).any(|b| anyone(c, b)),
+                ChunkState::Active(a) => !a.missing.iter().any(|&b| anyone(c, b)),
+                ChunkState::Verifying { .. } | ChunkState::Done => true,
+            }
+        })
     }
 
     /// Whether `pid` may be asked for block `b` of `c`: it holds it (and did not defer
@@ -1273,21 +1292,32 @@ impl<P: Ord + Clone> Scheduler<P> {
             o.1 = self.rng.next();
         }
         order.sort_unstable();
-        let mut open: Vec<Pid> = order.into_iter().map(|(_, _, pid)| pid).collect();
-        while !open.is_empty() {
-            open.retain(|&pid| {
-                let wants = self.peers[pid as usize]
-                    .as_ref()
-                    .is_some_and(|p| p.unchoked() && p.queue.len() < self.depth(p));
-                wants
-                    && match self.pick(pid) {
-                        Some((c, b)) => {
-                            self.request(pid, c, b);
-                            true
+        let order: Vec<Pid> = order.into_iter().map(|(_, _, pid)| pid).collect();
+        // A peer with nothing to do leaves the round; if the round itself starts the end
+        // game (the last blocks asked of others), the peers that left get a second round,
+        // now allowed duplicates.
+        let mut end_game = self.end_game();
+        for _round in 0..2 {
+            let mut open = order.clone();
+            while !open.is_empty() {
+                open.retain(|&pid| {
+                    let wants = self.peers[pid as usize]
+                        .as_ref()
+                        .is_some_and(|p| p.unchoked() && p.queue.len() < self.depth(p));
+                    wants
+                        && match self.pick(pid) {
+                            Some((c, b)) => {
+                                self.request(pid, c, b);
+                                true
+                            }
+                            None => false,
                         }
-                        None => false,
-                    }
-            });
+                });
+            }
+            if end_game || !self.end_game() {
+                break;
+            }
+            end_game = true;
         }
         // Outcomes.
         if self.chunks.iter().all(|s| matches!(s, ChunkState::Done)) {
@@ -1412,6 +1442,56 @@ mod tests {
         assert_eq!(
             drain(&mut s),
             [Action::NotInterested { peer: 1 }, Action::Finished]
+        );
+    }
+
+    #[test]
+    fn no_duplicate_request_while_something_is_left_to_ask_for() {
+        // Chunk 0 held by peers 1 and 2; chunk 1 only by peer 3, which chokes us.
+        let mut s = S::new(layout(2, 2), [], 5, Config::default());
+        for p in [1, 2] {
+            s.add_peer(p, [0], 0);
+        }
+        s.add_peer(3, [1], 0);
+        s.start(0);
+        drain(&mut s);
+        for p in [1, 2, 3] {
+            s.connected(&p, [if p == 3 { 1 } else { 0 }], [], 0);
+        }
+        s.unchoked(&1, 0);
+        s.unchoked(&2, 0);
+        let reqs = requests(&drain(&mut s));
+        assert_eq!(
+            reqs.len(),
+            2,
+            "both blocks of chunk 0, of one peer: {reqs:?}"
+        );
+        let (slow, fast) = (reqs[0].0, 3 - reqs[0].0);
+        // The owner turns out far slower than the other: worth a second request, but not
+        // while chunk 1 is still to be asked of peer 3.
+        let rate = |s: &mut S, p: u8, r: f64| {
+            let pid = s.pid(&p).unwrap();
+            s.peers[pid as usize].as_mut().unwrap().rate = Some(r);
+        };
+        rate(&mut s, slow, 0.001);
+        rate(&mut s, fast, 100.0);
+        s.schedule(10);
+        assert_eq!(
+            requests(&drain(&mut s)),
+            [],
+            "no copies before the end game"
+        );
+        // Peer 3 unchokes: chunk 1 is asked of it, nothing is left unasked, and the fast
+        // peer is asked for what waits on the slow one.
+        s.unchoked(&3, 20);
+        let reqs = requests(&drain(&mut s));
+        assert!(
+            reqs.contains(&(3, 1, 0)) && reqs.contains(&(3, 1, 1)),
+            "{reqs:?}"
+        );
+        assert!(
+            reqs.iter().any(|&(p, c, _)| p == fast && c == 0),
+            "{reqs:?}"
         );
     }
 

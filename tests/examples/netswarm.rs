@@ -2,7 +2,7 @@
 //! `tracker` and `peer` binaries, each case side by side with aria2c + opentracker on the
 //! same topology when they are installed. Prints figures; never fails on speed.
 //!
-//! Run it with `bench/netswarm [CASE...] [--no-aria2c | --only-aria2c]` (builds release
+//! Run it with `bench/netswarm [CASE...] [--no-aria2c | --only-aria2c] [--timeline]` (builds release
 //! binaries first; needs root). CASE: 1 to 4 (default: all).
 //!
 //! "Ideal" is the lower bound on the time for every downloader to finish: for one
@@ -10,12 +10,15 @@
 //! distribution time of Kumar & Ross (2006), max(F/u_seeds, F/d_min, N·F/(u_seeds + Σu)).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::bench::*;
 use harness::*;
 
 const NAME: &str = "shared.bin";
+/// `--timeline`: print what the seeds sent and the leechers got every quarter second.
+static TIMELINE: AtomicBool = AtomicBool::new(false);
 /// BitTorrent piece size for the aria2c runs: 256 KiB, mktorrent's default.
 const PIECE_LOG2: u32 = 18;
 
@@ -173,25 +176,59 @@ fn run_ours(case: &Case, source: &Path, want: [u8; 32]) -> Result<Outcome, Strin
     let mut done = Vec::new();
     let mut failures = Vec::new();
     let mut refetched = Vec::new();
-    for p in &mut leechers {
-        let left = case.deadline().saturating_sub(start.elapsed());
-        let line = p.expect_any(&[&format!("Downloaded {NAME} ("), "Error."], left);
-        let at = p.last_line_at().unwrap_or_else(Instant::now);
-        if !case.rotted.is_empty() {
-            let said = p.sync();
-            refetched.extend(
-                said.iter()
-                    .filter(|l| l.contains("fetched again") || l.contains("failed verification"))
-                    .map(|l| format!("{}: {}", p.name, l.trim())),
-            );
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if TIMELINE.load(Ordering::Relaxed) {
+            let (lab, stop, seeds_n) = (&lab, &stop, case.seeds.len());
+            let size = case.size as f64;
+            s.spawn(move || {
+                let base = lab.all_counters();
+                let mut next = Duration::ZERO;
+                println!(
+                    "  timeline   t(s)  seeds sent  leechers got (min / mean / max), in files"
+                );
+                while !stop.load(Ordering::Relaxed) && next < Duration::from_secs(600) {
+                    next += Duration::from_millis(250);
+                    std::thread::sleep(next.saturating_sub(start.elapsed()));
+                    let now = lab.all_counters();
+                    let d = |h: usize, f: fn(&(u64, u64)) -> u64| {
+                        (f(&now[h]) - f(&base[h])) as f64 / size
+                    };
+                    let sent: f64 = (1..=seeds_n).map(|h| d(h, |c| c.0)).sum();
+                    let got: Vec<f64> = (seeds_n + 1..now.len()).map(|h| d(h, |c| c.1)).collect();
+                    let mean = got.iter().sum::<f64>() / got.len() as f64;
+                    let min = got.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = got.iter().copied().fold(0.0, f64::max);
+                    println!(
+                        "             {:5.2}  {sent:10.3}  {min:.3} / {mean:.3} / {max:.3}",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            });
         }
-        if line.starts_with("Error.") || sha256_file(&p.dir.join(NAME)) != want {
-            failures.push(format!("{}: {line}", p.name));
-            done.push(None);
-        } else {
-            done.push(Some(at.duration_since(start).as_secs_f64()));
+        for p in &mut leechers {
+            let left = case.deadline().saturating_sub(start.elapsed());
+            let line = p.expect_any(&[&format!("Downloaded {NAME} ("), "Error."], left);
+            let at = p.last_line_at().unwrap_or_else(Instant::now);
+            if !case.rotted.is_empty() {
+                let said = p.sync();
+                refetched.extend(
+                    said.iter()
+                        .filter(|l| {
+                            l.contains("fetched again") || l.contains("failed verification")
+                        })
+                        .map(|l| format!("{}: {}", p.name, l.trim())),
+                );
+            }
+            if line.starts_with("Error.") || sha256_file(&p.dir.join(NAME)) != want {
+                failures.push(format!("{}: {line}", p.name));
+                done.push(None);
+            } else {
+                done.push(Some(at.duration_since(start).as_secs_f64()));
+            }
         }
-    }
+        stop.store(true, Ordering::Relaxed);
+    });
     let seed_upload = (sent(&lab) - before) as f64 / case.size as f64;
     for p in &leechers {
         let _ = std::fs::remove_dir_all(&p.dir);
@@ -290,6 +327,7 @@ fn main() {
     clean_up_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let aria = !args.iter().any(|a| a == "--no-aria2c");
+    TIMELINE.store(args.iter().any(|a| a == "--timeline"), Ordering::Relaxed);
     let ours = !args.iter().any(|a| a == "--only-aria2c");
     let picked: Vec<usize> = args
         .iter()
@@ -299,7 +337,7 @@ fn main() {
                 .ok()
                 .filter(|n| (1..=4).contains(n))
                 .unwrap_or_else(|| {
-                    eprintln!("usage: bench/netswarm [1|2|3|4]... [--no-aria2c | --only-aria2c]");
+                    eprintln!("usage: bench/netswarm [1|2|3|4]... [--no-aria2c | --only-aria2c] [--timeline]");
                     std::process::exit(2)
                 })
         })
