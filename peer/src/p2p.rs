@@ -42,6 +42,10 @@ const HANDSHAKE_FRAME: usize = 1024;
 const MAX_INCOMING: usize = 256;
 /// Private messages queued per connection before `private` reports it as gone.
 const QUEUE: usize = 256;
+/// Events (texts, opened and closed chats) waiting for the session loop.
+pub const EVENTS: usize = 256;
+/// A write to a peer that makes no progress this long: it stopped reading; cut it off.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
 
 pub type PeerFramed = Framed<Counted<TcpStream>, WireCodec<PeerMsg, PeerMsg>>;
 
@@ -217,16 +221,28 @@ pub struct PeerHandle {
 }
 
 impl PeerHandle {
-    /// Queues a private message; `false` if the connection is gone.
+    /// Queues a private message; `false` if it could not be (the queue is full, or the
+    /// connection is gone: see [`PeerHandle::is_open`]).
     pub fn send_text(&self, text: Text) -> bool {
         self.tx.try_send(PeerMsg::Text { text }).is_ok()
     }
 
+    /// Whether the connection is still up.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Says `farewell` (`Bye` or `Superseded`), closes, and waits briefly for it to go out.
+    ///
+    /// Returns within 2 × [`FAREWELL`] whatever the other side does: a partner that stopped
+    /// reading leaves our queue full and our writer stuck, and is cut off.
     pub async fn close(self, farewell: PeerMsg) {
-        let _ = self.tx.send(farewell).await;
+        let queued = tokio::time::timeout(FAREWELL, self.tx.send(farewell)).await;
         drop(self.tx);
-        let _ = tokio::time::timeout(FAREWELL, self.task).await;
+        let mut task = self.task;
+        if queued.is_err() || tokio::time::timeout(FAREWELL, &mut task).await.is_err() {
+            task.abort();
+        }
     }
 }
 
@@ -237,13 +253,13 @@ pub struct P2p {
     library: Arc<Library>,
     pub uploads: Arc<Uploads>,
     pub tickets: Arc<TicketBook>,
-    events: mpsc::UnboundedSender<P2pEvent>,
+    events: mpsc::Sender<P2pEvent>,
     next_id: Arc<AtomicU64>,
 }
 
 impl P2p {
     pub fn new(
-        events: mpsc::UnboundedSender<P2pEvent>,
+        events: mpsc::Sender<P2pEvent>,
         library: Arc<Library>,
         uploads: Arc<Uploads>,
     ) -> P2p {
@@ -321,7 +337,7 @@ impl P2p {
             return;
         }
         let handle = self.spawn(framed, user.clone(), user);
-        let _ = self.events.send(P2pEvent::Opened(handle));
+        let _ = self.events.send(P2pEvent::Opened(handle)).await;
     }
 
     /// Connects to `user` at `addr` with `ticket`, in the background; the result arrives as
@@ -333,7 +349,7 @@ impl P2p {
                 Ok(handle) => P2pEvent::Opened(handle),
                 Err(why) => P2pEvent::OpenFailed { user, why },
             };
-            let _ = p2p.events.send(event);
+            let _ = p2p.events.send(event).await;
         });
     }
 
@@ -404,15 +420,17 @@ async fn run(
     user: UserName,
     id: u64,
     mut rx: mpsc::Receiver<PeerMsg>,
-    events: mpsc::UnboundedSender<P2pEvent>,
+    events: mpsc::Sender<P2pEvent>,
 ) {
     let why = loop {
         tokio::select! {
             out = rx.recv() => match out {
                 Some(msg) => {
                     let last = matches!(msg, PeerMsg::Bye | PeerMsg::Superseded);
-                    if framed.send(msg).await.is_err() {
-                        break Some(Ended::Lost);
+                    // A partner that stops reading is cut off, not waited for.
+                    match tokio::time::timeout(WRITE_STALL, framed.send(msg)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => break Some(Ended::Lost),
                     }
                     if last {
                         break None;
@@ -423,7 +441,11 @@ async fn run(
             },
             frame = framed.next() => match frame {
                 Some(Ok(PeerMsg::Text { text })) => {
-                    let _ = events.send(P2pEvent::Text { user: user.clone(), id, text });
+                    // Bounded: a partner sending faster than we show texts waits (its
+                    // writes stall in TCP) instead of growing our memory.
+                    if events.send(P2pEvent::Text { user: user.clone(), id, text }).await.is_err() {
+                        break None;
+                    }
                 }
                 Some(Ok(PeerMsg::Bye)) => break Some(Ended::Bye),
                 Some(Ok(PeerMsg::Superseded)) => break Some(Ended::Superseded),
@@ -433,7 +455,7 @@ async fn run(
         }
     };
     if let Some(why) = why {
-        let _ = events.send(P2pEvent::Closed { user, id, why });
+        let _ = events.send(P2pEvent::Closed { user, id, why }).await;
     }
 }
 
@@ -454,6 +476,61 @@ mod tests {
         // Reuse is refused at once, even by a claim willing to wait.
         assert_eq!(book.claim(&t, Duration::from_secs(3600)).await, None);
         assert_eq!(book.claim(&Ticket([8; 16]), Duration::ZERO).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_returns_when_the_partner_stopped_reading() {
+        // The queue is full and the writer stuck, as behind a partner that reads nothing.
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(PeerMsg::Bye).unwrap();
+        let task = tokio::spawn(async move {
+            let _rx = rx;
+            std::future::pending::<()>().await
+        });
+        let h = PeerHandle {
+            id: 1,
+            user: u("yoda"),
+            initiator: u("hans"),
+            tx,
+            task,
+        };
+        let started = tokio::time::Instant::now();
+        h.close(PeerMsg::Bye).await;
+        assert_eq!(started.elapsed(), FAREWELL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chat_whose_partner_stopped_reading_is_cut_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_theirs, _) = theirs.unwrap(); // never read
+        let framed = Framed::new(
+            Counted::new(ours.unwrap()),
+            WireCodec::with_max(MAX_FRAME_LEN),
+        );
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (events_tx, mut events) = mpsc::channel(EVENTS);
+        let task = tokio::spawn(run(framed, u("yoda"), 1, rx, events_tx));
+        let text = Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap();
+        // Far more than the socket buffers hold; the queue fills, then the writer gives up.
+        for _ in 0..QUEUE * 64 {
+            if tx.send(PeerMsg::Text { text: text.clone() }).await.is_err() {
+                break;
+            }
+        }
+        let closed = events.recv().await;
+        assert!(
+            matches!(
+                closed,
+                Some(P2pEvent::Closed {
+                    why: Ended::Lost,
+                    ..
+                })
+            ),
+            "{closed:?}"
+        );
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,13 @@ pub const LOCKED: &str =
 pub const INVALID_USER: &str = "Error. Invalid user";
 pub const TIMED_OUT: &str = "You have been logged out due to inactivity";
 
+pub fn throttled(retry_secs: u32) -> String {
+    format!(
+        "Too many failed logins from your address. Please try again in {retry_secs} second{}",
+        if retry_secs == 1 { "" } else { "s" }
+    )
+}
+
 pub fn already_logged_in(user: &UserName) -> String {
     format!("{user} is already logged in")
 }
@@ -266,6 +273,9 @@ pub fn private_text(from: &UserName, text: &wire::Text) -> String {
 }
 pub fn private_not_enabled(user: &UserName) -> String {
     format!("Error. Private messaging to {user} not enabled")
+}
+pub fn private_backlog(user: &UserName) -> String {
+    format!("Error. {user} is not reading private messages right now; message not sent")
 }
 pub fn private_gone(user: &UserName) -> String {
     format!("{user} is no longer online")

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use wire::{FileName, Partial, PeerMsg, UserName};
 
 use crate::library::{Gained, Library};
-use crate::p2p::PeerFramed;
+use crate::p2p::{PeerFramed, WRITE_STALL};
 use crate::ratelimit::RateLimiter;
 
 /// Downloaders served at once.
@@ -510,8 +510,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
             .collect(),
         None => Vec::new(),
     };
-    if framed
-        .send(PeerMsg::Holding { chunks, partial })
+    if send(&mut framed, PeerMsg::Holding { chunks, partial })
         .await
         .is_err()
     {
@@ -543,7 +542,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                 let msg = if unchoked {
                     let held: Vec<u32> = lib.have(source.name()).into_iter().collect();
                     let chunks = up.suggest(source.name(), &held);
-                    if framed.feed(PeerMsg::Suggest { chunks }).await.is_err() {
+                    if feed(&mut framed, PeerMsg::Suggest { chunks }).await.is_err() {
                         return;
                     }
                     PeerMsg::Unchoke
@@ -551,7 +550,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                     queue.clear();
                     PeerMsg::Choke
                 };
-                if framed.send(msg).await.is_err() {
+                if send(&mut framed, msg).await.is_err() {
                     return;
                 }
             }
@@ -566,11 +565,11 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                         seed && !said_later.contains(&i) && up.later(source.name(), i, total)
                     }) {
                         said_later.insert(index);
-                        if framed.send(PeerMsg::Later { chunk, block }).await.is_err() {
+                        if send(&mut framed, PeerMsg::Later { chunk, block }).await.is_err() {
                             return;
                         }
                     } else if queue.len() >= MAX_QUEUED {
-                        if framed.send(PeerMsg::Reject { chunk, block }).await.is_err() {
+                        if send(&mut framed, PeerMsg::Reject { chunk, block }).await.is_err() {
                             return;
                         }
                     } else {
@@ -591,7 +590,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                         }
                         None => PeerMsg::NoHashes { chunk, batch },
                     };
-                    if framed.send(msg).await.is_err() {
+                    if send(&mut framed, msg).await.is_err() {
                         return;
                     }
                 }
@@ -611,7 +610,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                         }
                         Gained::Block(chunk, block) => PeerMsg::HaveBlock { chunk, block },
                     };
-                    if framed.send(msg).await.is_err() {
+                    if send(&mut framed, msg).await.is_err() {
                         return;
                     }
                 }
@@ -627,7 +626,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                     seed && !said_later.contains(&i) && up.later(source.name(), i, total)
                 }) {
                     said_later.insert(index);
-                    if framed.send(PeerMsg::Later { chunk, block }).await.is_err() {
+                    if send(&mut framed, PeerMsg::Later { chunk, block }).await.is_err() {
                         return;
                     }
                     continue;
@@ -643,11 +642,38 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                     }
                     None => PeerMsg::Reject { chunk, block },
                 };
-                if framed.send(msg).await.is_err() {
+                if send(&mut framed, msg).await.is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+/// Slowest link a block is still sent over: below this a downloader is taken for one
+/// that stopped reading.
+const MIN_RATE: u64 = 4 * 1024;
+
+/// Sends `msg`, giving up on a downloader that stopped reading: it would hold an upload
+/// slot and a listener slot for good. A frame gets [`WRITE_STALL`], and a block as long
+/// again as it takes at [`MIN_RATE`] (64 s for 256 KiB).
+async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
+    let len = match &msg {
+        PeerMsg::Block { bytes, .. } => bytes.len() as u64,
+        _ => 0,
+    };
+    let deadline = WRITE_STALL + Duration::from_millis(len * 1000 / MIN_RATE);
+    match tokio::time::timeout(deadline, framed.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
+/// Queues `msg` to go out with the next [`send`], under the same deadline.
+async fn feed(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_STALL, framed.feed(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
     }
 }
 
@@ -715,6 +741,36 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_downloader_that_stopped_reading_is_given_up_on() {
+        use crate::p2p::Counted;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (_theirs, _) = theirs.unwrap(); // asks, then never reads
+        let mut framed = tokio_util::codec::Framed::new(
+            Counted::new(ours.unwrap()),
+            wire::codec::WireCodec::with_max(wire::MAX_FRAME_LEN),
+        );
+        let block = bytes::Bytes::from(vec![0u8; 256 * 1024]);
+        let mut sent = 0;
+        let gave_up = loop {
+            let started = Instant::now();
+            let msg = PeerMsg::Block {
+                chunk: 0,
+                block: 0,
+                bytes: block.clone(),
+            };
+            if send(&mut framed, msg).await.is_err() {
+                break started.elapsed();
+            }
+            sent += 1;
+            assert!(sent < 1000, "the socket buffers never filled");
+        };
+        // A block gets the stall deadline plus its time at the slowest rate we serve.
+        assert_eq!(gave_up, WRITE_STALL + Duration::from_secs(64));
+    }
 
     fn choker() -> Choker {
         Choker::new(2, Duration::from_secs(20), Duration::from_secs(2))

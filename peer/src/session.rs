@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -24,6 +25,11 @@ use crate::render::{self, Asked};
 use crate::serve::Uploads;
 use crate::terminal::{Input, Printer, Terminal};
 use crate::tracker_link::{LinkError, TrackerLink};
+
+/// A request unanswered this long: the user is told the server is not answering.
+const SILENT: Duration = Duration::from_secs(15);
+/// After `logout`, the client leaves within this even if the server never answers.
+const LOGOUT_WAIT: Duration = Duration::from_secs(5);
 
 /// Transfer rates the user set on the command line (bytes per second, all transfers).
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,7 +61,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
         }
     };
     let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::channel(crate::p2p::EVENTS);
     let up = limits.up.map(|r| Arc::new(RateLimiter::new(r)));
     let uploads = Uploads::new(up);
     let p2p = P2p::new(events_tx, lib.clone(), uploads.clone());
@@ -87,6 +93,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
                 out: out.clone(),
                 me,
                 pending: VecDeque::new(),
+                told_silent: None,
                 p2p,
                 events,
                 chats: Chats::default(),
@@ -125,13 +132,30 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
     code
 }
 
-/// Login ended without a session; carries the exit code.
+/// Login ended without a session; carries the exit code (what to say was said).
 struct Refused(ExitCode);
 
-impl From<LinkError> for Refused {
-    fn from(_: LinkError) -> Self {
+/// One login step: `msg` sent and its answer. A connection the tracker closed while the
+/// user was typing (it gives each login step a minute) is opened again once, silently.
+async fn ask(link: &mut TrackerLink, out: &Printer, msg: ClientMsg) -> Result<ServerMsg, Refused> {
+    let first = link.ask(msg.clone()).await;
+    let again = match first {
+        Ok(answer) => return Ok(answer),
+        Err(LinkError::Closed | LinkError::Frame(_)) => {
+            match TrackerLink::connect(link.addr()).await {
+                Ok(fresh) => {
+                    *link = fresh;
+                    link.ask(msg).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    again.map_err(|e| {
+        out.line(format!("Error. {e}"));
         Refused(ExitCode::FAILURE)
-    }
+    })
 }
 
 /// `Ok(None)`: the user closed the input before logging in.
@@ -150,9 +174,7 @@ async fn login(
             out.line(render::INVALID_USER);
             continue;
         };
-        link.send(ClientMsg::CheckUser { user: user.clone() })
-            .await?;
-        match link.recv().await? {
+        match ask(link, out, ClientMsg::CheckUser { user: user.clone() }).await? {
             ServerMsg::UserCheck(UserCheck::Known) => break user,
             ServerMsg::UserCheck(UserCheck::Unknown) => out.line(render::INVALID_USER),
             other => return Err(unexpected(out, &other)),
@@ -167,13 +189,12 @@ async fn login(
             out.line(render::BAD_PASSWORD);
             continue;
         };
-        link.send(ClientMsg::Login {
+        let login = ClientMsg::Login {
             user: user.clone(),
             password,
             p2p_port,
-        })
-        .await?;
-        let text = match link.recv().await? {
+        };
+        let text = match ask(link, out, login).await? {
             ServerMsg::Login(LoginResult::Welcome) => {
                 out.line(render::WELCOME);
                 return Ok(Some(user));
@@ -185,6 +206,9 @@ async fn login(
             ServerMsg::Login(LoginResult::LockedNow) => render::LOCKED_NOW.to_owned(),
             ServerMsg::Login(LoginResult::Locked) => render::LOCKED.to_owned(),
             ServerMsg::Login(LoginResult::AlreadyLoggedIn) => render::already_logged_in(&user),
+            ServerMsg::Login(LoginResult::Throttled { retry_secs }) => {
+                render::throttled(retry_secs)
+            }
             other => return Err(unexpected(out, &other)),
         };
         out.line(text);
@@ -253,9 +277,11 @@ struct Session {
     out: Printer,
     me: UserName,
     /// Requests sent and not yet answered, oldest first (replies come in request order).
-    pending: VecDeque<Asked>,
+    pending: VecDeque<(Asked, Instant)>,
+    /// The oldest pending request was sent at this time and we said the server is silent.
+    told_silent: Option<Instant>,
     p2p: P2p,
-    events: mpsc::UnboundedReceiver<P2pEvent>,
+    events: mpsc::Receiver<P2pEvent>,
     chats: Chats,
     lib: Arc<Library>,
     jobs_tx: mpsc::UnboundedSender<JobEvent>,
@@ -306,6 +332,7 @@ impl Session {
                 term.ask("> ");
                 asking = true;
             }
+            let silent_at = self.silent_since(leaving);
             let next = tokio::select! {
                 input = term.next(), if asking => {
                     asking = false;
@@ -327,6 +354,25 @@ impl Session {
                     Next::Continue
                 }
                 msg = self.link.recv() => self.on_tracker(msg?).await?,
+                () = tokio::time::sleep_until(silent_at), if !self.pending.is_empty() => {
+                    let (_, sent) = self.pending.front().copied().expect("pending");
+                    if leaving && self.pending.iter().any(|(a, _)| *a == Asked::Logout) {
+                        // `logout` and end of input always leave.
+                        self.out.line(format!(
+                            "Error. The server at {} did not answer; logged out here only",
+                            self.link.addr()
+                        ));
+                        Next::Exit(ExitCode::FAILURE)
+                    } else {
+                        self.told_silent = Some(sent);
+                        self.out.line(format!(
+                            "Error. The server at {} has not answered for {} s; still waiting (logout leaves)",
+                            self.link.addr(),
+                            SILENT.as_secs()
+                        ));
+                        Next::Continue
+                    }
+                }
                 Some(event) = self.events.recv() => {
                     self.on_p2p(event).await;
                     Next::Continue
@@ -349,6 +395,19 @@ impl Session {
                 return Ok(code);
             }
         }
+    }
+
+    /// When to say the server is silent: [`SILENT`] after the oldest unanswered request was
+    /// sent (once per request), or [`LOGOUT_WAIT`] after a `logout`.
+    fn silent_since(&self, leaving: bool) -> tokio::time::Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let logout = self.pending.iter().find(|(a, _)| *a == Asked::Logout);
+        let at = match (logout, self.pending.front()) {
+            (Some(&(_, sent)), _) if leaving => sent + LOGOUT_WAIT,
+            (_, Some(&(_, sent))) if self.told_silent != Some(sent) => sent + SILENT,
+            _ => far,
+        };
+        at.into()
     }
 
     /// Logs out: private partners are told first, so they read "stopped" before
@@ -452,8 +511,17 @@ impl Session {
     }
 
     async fn send(&mut self, asked: Asked, req: Request) -> Result<(), LinkError> {
-        self.link.send(ClientMsg::Request(req)).await?;
-        self.pending.push_back(asked);
+        // A tracker that stopped reading (paused, overloaded) must not freeze the client.
+        match tokio::time::timeout(SILENT, self.link.send(ClientMsg::Request(req))).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                return Err(LinkError::Silent {
+                    addr: self.link.addr(),
+                    secs: SILENT.as_secs(),
+                })
+            }
+        }
+        self.pending.push_back((asked, Instant::now()));
         Ok(())
     }
 
@@ -555,7 +623,12 @@ impl Session {
     fn private(&mut self, to: &UserName, text: wire::Text) {
         let departed = self.chats.departed.remove(to);
         match self.chats.open.remove(to) {
-            Some(h) if !departed && h.send_text(text) => {
+            Some(h) if !departed && h.is_open() => {
+                if !h.send_text(text) {
+                    // Open, but the other side has not read what is queued: it is cut
+                    // off if that lasts (p2p::WRITE_STALL); this text is not sent.
+                    self.out.line(render::private_backlog(to));
+                }
                 self.chats.open.insert(to.clone(), h);
             }
             // The connection is dead or its user logged out without saying goodbye.
@@ -568,7 +641,11 @@ impl Session {
     async fn on_tracker(&mut self, msg: ServerMsg) -> Result<Next, LinkError> {
         match msg {
             ServerMsg::Reply(r) => {
-                let asked = self.pending.pop_front().unwrap_or(Asked::Activity);
+                let asked = self
+                    .pending
+                    .pop_front()
+                    .map_or(Asked::Activity, |(asked, _)| asked);
+                self.told_silent = None;
                 if asked == Asked::Introduce {
                     self.introduced(r);
                     return Ok(Next::Continue);

@@ -1,6 +1,7 @@
 //! The connection to the tracker: TCP + wire frames, version handshake.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -19,33 +20,85 @@ pub enum LinkError {
     Version(u32),
     #[error("connection to the server was lost")]
     Closed,
+    #[error(
+        "the server at {addr} closed the connection at once (too many connections from this address? try again in a minute)"
+    )]
+    ClosedAtOnce { addr: SocketAddr },
     #[error("the server sent something unexpected ({0})")]
     Unexpected(String),
     #[error("connection to the server failed: {0}")]
     Frame(#[from] wire::FrameError),
+    #[error("the server at {addr} is not answering (nothing for {} s)", .secs)]
+    Silent { addr: SocketAddr, secs: u64 },
 }
+
+/// Connecting, and the server's answer to our `Hello`, within this.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// An answer to a login step within this.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
 
 pub struct TrackerLink {
     framed: Framed<TcpStream, WireCodec<ServerMsg, ClientMsg>>,
+    addr: SocketAddr,
 }
 
 impl TrackerLink {
+    /// Connects and says `Hello`, within [`CONNECT_DEADLINE`] (a port that accepts and
+    /// never speaks is not a tracker).
     pub async fn connect(addr: SocketAddr) -> Result<TrackerLink, LinkError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| LinkError::Connect { addr, source })?;
+        let silent = LinkError::Silent {
+            addr,
+            secs: CONNECT_DEADLINE.as_secs(),
+        };
+        let stream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(addr)).await {
+            Ok(s) => s.map_err(|source| LinkError::Connect { addr, source })?,
+            Err(_) => return Err(silent),
+        };
         let _ = stream.set_nodelay(true);
         let mut link = TrackerLink {
             framed: Framed::new(stream, WireCodec::new()),
+            addr,
         };
-        link.send(ClientMsg::Hello {
-            version: PROTOCOL_VERSION,
+        let hello = async {
+            link.send(ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+            link.recv().await
+        };
+        match tokio::time::timeout(CONNECT_DEADLINE, hello).await {
+            Err(_) => Err(silent),
+            Ok(Err(LinkError::Closed)) => Err(LinkError::ClosedAtOnce { addr }),
+            Ok(Err(LinkError::Frame(wire::FrameError::Io(e))))
+                if e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                Err(LinkError::ClosedAtOnce { addr })
+            }
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(ServerMsg::Hello { .. })) => Ok(link),
+            Ok(Ok(ServerMsg::Unsupported { version })) => Err(LinkError::Version(version)),
+            Ok(Ok(other)) => Err(LinkError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `msg` and waits for the next frame, within [`ANSWER_DEADLINE`].
+    pub async fn ask(&mut self, msg: ClientMsg) -> Result<ServerMsg, LinkError> {
+        let addr = self.addr;
+        match tokio::time::timeout(ANSWER_DEADLINE, async {
+            self.send(msg).await?;
+            self.recv().await
         })
-        .await?;
-        match link.recv().await? {
-            ServerMsg::Hello { .. } => Ok(link),
-            ServerMsg::Unsupported { version } => Err(LinkError::Version(version)),
-            other => Err(LinkError::Unexpected(format!("{other:?}"))),
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Silent {
+                addr,
+                secs: ANSWER_DEADLINE.as_secs(),
+            }),
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Map: `credentials` (who may log in), `store` (SQLite: everything that must survive a
 //! crash), `lockout` (the 3-strike rule), `state` (the in-memory `Tracker` and its request
-//! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `server` (sockets, tasks,
+//! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `gate` (per-address admission before login), `server` (sockets, tasks,
 //! timeouts), `clock` (injected time).
 
 mod auth;
@@ -11,6 +11,7 @@ mod chat;
 pub mod clock;
 pub mod credentials;
 mod files;
+pub mod gate;
 pub mod lockout;
 pub mod outbox;
 mod presence;

@@ -29,6 +29,8 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     /// Holds one permit when there is something to write (or the outbox was closed).
     ready: Notify,
+    /// Wakes a writer stuck behind a client that stopped reading when the session ends.
+    ended: Notify,
 }
 
 #[derive(Default)]
@@ -101,6 +103,19 @@ impl Outbox {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
+        self.ended.notify_waiters();
+    }
+
+    /// Waits until the outbox is closed (at once if it is).
+    pub async fn closed(&self) {
+        let ended = self.ended.notified();
+        tokio::pin!(ended);
+        // Registered before the flag is read, so a close in between is not missed.
+        ended.as_mut().enable();
+        if self.lock().closed {
+            return;
+        }
+        ended.await
     }
 
     /// Waits until there may be something to take. May return with nothing queued.

@@ -21,6 +21,7 @@ use wire::codec::WireCodec;
 use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
 
 use crate::clock::Clock;
+use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::state::{ConnId, Tracker};
 
@@ -30,30 +31,49 @@ pub const MAX_CONNECTIONS: usize = 20_000;
 /// 10 KiB); anything bigger is an attack or a bug.
 pub const MAX_CLIENT_FRAME: usize = 32 * 1024;
 /// Frames a connection may send before logging in (`CheckUser` + `Login` attempts).
-const MAX_LOGIN_FRAMES: usize = 64;
-/// How long a connection may stay silent before logging in, at least.
-const MIN_LOGIN_IDLE: Duration = Duration::from_secs(30);
+const MAX_LOGIN_FRAMES: usize = 32;
+/// The client's `Hello` comes at once, or the connection is not a client.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// Before logging in, each frame within this (a person typing a name or a password; the
+/// client connects again if it took longer), and the whole login within [`LOGIN_DEADLINE`].
+/// Neither depends on the inactivity timeout, which is for logged-in users.
+pub const LOGIN_IDLE: Duration = Duration::from_secs(60);
+pub const LOGIN_DEADLINE: Duration = Duration::from_secs(300);
 /// Requests handled before their replies are written, when several are waiting.
 const WRITE_BATCH: usize = 64;
 /// Buffer capacity a new connection starts with; most frames are far smaller.
 const BUFFER_START: usize = 512;
 /// A read buffer that grew past this during a burst is given back afterwards.
 const BUFFER_KEEP: usize = 16 * 1024;
+/// A write that makes no progress this long means the client stopped reading: the
+/// connection is dropped (and with it the session, its slot and its buffers). A client on
+/// a slow but working link drains its socket continuously and never comes near it.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+/// Once the session has ended (logout, timeout, a client too slow to keep up), what is
+/// left to write (the reason, the last reply) gets this long, progress or not.
+pub const LAST_WRITE: Duration = Duration::from_secs(2);
 
 pub struct Shared {
     tracker: Mutex<Tracker>,
+    /// Per-address admission before login; its own lock, never taken with `tracker`'s.
+    gate: Mutex<Gate>,
     clock: Arc<dyn Clock>,
-    login_idle: Duration,
 }
 
 impl Shared {
     pub fn new(tracker: Tracker, clock: Arc<dyn Clock>) -> Arc<Self> {
-        let login_idle = tracker.rules.timeout.max(MIN_LOGIN_IDLE);
         Arc::new(Self {
             tracker: Mutex::new(tracker),
+            gate: Mutex::new(Gate::default()),
             clock,
-            login_idle,
         })
+    }
+
+    /// Runs `f` on the per-address gate with the current time.
+    fn gate<R>(&self, f: impl FnOnce(&mut Gate, crate::clock::Millis) -> R) -> R {
+        let now = self.clock.now();
+        let mut guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard, now)
     }
 
     /// Runs `f` on the state with the current time. The only place the lock is taken.
@@ -100,6 +120,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         backoff = Duration::from_millis(10);
         next_id += 1;
         let id = next_id;
+        if let Err(why) = shared.gate(|g, now| g.admit(addr.ip(), now)) {
+            // Closed at once: the client says the server closed the connection.
+            debug!(%addr, ?why, "turned away");
+            drop(stream);
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -137,10 +163,14 @@ enum Dropped {
     Frame(#[from] wire::FrameError),
     #[error("write failed: {0}")]
     Write(#[from] std::io::Error),
+    #[error("the client stopped reading")]
+    Stalled,
     #[error("closed before logging in")]
     Closed,
     #[error("silent for too long before logging in")]
     LoginIdle,
+    #[error("too slow to log in")]
+    LoginDeadline,
     #[error("too many frames before logging in")]
     LoginFlood,
     #[error("protocol version {0} not supported")]
@@ -166,7 +196,7 @@ impl Conn {
     async fn write_out(&mut self) -> Result<bool, Dropped> {
         let batch = self.outbox.take();
         if !batch.bytes.is_empty() {
-            self.writer.write_all(&batch.bytes).await?;
+            write_all_within(&mut self.writer, &batch.bytes, &self.outbox, batch.last).await?;
         }
         Ok(!batch.last)
     }
@@ -175,6 +205,39 @@ impl Conn {
     fn reply(&self, msg: &ServerMsg) -> Result<(), Dropped> {
         Ok(self.outbox.push_reply(msg)?)
     }
+}
+
+/// Writes `bytes`, giving up after [`WRITE_STALL`] without progress, or [`LAST_WRITE`]
+/// once `outbox` is closed (`last`: it already was when the batch was taken).
+async fn write_all_within<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    outbox: &Outbox,
+    last: bool,
+) -> Result<(), Dropped> {
+    use tokio::time::{sleep_until, Instant};
+    let mut done = 0;
+    let mut ending = last;
+    let mut deadline = Instant::now() + if last { LAST_WRITE } else { WRITE_STALL };
+    while done < bytes.len() {
+        tokio::select! {
+            n = w.write(&bytes[done..]) => match n? {
+                0 => return Err(Dropped::Write(std::io::ErrorKind::WriteZero.into())),
+                n => {
+                    done += n;
+                    if !ending {
+                        deadline = Instant::now() + WRITE_STALL;
+                    }
+                }
+            },
+            () = sleep_until(deadline) => return Err(Dropped::Stalled),
+            () = outbox.closed(), if !ending => {
+                ending = true;
+                deadline = deadline.min(Instant::now() + LAST_WRITE);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Conn {
@@ -191,6 +254,10 @@ async fn connection(
     shared: &Shared,
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
+    let waiting = Prelogin {
+        shared,
+        ip: addr.ip(),
+    };
     let (r, w) = stream.into_split();
     let mut conn = Conn {
         id,
@@ -199,7 +266,12 @@ async fn connection(
         outbox: Arc::new(Outbox::default()),
     };
 
-    match next_login_frame(&mut conn.reader, shared).await? {
+    let hello = match tokio::time::timeout(HELLO_DEADLINE, conn.reader.next()).await {
+        Err(_) => return Err(Dropped::LoginIdle),
+        Ok(None) => return Err(Dropped::Closed),
+        Ok(Some(frame)) => frame?,
+    };
+    match hello {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
             conn.reply(&ServerMsg::Hello { version })?;
             conn.write_out().await?;
@@ -214,15 +286,53 @@ async fn connection(
         _ => return Err(Dropped::Unexpected("first frame must be Hello")),
     }
 
-    let user = login(&mut conn, addr, shared).await?;
+    let user = match tokio::time::timeout(LOGIN_DEADLINE, login(&mut conn, addr, shared)).await {
+        Ok(user) => user?,
+        Err(_) => return Err(Dropped::LoginDeadline),
+    };
+    drop(waiting);
     debug!(conn = id, %user, "logged in");
-    let result = session(&mut conn, &user, shared).await;
-    shared.with(|t, now| t.disconnected(&user, id, now));
-    result
+    // From here on, however the connection ends (a failed write of the welcome itself, an
+    // error, a panic), the session ends with it: no ghost stays "online".
+    let _session = SessionGuard {
+        shared,
+        user: user.clone(),
+        conn: id,
+    };
+    // The welcome and the backlog `login` queued.
+    conn.write_out().await?;
+    session(&mut conn, &user, shared).await
 }
 
-async fn next_login_frame(reader: &mut Reader, shared: &Shared) -> Result<ClientMsg, Dropped> {
-    match tokio::time::timeout(shared.login_idle, reader.next()).await {
+/// Counts its connection as waiting to log in (per address, see `gate`) until dropped.
+struct Prelogin<'a> {
+    shared: &'a Shared,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Prelogin<'_> {
+    fn drop(&mut self) {
+        self.shared.gate(|g, _| g.left_prelogin(self.ip));
+    }
+}
+
+/// Logs its user out of the tracker when dropped, if the session is still this
+/// connection's (`disconnected` checks).
+struct SessionGuard<'a> {
+    shared: &'a Shared,
+    user: UserName,
+    conn: ConnId,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .with(|t, now| t.disconnected(&self.user, self.conn, now));
+    }
+}
+
+async fn next_login_frame(reader: &mut Reader) -> Result<ClientMsg, Dropped> {
+    match tokio::time::timeout(LOGIN_IDLE, reader.next()).await {
         Err(_) => Err(Dropped::LoginIdle),
         Ok(None) => Err(Dropped::Closed),
         Ok(Some(frame)) => Ok(frame?),
@@ -231,7 +341,7 @@ async fn next_login_frame(reader: &mut Reader, shared: &Shared) -> Result<Client
 
 async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<UserName, Dropped> {
     for _ in 0..MAX_LOGIN_FRAMES {
-        match next_login_frame(&mut conn.reader, shared).await? {
+        match next_login_frame(&mut conn.reader).await? {
             ClientMsg::CheckUser { user } => {
                 let answer = shared.with(|t, _| t.check_user(&user));
                 conn.reply(&ServerMsg::UserCheck(answer))?;
@@ -242,18 +352,27 @@ async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<Use
                 password,
                 p2p_port,
             } => {
+                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(addr.ip(), now)) {
+                    let result = LoginResult::Throttled { retry_secs };
+                    conn.reply(&ServerMsg::Login(result))?;
+                    conn.write_out().await?;
+                    return Err(Dropped::Refused(result));
+                }
                 let (id, outbox) = (conn.id, conn.outbox.clone());
                 let result = shared
                     .with(|t, now| t.login(&user, &password, now, id, outbox, addr.ip(), p2p_port));
-                // A welcome was queued by `login` itself, ahead of the session's backlog.
-                if result != LoginResult::Welcome {
-                    conn.reply(&ServerMsg::Login(result))?;
+                if matches!(result, LoginResult::BadPassword | LoginResult::LockedNow) {
+                    shared.gate(|g, now| g.failed(addr.ip(), now));
                 }
+                // A welcome was queued by `login` itself, ahead of the session's backlog;
+                // it is written once the session's guard exists.
+                if result == LoginResult::Welcome {
+                    return Ok(user);
+                }
+                conn.reply(&ServerMsg::Login(result))?;
                 conn.write_out().await?;
-                match result {
-                    LoginResult::Welcome => return Ok(user),
-                    LoginResult::BadPassword => {}
-                    refused => return Err(Dropped::Refused(refused)),
+                if result != LoginResult::BadPassword {
+                    return Err(Dropped::Refused(result));
                 }
             }
             _ => return Err(Dropped::Unexpected("not logged in")),
@@ -347,5 +466,54 @@ fn handle(
 fn shrink(reader: &mut Reader) {
     if reader.read_buffer().is_empty() && reader.read_buffer().capacity() > BUFFER_KEEP {
         *reader.read_buffer_mut() = BytesMut::with_capacity(BUFFER_START);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_a_client_that_stopped_reading_gives_up() {
+        // A 64-byte pipe nobody reads: the first bytes go in, then nothing moves.
+        let (mut ours, _theirs) = tokio::io::duplex(64);
+        let outbox = Outbox::default();
+        let started = Instant::now();
+        let r = write_all_within(&mut ours, &[7; 4096], &outbox, false).await;
+        assert!(matches!(r, Err(Dropped::Stalled)), "{r:?}");
+        assert_eq!(started.elapsed(), WRITE_STALL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_write_ends_soon_after_the_session_does() {
+        let (mut ours, _theirs) = tokio::io::duplex(64);
+        let outbox = Arc::new(Outbox::default());
+        let closer = outbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            closer.close(); // e.g. logged out as too slow to keep up
+        });
+        let started = Instant::now();
+        let r = write_all_within(&mut ours, &[7; 4096], &outbox, false).await;
+        assert!(matches!(r, Err(Dropped::Stalled)), "{r:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(3) + LAST_WRITE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        // Reads 64 bytes every 5 s: far slower than a write deadline would allow for the
+        // whole batch, but never silent for long.
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0; 64];
+            while theirs.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let outbox = Outbox::default();
+        let r = write_all_within(&mut ours, &[7; 64 * 10], &outbox, false).await;
+        assert!(r.is_ok(), "{r:?}");
     }
 }

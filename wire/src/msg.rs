@@ -147,6 +147,11 @@ pub enum LoginResult {
     Locked,
     /// This user is online elsewhere. Connection closes.
     AlreadyLoggedIn,
+    /// Too many wrong passwords from this address lately; no password was checked. The
+    /// connection closes; another try may come after `retry_secs`.
+    Throttled {
+        retry_secs: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

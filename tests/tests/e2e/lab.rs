@@ -341,3 +341,73 @@ fn a_seeder_with_rotted_blocks_is_banned_and_only_its_bad_block_fetched_again() 
     leia.expect("(fetched again: 256.0 KiB that failed verification, from vader)");
     assert!(file(&leia, "f.bin") == data);
 }
+
+/// One address can keep only [`tracker::gate`]'s 16 connections waiting to log in: a
+/// program holding 16 silent connections shuts out a 17th from its address (the user is
+/// told why), not a user elsewhere; and the tracker drops silent connections after its
+/// Hello deadline, so the address can log in again.
+#[test]
+fn one_address_cannot_hold_the_trackers_connections_waiting_to_log_in() {
+    use std::io::BufRead;
+    let n = net(&[Link::FREE, Link::FREE]);
+    let (ip, port) = (n.tracker.addr.ip(), n.tracker.addr.port());
+    // 16 connections that never say Hello, held open by a shell on host 1.
+    let script = format!(
+        "for i in $(seq 16); do exec {{fd}}<>/dev/tcp/{ip}/{port}; done; echo ready; sleep 60"
+    );
+    let mut holder = n
+        .lab
+        .place(1)
+        .command("bash")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut ready = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _holder = Kill(holder);
+    assert_eq!(ready.trim(), "ready");
+    let opened = Instant::now();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let mut shut_out = Peer::start_on(&n.lab.place(1), n.tracker.addr, dir, Some(tmp), &[]);
+    let line = shut_out.expect("Error.");
+    assert!(
+        line.contains("too many connections from this address"),
+        "{line}"
+    );
+    assert!(!shut_out.wait_exit().success());
+    assert!(
+        opened.elapsed() < Duration::from_secs(8),
+        "within the Hello deadline"
+    );
+
+    // Someone on another address is not affected.
+    let mut hans = n.peer(2, "hans", &[]);
+    // The silent ones are dropped after 10 s: the address may log in again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut p = Peer::start_on(&n.lab.place(1), n.tracker.addr, dir, Some(tmp), &[]);
+        p.send("yoda");
+        p.send(password("yoda"));
+        let line = p.expect_any(&["Welcome to the", "Error."], Duration::from_secs(15));
+        if line.starts_with("Welcome") {
+            hans.expect("yoda logged in");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shut out: {line}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -4,6 +4,7 @@
 
 mod auth;
 mod chat;
+mod hardening;
 mod lab;
 mod private;
 mod robustness;

@@ -1,0 +1,147 @@
+//! What a remote party that stops reading, or stops answering, can do to us: nothing that
+//! outlasts a deadline.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use harness::*;
+use wire::{Request, Text, UserName};
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child process we started and still own.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Stops `pid` (SIGSTOP) and waits until every one of its threads is stopped: the signal
+/// is asynchronous, and a thread that had not stopped yet could still answer.
+fn stop(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command name in parentheses.
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('T'))
+            })
+    };
+    let deadline = Instant::now() + WAIT;
+    while !all_stopped() {
+        assert!(Instant::now() < deadline, "{pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits (bounded) until the tracker's debug log contains `want`.
+fn log_says(t: &Tracker, want: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if t.log().contains(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A logged-in client that stops reading while messages pile up for it is logged out as
+/// too slow and its connection is dropped within seconds (before: its task stayed parked
+/// in a write for good, holding a connection slot); it can log in again at once and finds
+/// what it missed stored for it.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_can_log_in_again() {
+    let t = Tracker::start(60, 600);
+    let stalled = Raw::login(t.addr, "yoda"); // never reads again
+    let mut hans = Raw::login(t.addr, "hans");
+    let text = Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap();
+    let to = UserName::new("yoda").unwrap();
+    let mut stored = 0;
+    // 24 MiB of messages: more than the socket buffers and the outbox together hold.
+    for _ in 0..30 {
+        for _ in 0..200 {
+            hans.send(&wire::ClientMsg::Request(Request::Message {
+                to: to.clone(),
+                text: text.clone(),
+            }));
+        }
+        for _ in 0..200 {
+            loop {
+                match hans.recv() {
+                    Some(wire::ServerMsg::Reply(wire::Reply::Sent { stored: s, .. })) => {
+                        stored += s as u32;
+                        break;
+                    }
+                    Some(wire::ServerMsg::Reply(other)) => panic!("{other:?}"),
+                    Some(wire::ServerMsg::Event(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    assert!(
+        stored > 0,
+        "yoda was logged out as too slow: later messages were stored"
+    );
+    assert!(
+        log_says(&t, "the client stopped reading", Duration::from_secs(10)),
+        "{}",
+        t.log()
+    );
+    drop(stalled);
+    // Logged in again: a fresh session, not refused as a duplicate.
+    let mut yoda = Raw::login(t.addr, "yoda");
+    let Some(wire::ServerMsg::Event(wire::Event::Offline { messages })) = yoda.recv() else {
+        panic!("the stored messages come first");
+    };
+    assert!(!messages.is_empty());
+}
+
+/// `peer` pointed at a port that accepts connections and never speaks says the server is
+/// not answering and exits, instead of waiting forever without a prompt.
+#[test]
+fn a_server_that_never_answers_is_reported() {
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let mut p = Peer::start(addr);
+    let line = p.expect_within("Error.", Duration::from_secs(20));
+    assert!(line.contains("is not answering"), "{line}");
+    assert!(!p.wait_exit().success());
+    drop(mute);
+}
+
+/// With the tracker stopped (SIGSTOP), a request is reported as unanswered and `logout`
+/// still leaves; the tracker, continued, serves everyone else as before.
+#[test]
+fn a_paused_tracker_cannot_hang_the_client() {
+    let mut t = Tracker::start(60, 600);
+    let mut hans = t.login("hans");
+    let mut yoda = t.login("yoda");
+    hans.sync();
+    stop(t.pid());
+    struct Continue(u32);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            signal(self.0, libc::SIGCONT);
+        }
+    }
+    let paused = Continue(t.pid());
+    yoda.send("whoelse");
+    let line = yoda.expect_within("has not answered", Duration::from_secs(30));
+    assert!(line.starts_with("Error."), "{line}");
+    let asked = Instant::now();
+    yoda.send("logout");
+    yoda.expect_within("did not answer", Duration::from_secs(15));
+    assert!(!yoda.wait_exit().success());
+    assert!(asked.elapsed() < Duration::from_secs(15));
+    drop(paused);
+    // yoda's connection closed while the tracker was stopped: it notices once continued.
+    hans.expect("yoda logged out");
+    let said = hans.run("whoelse");
+    assert!(!said.iter().any(|l| l == "yoda"), "{said:?}");
+    assert!(t.alive());
+}
