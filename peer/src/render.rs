@@ -39,6 +39,11 @@ pub const LOCKED: &str =
 pub const INVALID_USER: &str = "Error. Invalid user";
 pub const TIMED_OUT: &str = "You have been logged out due to inactivity";
 
+/// The line closing a listing the tracker cut short.
+fn and_more(more: u32) -> Option<String> {
+    (more > 0).then(|| format!("(and {more} more)"))
+}
+
 pub fn throttled(retry_secs: u32) -> String {
     format!(
         "Too many failed logins from your address. Please try again in {retry_secs} second{}",
@@ -63,15 +68,19 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
             vec!["Your message could not be delivered to some recipients".into()]
         }
         Reply::Broadcast { skipped: false } => vec![],
-        Reply::WhoElse { users } if users.is_empty() => vec!["No other users are online".into()],
-        Reply::WhoElseSince { secs, users } if users.is_empty() => {
+        Reply::WhoElse { users, .. } if users.is_empty() => {
+            vec!["No other users are online".into()]
+        }
+        Reply::WhoElseSince { secs, users, .. } if users.is_empty() => {
             vec![format!(
                 "No other users were online in the last {secs} seconds"
             )]
         }
-        Reply::WhoElse { users } | Reply::WhoElseSince { users, .. } => {
-            users.iter().map(|u| u.to_string()).collect()
-        }
+        Reply::WhoElse { users, more } | Reply::WhoElseSince { users, more, .. } => users
+            .iter()
+            .map(|u| u.to_string())
+            .chain(and_more(*more))
+            .collect(),
         Reply::Blocked { user } => vec![format!("{user} is blocked")],
         Reply::Unblocked { user } => vec![format!("{user} is unblocked")],
         Reply::Refused(why) => vec![refusal(asked, why)],
@@ -84,20 +93,25 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
             )]
         }
         Reply::FileHolders { users, .. } if users.is_empty() => vec!["Not available".into()],
-        Reply::FileHolders { users, .. } => std::iter::once("Available".to_string())
+        Reply::FileHolders { users, more, .. } => std::iter::once("Available".to_string())
             .chain(users.iter().map(|u| u.to_string()))
+            .chain(and_more(*more))
             .collect(),
         Reply::ChunkHolders { chunks, .. } => chunks
             .iter()
-            .map(|(c, users)| {
+            .map(|(c, users, more)| {
                 let who = if users.is_empty() {
                     "Not available".to_string()
                 } else {
-                    users
+                    let names = users
                         .iter()
                         .map(|u| u.as_str())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", ");
+                    match and_more(*more) {
+                        Some(m) => format!("{names} {m}"),
+                        None => names,
+                    }
                 };
                 format!("Chunk {}: {who}", c + 1)
             })
@@ -147,6 +161,16 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
         }
         Refusal::NotBlocked { user } => format!("Error. {user} was not blocked"),
         Refusal::AlreadyBlocked { user } => format!("Error. {user} is already blocked"),
+        Refusal::MailboxFull { user, waiting } => format!(
+            "Error. {user} is offline with {waiting} messages already waiting; yours was not stored"
+        ),
+        Refusal::RecipientBusy { user } => format!(
+            "Error. {user} is not keeping up with the messages sent to them; yours was not delivered"
+        ),
+        Refusal::TooFast { retry_ms } => format!(
+            "Error. Too many requests of this kind; try again in {:.1} s",
+            *retry_ms as f64 / 1000.0
+        ),
         Refusal::Unavailable => {
             "Error. The server could not do that right now; please try again".into()
         }

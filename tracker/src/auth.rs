@@ -84,6 +84,7 @@ impl Tracker {
                 history_id,
                 ip,
                 p2p_port,
+                quota: crate::quota::Quota::new(now),
             },
         );
         self.notify_presence(user, Event::LoggedIn { user: user.clone() });

@@ -9,6 +9,9 @@ use wire::{Event, Refusal, Reply, ServerMsg, Text, UserName};
 use crate::clock::Millis;
 use crate::state::Tracker;
 
+/// Messages stored for one offline user at most: 4 MiB of the longest texts.
+pub const MAX_OFFLINE_PER_RECIPIENT: u64 = 1_000;
+
 impl Tracker {
     /// Checks that `user` is a real user other than `me`.
     fn other_user(&self, me: &UserName, user: &UserName) -> Result<(), Reply> {
@@ -34,6 +37,9 @@ impl Tracker {
         if self.has_blocked(to, me) {
             return Reply::Refused(Refusal::BlockedByRecipient { user: to.clone() });
         }
+        if self.is_busy(to) {
+            return Reply::Refused(Refusal::RecipientBusy { user: to.clone() });
+        }
         let event = ServerMsg::Event(Event::Message {
             from: me.clone(),
             text: text.clone(),
@@ -44,8 +50,22 @@ impl Tracker {
                 stored: false,
             };
         }
-        // Offline, or too far behind to take more: keep it for the next login. Only a
-        // durable write earns the sender an acknowledgement.
+        // Offline, or too far behind to take more: keep it for the next login, up to a
+        // quota (one sender could otherwise fill the disk, and the recipient's login would
+        // load it all under the state lock). Only a durable write earns an acknowledgement.
+        match self.store.offline_count(to) {
+            Ok(waiting) if waiting >= MAX_OFFLINE_PER_RECIPIENT => {
+                return Reply::Refused(Refusal::MailboxFull {
+                    user: to.clone(),
+                    waiting: waiting as u32,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not count offline messages");
+                return Reply::Refused(Refusal::Unavailable);
+            }
+        }
         match self.store.store_offline(to, me, text, now) {
             Ok(_) => Reply::Sent {
                 to: to.clone(),
@@ -69,7 +89,9 @@ impl Tracker {
         let mut skipped = false;
         let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
         for u in targets {
-            if self.has_blocked(&u, me) {
+            // A busy recipient is skipped like one who blocked the sender: the sender is
+            // told some did not get it.
+            if self.has_blocked(&u, me) || self.is_busy(&u) {
                 skipped = true;
                 continue;
             }
@@ -117,7 +139,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::MAX_QUEUED_EVENTS;
     use crate::state::testkit::*;
     use wire::{OfflineMessage, Request};
 
@@ -266,13 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_stops_reading_is_logged_out_and_its_messages_stored() {
+    fn a_flood_of_messages_never_logs_out_its_target() {
         let mut t = tracker();
         let hans = login(&mut t, "hans", T0);
-        let mut yoda = login(&mut t, "yoda", T0);
-        let _luke = login(&mut t, "luke", T0); // never reads its queue
-        yoda.events();
-        for i in 0..MAX_QUEUED_EVENTS {
+        let yoda = login(&mut t, "yoda", T0);
+        let mut luke = login(&mut t, "luke", T0); // reads nothing for a while
+        for i in 0..crate::outbox::BUSY_EVENTS {
             let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
             assert_eq!(
                 r,
@@ -282,16 +302,46 @@ mod tests {
                 }
             );
         }
-        // The queue is full: luke is logged out, the message is kept for later.
+        // luke is busy: more messages are refused
+        // to their senders, and a broadcast skips him; he stays online.
         assert_eq!(
-            req(&mut t, &hans, msg("luke", "overflow"), T0),
+            req(&mut t, &hans, msg("luke", "one more"), T0),
+            Reply::Refused(Refusal::RecipientBusy { user: u("luke") })
+        );
+        let b = Request::Broadcast {
+            text: Text::new("all").unwrap(),
+        };
+        assert_eq!(
+            req(&mut t, &yoda, b, T0),
+            Reply::Broadcast { skipped: true }
+        );
+        assert!(t.is_online(&u("luke")));
+        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);
+        // Once he has taken his queue, messages reach him again.
+        assert_eq!(luke.events().len(), crate::outbox::BUSY_EVENTS);
+        assert_eq!(
+            req(&mut t, &hans, msg("luke", "again"), T0),
             Reply::Sent {
                 to: u("luke"),
-                stored: true
+                stored: false
             }
         );
-        assert!(!t.is_online(&u("luke")));
-        assert_eq!(yoda.events(), [Event::LoggedOut { user: u("luke") }]);
-        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 1);
+    }
+
+    #[test]
+    fn stored_messages_for_one_user_are_capped() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        for i in 0..MAX_OFFLINE_PER_RECIPIENT {
+            let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
+            assert!(matches!(r, Reply::Sent { stored: true, .. }), "{r:?}");
+        }
+        assert_eq!(
+            req(&mut t, &hans, msg("luke", "too many"), T0),
+            Reply::Refused(Refusal::MailboxFull {
+                user: u("luke"),
+                waiting: MAX_OFFLINE_PER_RECIPIENT as u32
+            })
+        );
     }
 }

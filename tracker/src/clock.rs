@@ -13,11 +13,17 @@ pub struct Millis(pub u64);
 
 impl Millis {
     pub fn saturating_sub(self, d: Duration) -> Millis {
-        Millis(self.0.saturating_sub(d.as_millis() as u64))
+        Millis(self.0.saturating_sub(ms(d)))
     }
     pub fn plus(self, d: Duration) -> Millis {
-        Millis(self.0.saturating_add(d.as_millis() as u64))
+        Millis(self.0.saturating_add(ms(d)))
     }
+}
+
+/// `d` in milliseconds, saturating: `whoelsesince 18446744073709552` is ~585 million
+/// years, not the 0.4 s a truncating cast of its 2^64+ milliseconds would leave.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub trait Clock: Send + Sync + 'static {

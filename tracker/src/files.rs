@@ -15,9 +15,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use wire::{Event, FileMeta, FileName, Holder, Refusal, Reply, ServerMsg, UserName};
+use wire::{
+    Event, FileMeta, FileName, Holder, Refusal, Reply, ServerMsg, UserName, MAX_LISTED,
+    MAX_LISTED_PER_CHUNK, MAX_LOCATED,
+};
 
-use crate::state::Tracker;
+use crate::state::{listed, Tracker};
 
 pub(crate) struct FileEntry {
     pub meta: FileMeta,
@@ -185,17 +188,14 @@ impl Tracker {
     }
 
     pub(crate) fn search_file(&self, me: &UserName, name: &FileName) -> Reply {
-        let mut users: Vec<UserName> = match self.files.get(name) {
-            Some(entry) => self
-                .visible_holders(me, entry)
-                .map(|(u, _)| u.clone())
-                .collect(),
-            None => Vec::new(),
+        let (users, more) = match self.files.get(name) {
+            Some(entry) => listed(self.visible_holders(me, entry).map(|(u, _)| u), MAX_LISTED),
+            None => (Vec::new(), 0),
         };
-        users.sort();
         Reply::FileHolders {
             name: name.clone(),
             users,
+            more,
         }
     }
 
@@ -207,16 +207,20 @@ impl Tracker {
         if let Some(&bad) = chunks.iter().find(|&&c| c >= count) {
             return bad_chunk(bad, count);
         }
-        let found = chunks
-            .iter()
-            .map(|&c| {
-                let mut users: Vec<UserName> = self
+        // Each chunk once: a request naming one chunk thousands of times costs no more
+        // than naming it once (the list is at most a frame, but the reply was per entry).
+        let mut asked: Vec<u32> = Vec::with_capacity(chunks.len().min(count as usize));
+        let mut seen = BTreeSet::new();
+        asked.extend(chunks.iter().copied().filter(|&c| seen.insert(c)));
+        let found = asked
+            .into_iter()
+            .map(|c| {
+                let holders = self
                     .visible_holders(me, entry)
                     .filter(|(_, held)| held.contains(&c))
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                users.sort();
-                (c, users)
+                    .map(|(u, _)| u);
+                let (users, more) = listed(holders, MAX_LISTED_PER_CHUNK);
+                (c, users, more)
             })
             .collect();
         Reply::ChunkHolders {
@@ -276,6 +280,13 @@ impl Tracker {
                         })
                         .map(|w| (w.clone(), Vec::new())),
                 );
+                // At most MAX_LOCATED, chosen at random so a big swarm's load spreads;
+                // chosen before any ticket is pushed, so the others are not disturbed.
+                if all.len() > MAX_LOCATED {
+                    use rand::seq::SliceRandom;
+                    all.shuffle(&mut rand::rng());
+                    all.truncate(MAX_LOCATED);
+                }
                 all.sort();
                 all
             }
@@ -380,14 +391,16 @@ mod tests {
             req(&mut t, &luke, Request::SearchFile { name: f("a.bin") }, T0),
             Reply::FileHolders {
                 name: f("a.bin"),
-                users: vec![u("hans"), u("yoda")]
+                users: vec![u("hans"), u("yoda")],
+                more: 0,
             }
         );
         assert_eq!(
             req(&mut t, &luke, Request::SearchFile { name: f("nope") }, T0),
             Reply::FileHolders {
                 name: f("nope"),
-                users: vec![]
+                users: vec![],
+                more: 0,
             }
         );
         assert_eq!(
@@ -402,7 +415,7 @@ mod tests {
             ),
             Reply::ChunkHolders {
                 name: f("a.bin"),
-                chunks: vec![(0, vec![u("hans")]), (1, vec![u("hans"), u("yoda")])]
+                chunks: vec![(0, vec![u("hans")], 0), (1, vec![u("hans"), u("yoda")], 0)]
             }
         );
         assert_eq!(
@@ -443,7 +456,7 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(chunks, vec![(0, vec![]), (2, vec![u("luke")])]);
+        assert_eq!(chunks, vec![(0, vec![], 0), (2, vec![u("luke")], 0)]);
     }
 
     #[test]
@@ -677,12 +690,66 @@ mod tests {
             req(&mut t2, &luke, Request::SearchFile { name: f("a.bin") }, T0),
             Reply::FileHolders {
                 name: f("a.bin"),
-                users: vec![]
+                users: vec![],
+                more: 0,
             }
         );
         assert!(matches!(
             req(&mut t2, &luke, register(meta("a.bin", 9), &[0]), T0),
             Reply::Refused(Refusal::FileConflict { .. })
         ));
+    }
+
+    #[test]
+    fn searches_and_locates_are_bounded_whatever_is_asked() {
+        let mut t = crowd(80);
+        let mut holders: Vec<Client> = (0..80)
+            .map(|i| login_p2p(&mut t, &format!("p{i:02}"), T0, 5000 + i as u16))
+            .collect();
+        for h in &holders {
+            req(&mut t, h, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        }
+        let hans = login(&mut t, "hans", T0);
+        for h in &mut holders {
+            h.events();
+        }
+        // One chunk named 5,000 times: one entry, 32 names, and how many more.
+        let Reply::ChunkHolders { chunks, .. } = req(
+            &mut t,
+            &hans,
+            Request::SearchChunk {
+                name: f("a.bin"),
+                chunks: vec![2; 5000],
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(chunks.len(), 1);
+        let (c, users, more) = &chunks[0];
+        assert_eq!((*c, users.len(), *more), (2, MAX_LISTED_PER_CHUNK, 80 - 32));
+        // A locate names MAX_LOCATED holders, and only those are sent a ticket.
+        let Reply::Located { holders: got, .. } = req(
+            &mut t,
+            &hans,
+            Request::Locate {
+                name: f("a.bin"),
+                from: None,
+            },
+            T0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(got.len(), MAX_LOCATED);
+        let ticketed = holders
+            .iter_mut()
+            .map(|h| h.events())
+            .filter(|events| {
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::PrivateTicket { .. }))
+            })
+            .count();
+        assert_eq!(ticketed, MAX_LOCATED);
     }
 }

@@ -39,28 +39,28 @@ pub enum Turned {
 
 /// A token bucket: `burst` tokens, one more every `every_ms`.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(crate) struct Bucket {
     /// Tokens in thousandths, so refills are exact in integer arithmetic.
     milli: u64,
     at: Millis,
 }
 
 impl Bucket {
-    fn full(burst: u32, now: Millis) -> Bucket {
+    pub(crate) fn full(burst: u32, now: Millis) -> Bucket {
         Bucket {
             milli: burst as u64 * 1000,
             at: now,
         }
     }
 
-    fn refill(&mut self, burst: u32, every_ms: u64, now: Millis) {
+    pub(crate) fn refill(&mut self, burst: u32, every_ms: u64, now: Millis) {
         let elapsed = now.0.saturating_sub(self.at.0);
         self.milli =
             (self.milli + elapsed.saturating_mul(1000) / every_ms).min(burst as u64 * 1000);
         self.at = now;
     }
 
-    fn take(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
+    pub(crate) fn take(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
         self.refill(burst, every_ms, now);
         if self.milli >= 1000 {
             self.milli -= 1000;
@@ -70,19 +70,19 @@ impl Bucket {
         }
     }
 
-    fn has(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
+    pub(crate) fn has(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
         self.refill(burst, every_ms, now);
         self.milli >= 1000
     }
 
     /// Milliseconds until a token is back.
-    fn wait_ms(&self, every_ms: u64) -> u64 {
+    pub(crate) fn wait_ms(&self, every_ms: u64) -> u64 {
         (1000u64.saturating_sub(self.milli))
             .saturating_mul(every_ms)
             .div_ceil(1000)
     }
 
-    fn is_full(&self, burst: u32, every_ms: u64, now: Millis) -> bool {
+    pub(crate) fn is_full(&self, burst: u32, every_ms: u64, now: Millis) -> bool {
         let mut b = *self;
         b.refill(burst, every_ms, now);
         b.milli >= burst as u64 * 1000

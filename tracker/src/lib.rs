@@ -16,6 +16,7 @@ pub mod lockout;
 pub mod outbox;
 mod presence;
 mod private;
+pub mod quota;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -23,6 +23,10 @@ use wire::{FrameError, ServerMsg, MAX_FRAME_LEN};
 /// falls this far behind is logged out; direct messages meant for it are stored for its
 /// next login.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
+/// Queued events from which a recipient counts as busy: direct messages and broadcasts
+/// for them are refused to their senders (who are told) instead of queued, so no flood of
+/// messages can push a recipient over [`MAX_QUEUED_EVENTS`] and log them out.
+pub const BUSY_EVENTS: usize = 768;
 
 #[derive(Default)]
 pub struct Outbox {
@@ -121,6 +125,11 @@ impl Outbox {
     /// Waits until there may be something to take. May return with nothing queued.
     pub async fn ready(&self) {
         self.ready.notified().await
+    }
+
+    /// Events queued and not yet taken by the writer.
+    pub fn queued_events(&self) -> usize {
+        self.lock().events
     }
 
     /// Takes everything queued.

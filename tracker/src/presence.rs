@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use wire::{Event, Reply, ServerMsg, UserName};
+use wire::{Event, Reply, ServerMsg, UserName, MAX_LISTED};
 
 use crate::clock::Millis;
-use crate::state::{ConnId, Tracker};
+use crate::state::{listed, ConnId, Tracker};
 
 impl Tracker {
     /// Tells every other online user about `who`, except those `who` has blocked.
@@ -83,14 +83,12 @@ impl Tracker {
 
     /// Online users other than `me`, minus those who blocked `me`, sorted.
     pub(crate) fn who_else(&self, me: &UserName) -> Reply {
-        let mut users: Vec<UserName> = self
+        let others = self
             .sessions
             .keys()
-            .filter(|u| *u != me && !self.has_blocked(u, me))
-            .cloned()
-            .collect();
-        users.sort();
-        Reply::WhoElse { users }
+            .filter(|u| *u != me && !self.has_blocked(u, me));
+        let (users, more) = listed(others, MAX_LISTED);
+        Reply::WhoElse { users, more }
     }
 
     /// Users online at any moment of the last `secs` seconds, from the durable history.
@@ -107,7 +105,8 @@ impl Tracker {
         users.retain(|u| u != me && !self.has_blocked(u, me));
         users.sort();
         users.dedup();
-        Reply::WhoElseSince { secs, users }
+        let (users, more) = listed(users.iter(), MAX_LISTED);
+        Reply::WhoElseSince { secs, users, more }
     }
 }
 
@@ -151,14 +150,16 @@ mod tests {
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, T0),
             Reply::WhoElse {
-                users: names(&["luke", "yoda"])
+                users: names(&["luke", "yoda"]),
+                more: 0,
             }
         );
         req(&mut t, &luke, Request::Block { user: u("hans") }, T0);
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, T0),
             Reply::WhoElse {
-                users: names(&["yoda"])
+                users: names(&["yoda"]),
+                more: 0,
             }
         );
     }
@@ -189,14 +190,16 @@ mod tests {
             req(&mut t, &luke, Request::WhoElseSince { secs: 200 }, now),
             Reply::WhoElseSince {
                 secs: 200,
-                users: names(&["hans", "vader", "yoda"])
+                users: names(&["hans", "vader", "yoda"]),
+                more: 0,
             }
         );
         assert_eq!(
             req(&mut t, &yoda, Request::WhoElseSince { secs: 500 }, now),
             Reply::WhoElseSince {
                 secs: 500,
-                users: names(&["hans", "luke", "r2d2", "vader"])
+                users: names(&["hans", "luke", "r2d2", "vader"]),
+                more: 0,
             }
         );
     }
@@ -232,6 +235,29 @@ mod tests {
         assert_eq!(
             req(&mut t, &hans, Request::WhoElse, deadline),
             Reply::LoggedOut
+        );
+    }
+
+    #[test]
+    fn a_huge_whoelsesince_covers_all_history() {
+        let mut t = tracker();
+        let r2 = login(&mut t, "r2d2", T0);
+        req(&mut t, &r2, Request::Logout, T0);
+        let luke = login(&mut t, "luke", T0.plus(Duration::from_secs(10)));
+        // 18446744073709552 s is 2^64 ms and more: it once wrapped to a 0.4 s window.
+        let secs = 18_446_744_073_709_552;
+        assert_eq!(
+            req(
+                &mut t,
+                &luke,
+                Request::WhoElseSince { secs },
+                T0.plus(Duration::from_secs(10))
+            ),
+            Reply::WhoElseSince {
+                secs,
+                users: names(&["r2d2"]),
+                more: 0,
+            }
         );
     }
 }

@@ -41,6 +41,8 @@ pub struct Session {
     pub history_id: i64,
     pub ip: IpAddr,
     pub p2p_port: u16,
+    /// How many of the costly kinds of request this user may still make (see `quota`).
+    pub quota: crate::quota::Quota,
 }
 
 pub struct Tracker {
@@ -151,10 +153,48 @@ impl Tracker {
         }
     }
 
+    /// `user` is online with [`crate::outbox::BUSY_EVENTS`] or more events not yet taken.
+    pub(crate) fn is_busy(&self, user: &UserName) -> bool {
+        self.sessions
+            .get(user)
+            .is_some_and(|s| s.outbox.queued_events() >= crate::outbox::BUSY_EVENTS)
+    }
+
     /// The user's current session belongs to `conn`.
     pub(crate) fn session_of(&self, user: &UserName, conn: ConnId) -> Option<&Session> {
         self.sessions.get(user).filter(|s| s.conn == conn)
     }
+}
+
+/// The first `max` of `users` by name, and how many more there were: listings fit a frame
+/// by construction (see `wire::MAX_LISTED`).
+pub(crate) fn listed<'a>(
+    users: impl Iterator<Item = &'a UserName>,
+    max: usize,
+) -> (Vec<UserName>, u32) {
+    let mut all: Vec<&UserName> = users.collect();
+    let total = all.len();
+    if total > max {
+        all.select_nth_unstable(max);
+        all.truncate(max);
+    }
+    all.sort_unstable();
+    let more = (total - all.len()) as u32;
+    (all.into_iter().cloned().collect(), more)
+}
+
+#[cfg(test)]
+#[test]
+fn listings_name_the_first_by_name_and_count_the_rest() {
+    let users: Vec<UserName> = (0..25)
+        .rev()
+        .map(|i| testkit::u(&format!("p{i:02}")))
+        .collect();
+    let (first, more) = listed(users.iter(), 10);
+    let want: Vec<UserName> = (0..10).map(|i| testkit::u(&format!("p{i:02}"))).collect();
+    assert_eq!((first, more), (want, 15));
+    let (all, more) = listed(users.iter(), 100);
+    assert_eq!((all.len(), more), (25, 0));
 }
 
 /// Encodes an event for queueing. Events are far below the frame cap by construction
@@ -182,7 +222,12 @@ impl Tracker {
     ) -> wire::Reply {
         use wire::{Reply, Request};
         match self.sessions.get_mut(me) {
-            Some(s) if s.conn == conn => s.last_active = now,
+            Some(s) if s.conn == conn => {
+                s.last_active = now;
+                if let Err(retry_ms) = s.quota.take(&req, now) {
+                    return Reply::Refused(wire::Refusal::TooFast { retry_ms });
+                }
+            }
             // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
             _ => return Reply::LoggedOut,
         }
@@ -240,6 +285,20 @@ pub(crate) mod testkit {
         Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
     }
 
+    /// A tracker whose credentials also hold `n` users `p00`, `p01`, ... (password `pw`).
+    pub fn crowd(n: usize) -> Tracker {
+        let mut creds = String::from("hans falcon\nluke lightsaber\n");
+        for i in 0..n {
+            creds.push_str(&format!("p{i:02} pw\n"));
+        }
+        let rules = Rules {
+            block_duration: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
+        };
+        let creds = Credentials::parse(&creds).unwrap();
+        Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
+    }
+
     pub struct Client {
         pub user: UserName,
         pub conn: ConnId,
@@ -270,7 +329,7 @@ pub(crate) mod testkit {
             "luke" => "lightsaber",
             "vader" => "sithlord",
             "r2d2" => "socute",
-            _ => "nope",
+            _ => "pw",
         }
     }
 

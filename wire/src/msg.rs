@@ -154,6 +154,15 @@ pub enum LoginResult {
     },
 }
 
+/// Users named in one listing reply: 10,000 names of the longest kind fill 660 KB, so a
+/// reply fits the frame cap by construction.
+pub const MAX_LISTED: usize = 10_000;
+/// Holders named per chunk in a `ChunkHolders` reply: 256 chunks × 32 long names fit.
+pub const MAX_LISTED_PER_CHUNK: usize = 32;
+/// Holders (with their tickets) in one `Located` reply; enough to saturate any downlink,
+/// and more come as `Holders` events while the download runs.
+pub const MAX_LOCATED: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// The message was handed to the online recipient's connection (`stored == false`) or
@@ -166,12 +175,15 @@ pub enum Reply {
     Broadcast {
         skipped: bool,
     },
+    /// At most [`MAX_LISTED`] users; `more` were left out.
     WhoElse {
         users: Vec<UserName>,
+        more: u32,
     },
     WhoElseSince {
         secs: u64,
         users: Vec<UserName>,
+        more: u32,
     },
     Blocked {
         user: UserName,
@@ -192,15 +204,18 @@ pub enum Reply {
     },
     /// Answer to `HaveChunk`, `Unwatch` and `Withdraw`.
     Noted,
-    /// Online users holding at least one chunk (empty: not available).
+    /// Online users holding at least one chunk (empty: not available); at most
+    /// [`MAX_LISTED`], `more` left out.
     FileHolders {
         name: FileName,
         users: Vec<UserName>,
+        more: u32,
     },
-    /// Per asked chunk, its online holders (empty: not available).
+    /// Per asked chunk (each once, in order), its online holders (empty: not available):
+    /// at most [`MAX_LISTED_PER_CHUNK`] of them, and how many more there are.
     ChunkHolders {
         name: FileName,
-        chunks: Vec<(u32, Vec<UserName>)>,
+        chunks: Vec<(u32, Vec<UserName>, u32)>,
     },
     Located {
         meta: FileMeta,
@@ -243,6 +258,14 @@ pub enum Refusal {
     },
     /// Chunk number out of range (0-based) for a file of `count` chunks.
     BadChunk { chunk: u32, count: u32 },
+    /// The offline recipient already has `waiting` messages stored (the most kept for one
+    /// user); this one was not stored.
+    MailboxFull { user: UserName, waiting: u32 },
+    /// The sender sent this kind of request faster than allowed; try again in `retry_ms`.
+    TooFast { retry_ms: u32 },
+    /// The recipient is online but has not taken what is already waiting for them (a slow
+    /// link, or a flood from others); the message was not delivered.
+    RecipientBusy { user: UserName },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

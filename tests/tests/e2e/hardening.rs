@@ -49,56 +49,57 @@ fn log_says(t: &Tracker, want: &str, wait: Duration) -> bool {
     false
 }
 
-/// A logged-in client that stops reading while messages pile up for it is logged out as
-/// too slow and its connection is dropped within seconds (before: its task stayed parked
-/// in a write for good, holding a connection slot); it can log in again at once and finds
-/// what it missed stored for it.
+/// A logged-in client that stops reading while messages pile up for it: senders are told
+/// it is not keeping up (nobody can flood it into being logged out), and after the write
+/// deadline its connection is dropped (before: its task stayed parked in a write for good,
+/// holding a connection slot). It can log in again at once and finds what was sent after
+/// it was cut off stored for it.
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_can_log_in_again() {
     let t = Tracker::start(60, 600);
     let stalled = Raw::login(t.addr, "yoda"); // never reads again
     let mut hans = Raw::login(t.addr, "hans");
     let text = Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap();
-    let to = UserName::new("yoda").unwrap();
-    let mut stored = 0;
+    let message = wire::ClientMsg::Request(Request::Message {
+        to: UserName::new("yoda").unwrap(),
+        text,
+    });
+    let mut busy = 0;
     // 24 MiB of messages: more than the socket buffers and the outbox together hold.
     for _ in 0..30 {
         for _ in 0..200 {
-            hans.send(&wire::ClientMsg::Request(Request::Message {
-                to: to.clone(),
-                text: text.clone(),
-            }));
+            hans.send(&message);
         }
         for _ in 0..200 {
-            loop {
-                match hans.recv() {
-                    Some(wire::ServerMsg::Reply(wire::Reply::Sent { stored: s, .. })) => {
-                        stored += s as u32;
-                        break;
-                    }
-                    Some(wire::ServerMsg::Reply(other)) => panic!("{other:?}"),
-                    Some(wire::ServerMsg::Event(_)) => {}
-                    other => panic!("{other:?}"),
-                }
+            match hans.recv() {
+                Some(wire::ServerMsg::Reply(wire::Reply::Sent { stored: false, .. })) => {}
+                Some(wire::ServerMsg::Reply(wire::Reply::Refused(
+                    wire::Refusal::RecipientBusy { .. },
+                ))) => busy += 1,
+                other => panic!("{other:?}"),
             }
         }
     }
+    assert!(busy > 0, "hans was told yoda is not keeping up");
     assert!(
-        stored > 0,
-        "yoda was logged out as too slow: later messages were stored"
-    );
-    assert!(
-        log_says(&t, "the client stopped reading", Duration::from_secs(10)),
+        log_says(&t, "the client stopped reading", Duration::from_secs(40)),
         "{}",
         t.log()
     );
+    assert!(matches!(
+        hans.request(Request::Message {
+            to: UserName::new("yoda").unwrap(),
+            text: Text::new("later").unwrap(),
+        }),
+        wire::Reply::Sent { stored: true, .. }
+    ));
     drop(stalled);
     // Logged in again: a fresh session, not refused as a duplicate.
     let mut yoda = Raw::login(t.addr, "yoda");
     let Some(wire::ServerMsg::Event(wire::Event::Offline { messages })) = yoda.recv() else {
-        panic!("the stored messages come first");
+        panic!("the stored message comes first");
     };
-    assert!(!messages.is_empty());
+    assert_eq!(messages.len(), 1);
 }
 
 /// `peer` pointed at a port that accepts connections and never speaks says the server is
@@ -144,4 +145,24 @@ fn a_paused_tracker_cannot_hang_the_client() {
     let said = hans.run("whoelse");
     assert!(!said.iter().any(|l| l == "yoda"), "{said:?}");
     assert!(t.alive());
+}
+
+/// A user spamming broadcasts is told to slow down after a burst; the users flooded stay
+/// logged in and keep chatting.
+#[test]
+fn a_broadcast_flood_is_refused_and_its_targets_stay() {
+    let t = Tracker::start(60, 600);
+    let mut hans = t.login("hans");
+    let mut yoda = t.login("yoda");
+    let mut luke = t.login("luke");
+    hans.sync();
+    for i in 0..40 {
+        hans.send(&format!("broadcast spam {i}"));
+    }
+    hans.expect("Error. Too many requests of this kind; try again in");
+    yoda.expect("hans: spam 0");
+    luke.send("message yoda still here");
+    yoda.expect("luke: still here");
+    let said = luke.run("whoelse");
+    assert!(said.iter().any(|l| l == "yoda"), "{said:?}");
 }
