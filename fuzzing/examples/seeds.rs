@@ -1,0 +1,168 @@
+//! Writes the fuzz corpus's starting inputs (fuzz/corpus/<target>/seed-*): one valid
+//! frame stream or text per kind of input, so the fuzzer starts from real messages.
+//! Run from the repository root: `cargo run -p fuzzing --example seeds`.
+
+use bytes::BytesMut;
+use wire::*;
+
+fn frames<T: serde::Serialize>(msgs: &[T]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    for m in msgs {
+        wire::encode(m, &mut buf, MAX_FRAME_LEN).unwrap();
+    }
+    buf.to_vec()
+}
+
+fn write(target: &str, name: &str, data: &[u8]) {
+    let dir = std::path::Path::new("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+}
+
+fn main() {
+    let u = |s: &str| UserName::new(s).unwrap();
+    let f = FileName::new("notes.txt").unwrap();
+    let d = |b: u8| Digest([b; 32]);
+    let meta = FileMeta::new(
+        f.clone(),
+        25,
+        10,
+        vec![d(1), d(2), d(3)],
+        vec![d(4); 3],
+        d(5),
+    )
+    .unwrap();
+    let text = Text::new("hello there").unwrap();
+    let requests = [
+        Request::Message {
+            to: u("yoda"),
+            text: text.clone(),
+        },
+        Request::Broadcast { text: text.clone() },
+        Request::WhoElse,
+        Request::WhoElseSince { secs: 200 },
+        Request::Block { user: u("luke") },
+        Request::Unblock { user: u("luke") },
+        Request::StartPrivate { user: u("yoda") },
+        Request::Register {
+            meta: meta.clone(),
+            have: vec![0, 1, 2],
+        },
+        Request::HaveChunk {
+            name: f.clone(),
+            chunk: 1,
+        },
+        Request::SearchFile { name: f.clone() },
+        Request::SearchChunk {
+            name: f.clone(),
+            chunks: vec![0, 2],
+        },
+        Request::Locate {
+            name: f.clone(),
+            from: None,
+        },
+        Request::Activity,
+        Request::Logout,
+    ];
+    let mut client = vec![
+        ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        ClientMsg::CheckUser { user: u("hans") },
+        ClientMsg::Login {
+            user: u("hans"),
+            password: Password::new("falcon").unwrap(),
+            p2p_port: 4000,
+        },
+    ];
+    client.extend(requests.iter().cloned().map(ClientMsg::Request));
+    client.push(ClientMsg::OfflineAck { up_to: 7 });
+    write("tracker_frames", "session", &frames(&client));
+
+    let server = [
+        ServerMsg::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        ServerMsg::UserCheck(UserCheck::Known),
+        ServerMsg::Login(LoginResult::Throttled { retry_secs: 6 }),
+        ServerMsg::Reply(Reply::WhoElse {
+            users: vec![u("yoda")],
+            more: 3,
+        }),
+        ServerMsg::Reply(Reply::ChunkHolders {
+            name: f.clone(),
+            chunks: vec![(0, vec![u("yoda")], 1)],
+        }),
+        ServerMsg::Reply(Reply::Refused(Refusal::MailboxFull {
+            user: u("luke"),
+            waiting: 1000,
+        })),
+        ServerMsg::Event(Event::Message {
+            from: u("yoda"),
+            text: text.clone(),
+        }),
+        ServerMsg::Event(Event::LoggedIn { user: u("luke") }),
+    ];
+    write("client_frames", "session", &frames(&server));
+
+    let leaves: Vec<Digest> = (0..4u8).map(|b| merkle::leaf(&[b; 64])).collect();
+    let proof = merkle::batch_proof(&leaves, 0).unwrap();
+    let hello = frames(&[PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket: Ticket([3; 16]),
+        purpose: Purpose::Transfer,
+    }]);
+    let rest = frames(&[
+        PeerMsg::Accepted,
+        PeerMsg::Interested { name: f.clone() },
+        PeerMsg::Holding {
+            chunks: vec![0, 2],
+            partial: vec![Partial::new(1, 10, [0, 3, 9])],
+        },
+        PeerMsg::WantHashes { chunk: 1, batch: 0 },
+        PeerMsg::Hashes {
+            chunk: 1,
+            batch: 0,
+            leaves: leaves.clone(),
+            proof,
+        },
+        PeerMsg::Request { chunk: 1, block: 2 },
+        PeerMsg::Block {
+            chunk: 1,
+            block: 2,
+            bytes: bytes::Bytes::from_static(b"some bytes"),
+        },
+        PeerMsg::HaveBlock { chunk: 1, block: 3 },
+        PeerMsg::Later { chunk: 1, block: 4 },
+        PeerMsg::Text { text },
+        PeerMsg::Bye,
+    ]);
+    let mut peer = vec![hello.len() as u8];
+    peer.extend(&hello);
+    peer.extend(&rest);
+    write("peer_frames", "transfer", &peer);
+
+    write(
+        "credentials",
+        "spec",
+        b"hans falcon\nyoda wise\r\nluke lightsaber\n\nvader sithlord",
+    );
+    for (i, line) in [
+        "message yoda hi there",
+        "broadcast hello all",
+        "whoelsesince 200",
+        "startprivate yoda",
+        "private yoda secret",
+        "register notes.txt 10",
+        "searchChunk notes.txt 1 3",
+        "download notes.txt",
+        "fetchchunk yoda notes.txt 2",
+        "cancel notes.txt",
+        "logout",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("command", &i.to_string(), line.as_bytes());
+    }
+}
