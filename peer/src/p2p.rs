@@ -128,12 +128,22 @@ struct Book {
     /// Used tickets, until they would have expired: a replay is refused at once instead of
     /// waiting for a ticket that will never come.
     used: HashMap<Ticket, Instant>,
+    /// Expired entries are swept at most this often: a sweep on every insert made a flood
+    /// of tickets quadratic. Between sweeps, expiry is checked on each lookup.
+    next_prune: Option<Instant>,
 }
+
+/// How often expired tickets are swept out of the book.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl Book {
     fn prune(&mut self, now: Instant) {
+        if self.next_prune.is_some_and(|t| now < t) {
+            return;
+        }
         self.open.retain(|_, (_, expires)| *expires > now);
         self.used.retain(|_, expires| *expires > now);
+        self.next_prune = Some(now + PRUNE_EVERY);
     }
 }
 
@@ -158,15 +168,16 @@ impl TicketBook {
         let now = Instant::now();
         let mut book = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         book.prune(now);
-        if book.used.contains_key(ticket) {
+        if book.used.get(ticket).is_some_and(|expires| *expires > now) {
             return Claim::Refused;
         }
         match book.open.remove(ticket) {
-            Some((user, expires)) => {
+            Some((user, expires)) if expires > now => {
                 book.used.insert(*ticket, expires);
                 Claim::Granted(user)
             }
-            None => Claim::NotYet,
+            // Expired but not swept yet: as good as never given.
+            Some(_) | None => Claim::NotYet,
         }
     }
 

@@ -85,6 +85,8 @@ impl Tracker {
                 ip,
                 p2p_port,
                 quota: crate::quota::Quota::new(now),
+                offline_sent: 0,
+                offline_acked: 0,
             },
         );
         self.notify_presence(user, Event::LoggedIn { user: user.clone() });
@@ -107,6 +109,9 @@ impl Tracker {
             };
             let Some(last) = batch.last() else { return };
             after = last.id;
+            if let Some(s) = self.sessions.get_mut(user) {
+                s.offline_sent = after;
+            }
             let was_last = batch.len() < OFFLINE_BATCH;
             if !self.push(user, &ServerMsg::Event(Event::Offline { messages: batch })) || was_last {
                 return;
@@ -116,8 +121,13 @@ impl Tracker {
 
     /// The client has received offline messages up to `up_to`.
     pub fn ack_offline(&mut self, user: &UserName, conn: ConnId, up_to: u64) {
-        if self.session_of(user, conn).is_none() {
-            return;
+        // Only an ack that moves forward through what was handed out reaches the store: a
+        // client repeating acks (or inventing ids) costs nothing under the lock.
+        match self.sessions.get_mut(user) {
+            Some(s) if s.conn == conn && s.offline_acked < up_to && up_to <= s.offline_sent => {
+                s.offline_acked = up_to;
+            }
+            _ => return,
         }
         if let Err(e) = self.store.ack_offline(user, up_to) {
             // Not fatal: they will be delivered again at the next login.

@@ -211,7 +211,11 @@ mod tests {
         let [Event::Offline { messages }] = &ev[..] else {
             panic!("{ev:?}")
         };
-        t.ack_offline(&luke.user, luke.conn, messages.last().unwrap().id);
+        // An ack past what was handed out deletes nothing.
+        let last = messages.last().unwrap().id;
+        t.ack_offline(&luke.user, luke.conn, last + 100);
+        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 3);
+        t.ack_offline(&luke.user, luke.conn, last);
         req(&mut t, &luke, Request::Logout, T0);
         let mut luke = login(&mut t, "luke", T0);
         assert!(luke.events().is_empty());

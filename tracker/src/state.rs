@@ -43,6 +43,10 @@ pub struct Session {
     pub p2p_port: u16,
     /// How many of the costly kinds of request this user may still make (see `quota`).
     pub quota: crate::quota::Quota,
+    /// Highest stored-message id handed to this session, and highest it acknowledged: an
+    /// `OfflineAck` outside (acked, sent] deletes nothing and costs no query.
+    pub offline_sent: u64,
+    pub offline_acked: u64,
 }
 
 pub struct Tracker {
