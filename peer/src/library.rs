@@ -51,6 +51,29 @@ pub enum LibraryError {
     Exists { path: PathBuf },
     #[error("cannot save the manifest {path}: {why}")]
     Manifest { path: PathBuf, why: String },
+    #[error(
+        "{} is {}, but only {} is free in {}",
+        .name, crate::render::human_size(*.need), crate::render::human_size(*.free), .dir.display()
+    )]
+    NoSpace {
+        name: FileName,
+        need: u64,
+        free: u64,
+        dir: PathBuf,
+    },
+}
+
+/// Bytes free for us (not root's reserve) on the filesystem holding `dir`; `None` if the
+/// system cannot say.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
@@ -535,6 +558,16 @@ impl Library {
         if target.exists() {
             return Err(LibraryError::Exists { path: target });
         }
+        // The part file is sparse: without this a description bigger than the disk (or a
+        // forged one of exabytes) would fail only when the disk fills, mid-download.
+        if let Some(free) = free_space(&self.dir).filter(|&free| free < meta.size()) {
+            return Err(LibraryError::NoSpace {
+                name: name.clone(),
+                need: meta.size(),
+                free,
+                dir: self.dir.clone(),
+            });
+        }
         let part = self.part_path(name);
         let f = File::create(&part).map_err(io(&part))?;
         f.set_len(meta.size()).map_err(io(&part))?;
@@ -918,6 +951,36 @@ mod tests {
             Err(LibraryError::Manifest { .. })
         ));
         assert!(!dst.path().join("f.bin").exists());
+    }
+
+    #[test]
+    fn a_file_bigger_than_the_free_space_is_refused_before_anything_is_written() {
+        let d = |b: u8| wire::Digest([b; 32]);
+        // 1 EiB in 10 chunks: no disk here holds it.
+        let size: u64 = 1 << 60;
+        let meta = FileMeta::new(
+            name("huge.bin"),
+            size,
+            size.div_ceil(10),
+            vec![d(1); 10],
+            vec![d(2); 10],
+            d(3),
+        )
+        .unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let lib = Library::open(dst.path()).unwrap();
+        let err = lib.prepare(&meta).unwrap_err();
+        assert!(matches!(err, LibraryError::NoSpace { .. }), "{err}");
+        let said = err.to_string();
+        assert!(
+            said.starts_with("huge.bin is ") && said.contains(", but only "),
+            "{said}"
+        );
+        assert!(!dst.path().join(".swarmchat").join("huge.bin.part").exists());
+        assert!(std::fs::read_dir(dst.path())
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() == ".swarmchat"));
     }
 
     #[test]
