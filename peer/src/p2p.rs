@@ -390,6 +390,25 @@ impl P2p {
     }
 }
 
+/// Slowest link a block is still sent over: below this a downloader is taken for one
+/// that stopped reading.
+const MIN_RATE: u64 = 4 * 1024;
+
+/// Sends `msg` to a peer, giving up on one that stopped reading: a downloader would hold
+/// an upload slot and a listener slot for good, a chat partner our writer. A frame gets [`WRITE_STALL`], and a block as long
+/// again as it takes at [`MIN_RATE`] (64 s for 256 KiB).
+pub async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
+    let len = match &msg {
+        PeerMsg::Block { bytes, .. } => bytes.len() as u64,
+        _ => 0,
+    };
+    let deadline = WRITE_STALL + Duration::from_millis(len * 1000 / MIN_RATE);
+    match tokio::time::timeout(deadline, framed.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
 /// Connects to a peer's listener and presents `ticket` for `purpose`. On success the
 /// connection is open with the full frame cap.
 pub async fn dial(
@@ -439,9 +458,8 @@ async fn run(
                 Some(msg) => {
                     let last = matches!(msg, PeerMsg::Bye | PeerMsg::Superseded);
                     // A partner that stops reading is cut off, not waited for.
-                    match tokio::time::timeout(WRITE_STALL, framed.send(msg)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) | Err(_) => break Some(Ended::Lost),
+                    if send(&mut framed, msg).await.is_err() {
+                        break Some(Ended::Lost);
                     }
                     if last {
                         break None;

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use wire::{FileName, Partial, PeerMsg, UserName};
 
 use crate::library::{Gained, Library};
-use crate::p2p::{PeerFramed, WRITE_STALL};
+use crate::p2p::{send, PeerFramed, WRITE_STALL};
 use crate::ratelimit::RateLimiter;
 
 /// Downloaders served at once.
@@ -466,6 +466,26 @@ impl Copies {
     }
 }
 
+/// The blocks a seed has answered `Later` to one downloader: each at most once, so none is
+/// refused for good.
+struct Laters {
+    said: std::collections::HashSet<u64>,
+    /// Blocks in the file.
+    total: u64,
+}
+
+impl Laters {
+    /// Whether block `index` should be answered `Later` now (we are crowded and have sent it
+    /// more than some other block, and have not said so for it yet); if so, it is noted.
+    fn now(&mut self, up: &Uploads, name: &FileName, index: Option<u64>) -> bool {
+        let Some(index) = index else { return false };
+        if self.said.contains(&index) || !up.later(name, index, self.total) {
+            return false;
+        }
+        self.said.insert(index)
+    }
+}
+
 /// Leaves the line when the connection ends, however it ends.
 struct Member<'a> {
     uploads: &'a Uploads,
@@ -523,9 +543,11 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
     let mut unchoked = false;
     // A seed spreads what nobody has first (see the module doc); each block is sent
     // `Later` at most once to this downloader, so it is never refused for good.
-    let total = meta.total_blocks();
     let mut seed = lib.have(&name).len() as u32 == meta.chunk_count();
-    let mut said_later: std::collections::HashSet<u64> = Default::default();
+    let mut laters = Laters {
+        said: Default::default(),
+        total: meta.total_blocks(),
+    };
     let mut source = Source::new(name, lib.clone());
     loop {
         tokio::select! {
@@ -560,11 +582,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                         continue; // choked: requests are dropped, as the downloader knows
                     }
                     up.requested(id);
-                    let index = meta.block_index(chunk, block);
-                    if let Some(index) = index.filter(|&i| {
-                        seed && !said_later.contains(&i) && up.later(source.name(), i, total)
-                    }) {
-                        said_later.insert(index);
+                    if seed && laters.now(&up, source.name(), meta.block_index(chunk, block)) {
                         if send(&mut framed, PeerMsg::Later { chunk, block }).await.is_err() {
                             return;
                         }
@@ -622,10 +640,7 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                 // Asked again now it is its turn: a copy may have gone to someone else
                 // while this request waited (two downloaders asking for one block at
                 // once both pass the check on arrival).
-                if let Some(index) = meta.block_index(chunk, block).filter(|&i| {
-                    seed && !said_later.contains(&i) && up.later(source.name(), i, total)
-                }) {
-                    said_later.insert(index);
+                if seed && laters.now(&up, source.name(), meta.block_index(chunk, block)) {
                     if send(&mut framed, PeerMsg::Later { chunk, block }).await.is_err() {
                         return;
                     }
@@ -647,25 +662,6 @@ pub async fn serve(mut framed: PeerFramed, user: UserName, lib: Arc<Library>, up
                 }
             }
         }
-    }
-}
-
-/// Slowest link a block is still sent over: below this a downloader is taken for one
-/// that stopped reading.
-const MIN_RATE: u64 = 4 * 1024;
-
-/// Sends `msg`, giving up on a downloader that stopped reading: it would hold an upload
-/// slot and a listener slot for good. A frame gets [`WRITE_STALL`], and a block as long
-/// again as it takes at [`MIN_RATE`] (64 s for 256 KiB).
-async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
-    let len = match &msg {
-        PeerMsg::Block { bytes, .. } => bytes.len() as u64,
-        _ => 0,
-    };
-    let deadline = WRITE_STALL + Duration::from_millis(len * 1000 / MIN_RATE);
-    match tokio::time::timeout(deadline, framed.send(msg)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(()),
     }
 }
 

@@ -356,7 +356,7 @@ impl Session {
                 msg = self.link.recv() => self.on_tracker(msg?).await?,
                 () = tokio::time::sleep_until(silent_at), if !self.pending.is_empty() => {
                     let (_, sent) = self.pending.front().copied().expect("pending");
-                    if leaving && self.pending.iter().any(|(a, _)| *a == Asked::Logout) {
+                    if leaving && self.logout_sent().is_some() {
                         // `logout` and end of input always leave.
                         self.out.line(format!(
                             "Error. The server at {} did not answer; logged out here only",
@@ -401,13 +401,20 @@ impl Session {
     /// sent (once per request), or [`LOGOUT_WAIT`] after a `logout`.
     fn silent_since(&self, leaving: bool) -> tokio::time::Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let logout = self.pending.iter().find(|(a, _)| *a == Asked::Logout);
-        let at = match (logout, self.pending.front()) {
-            (Some(&(_, sent)), _) if leaving => sent + LOGOUT_WAIT,
+        let at = match (self.logout_sent(), self.pending.front()) {
+            (Some(sent), _) if leaving => sent + LOGOUT_WAIT,
             (_, Some(&(_, sent))) if self.told_silent != Some(sent) => sent + SILENT,
             _ => far,
         };
         at.into()
+    }
+
+    /// When `logout` went to the tracker, if it is still unanswered.
+    fn logout_sent(&self) -> Option<Instant> {
+        self.pending
+            .iter()
+            .find(|(a, _)| *a == Asked::Logout)
+            .map(|&(_, sent)| sent)
     }
 
     /// Logs out: private partners are told first, so they read "stopped" before

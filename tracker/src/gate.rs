@@ -61,13 +61,11 @@ impl Bucket {
     }
 
     pub(crate) fn take(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
-        self.refill(burst, every_ms, now);
-        if self.milli >= 1000 {
+        let has = self.has(burst, every_ms, now);
+        if has {
             self.milli -= 1000;
-            true
-        } else {
-            false
         }
+        has
     }
 
     pub(crate) fn has(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {

@@ -266,12 +266,7 @@ async fn connection(
         outbox: Arc::new(Outbox::default()),
     };
 
-    let hello = match tokio::time::timeout(HELLO_DEADLINE, conn.reader.next()).await {
-        Err(_) => return Err(Dropped::LoginIdle),
-        Ok(None) => return Err(Dropped::Closed),
-        Ok(Some(frame)) => frame?,
-    };
-    match hello {
+    match next_login_frame(&mut conn.reader, HELLO_DEADLINE).await? {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
             conn.reply(&ServerMsg::Hello { version })?;
             conn.write_out().await?;
@@ -331,8 +326,9 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
-async fn next_login_frame(reader: &mut Reader) -> Result<ClientMsg, Dropped> {
-    match tokio::time::timeout(LOGIN_IDLE, reader.next()).await {
+/// The next frame before login, within `wait`.
+async fn next_login_frame(reader: &mut Reader, wait: Duration) -> Result<ClientMsg, Dropped> {
+    match tokio::time::timeout(wait, reader.next()).await {
         Err(_) => Err(Dropped::LoginIdle),
         Ok(None) => Err(Dropped::Closed),
         Ok(Some(frame)) => Ok(frame?),
@@ -341,7 +337,7 @@ async fn next_login_frame(reader: &mut Reader) -> Result<ClientMsg, Dropped> {
 
 async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<UserName, Dropped> {
     for _ in 0..MAX_LOGIN_FRAMES {
-        match next_login_frame(&mut conn.reader).await? {
+        match next_login_frame(&mut conn.reader, LOGIN_IDLE).await? {
             ClientMsg::CheckUser { user } => {
                 let answer = shared.with(|t, _| t.check_user(&user));
                 conn.reply(&ServerMsg::UserCheck(answer))?;
