@@ -188,6 +188,15 @@ impl Library {
         let mut files = HashMap::new();
         for entry in std::fs::read_dir(&state).map_err(io(&state))? {
             let path = entry.map_err(io(&state))?.path();
+            let leftover = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".save-") && n.ends_with(".tmp"));
+            if leftover {
+                // A save cut short by a crash; the manifest it was replacing is intact.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "meta") {
                 continue;
             }
@@ -699,7 +708,12 @@ impl Library {
             why,
         };
         let bytes = rmp_serde::to_vec(m).map_err(|e| fail(e.to_string()))?;
-        let tmp = path.with_extension("meta.tmp");
+        // A short name of its own, not the file's name plus a suffix: a 250-byte file name
+        // plus ".meta.tmp" is longer than a directory entry may be. Unique per save, so
+        // two saves at once never share one.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".save-{}-{n}.tmp", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
         f.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
         f.sync_data().map_err(|e| fail(e.to_string()))?;

@@ -171,6 +171,9 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             "Error. Too many requests of this kind; try again in {:.1} s",
             *retry_ms as f64 / 1000.0
         ),
+        Refusal::TooManyFiles { limit } => format!(
+            "Error. You have already registered {limit} files, the most one user may"
+        ),
         Refusal::Unavailable => {
             "Error. The server could not do that right now; please try again".into()
         }

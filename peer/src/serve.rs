@@ -711,13 +711,20 @@ impl Source {
         }
         let mut src = self.lib.block_source(&self.name, chunk, block)?;
         if self.file.as_ref().is_none_or(|(p, _)| *p != src.path) {
-            let f = match File::open(&src.path) {
-                Ok(f) => f,
+            // Opening can block (a slow or network disk): not on an async worker.
+            let open = |path: std::path::PathBuf| async move {
+                tokio::task::spawn_blocking(move || File::open(path))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            };
+            let f = match open(src.path.clone()).await {
+                Some(f) => f,
                 // A download finishing renames its part file between our lookup and our
                 // open: look again, once.
-                Err(_) => {
+                None => {
                     src = self.lib.block_source(&self.name, chunk, block)?;
-                    File::open(&src.path).ok()?
+                    open(src.path.clone()).await?
                 }
             };
             self.file = Some((src.path.clone(), Arc::new(f)));

@@ -664,7 +664,11 @@ impl Session {
                 match r {
                     Reply::Registered { name, .. } => {
                         if let Some(described) = self.registering.remove(&name) {
-                            if let Err(e) = self.lib.add_complete(described) {
+                            // Writes and syncs the manifest: kept in order (the file is
+                            // served from the next request on) but off the async workers.
+                            let lib = &self.lib;
+                            let added = tokio::task::block_in_place(|| lib.add_complete(described));
+                            if let Err(e) = added {
                                 self.out.line(format!("Error. {e}"));
                             }
                         }

@@ -337,11 +337,14 @@ mod tests {
         let mut t = tracker();
         let hans = login(&mut t, "hans", T0);
         for i in 0..MAX_OFFLINE_PER_RECIPIENT {
-            let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), T0);
+            // A millisecond apart: within the sender's own message rate.
+            let at = Millis(T0.0 + i);
+            let r = req(&mut t, &hans, msg("luke", &format!("m{i}")), at);
             assert!(matches!(r, Reply::Sent { stored: true, .. }), "{r:?}");
         }
+        let at = Millis(T0.0 + MAX_OFFLINE_PER_RECIPIENT);
         assert_eq!(
-            req(&mut t, &hans, msg("luke", "too many"), T0),
+            req(&mut t, &hans, msg("luke", "too many"), at),
             Reply::Refused(Refusal::MailboxFull {
                 user: u("luke"),
                 waiting: MAX_OFFLINE_PER_RECIPIENT as u32

@@ -22,6 +22,11 @@ use wire::{
 
 use crate::state::{listed, Tracker};
 
+/// File names one user may register. Each is durable (a database row, and memory for as
+/// long as the tracker runs), so without a bound one user could reserve names without
+/// end; a person's shared folder is far smaller.
+pub const MAX_FILES_PER_USER: u32 = 1_000;
+
 pub(crate) struct FileEntry {
     pub meta: FileMeta,
     /// Online user → chunks they hold (0-based). Never holds an empty set.
@@ -67,10 +72,17 @@ impl Tracker {
             }
             Some(_) => {}
             None => {
-                if let Err(e) = self.store.put_file(&meta) {
+                let owned = self.owned.get(me).copied().unwrap_or(0);
+                if owned >= MAX_FILES_PER_USER {
+                    return Reply::Refused(Refusal::TooManyFiles {
+                        limit: MAX_FILES_PER_USER,
+                    });
+                }
+                if let Err(e) = self.store.put_file(&meta, me) {
                     tracing::error!(error = %e, "could not store file description");
                     return Reply::Refused(Refusal::Unavailable);
                 }
+                *self.owned.entry(me.clone()).or_default() += 1;
                 self.files
                     .insert(name.clone(), FileEntry::new(meta.clone()));
             }
@@ -106,6 +118,10 @@ impl Tracker {
         }
         let held = entry.holders.entry(me.clone()).or_default();
         let new: Vec<u32> = chunks.into_iter().filter(|&c| held.insert(c)).collect();
+        self.involved
+            .entry(me.clone())
+            .or_default()
+            .insert(name.clone());
         if new.is_empty() {
             return;
         }
@@ -245,6 +261,10 @@ impl Tracker {
             // Registered with the snapshot below, under the same lock: every change after
             // the snapshot reaches the watcher as an event.
             new_fellow = entry.watchers.insert(me.clone()) && !entry.holders.contains_key(me);
+            self.involved
+                .entry(me.clone())
+                .or_default()
+                .insert(name.clone());
         }
         if new_fellow {
             let event = Event::Holders {
@@ -311,11 +331,16 @@ impl Tracker {
 
     /// The user's session ended: they can no longer serve anything, nor watch.
     pub(crate) fn forget_holdings(&mut self, user: &UserName) {
+        // Only the files the user was involved in: a logout costs what the user did,
+        // not the size of the registry.
         let mut held = Vec::new();
-        for (name, entry) in self.files.iter_mut() {
+        for name in self.involved.remove(user).unwrap_or_default() {
+            let Some(entry) = self.files.get_mut(&name) else {
+                continue;
+            };
             let watched = entry.watchers.remove(user);
             if entry.holders.remove(user).is_some() || watched {
-                held.push(name.clone());
+                held.push(name);
             }
         }
         for name in held {
@@ -751,5 +776,44 @@ mod tests {
             })
             .count();
         assert_eq!(ticketed, MAX_LOCATED);
+    }
+
+    #[test]
+    fn one_user_may_register_only_so_many_names_even_across_a_restart() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        // 50 ms apart: within the register rate, so only the quota can refuse.
+        let at = |i: u32| crate::clock::Millis(T0.0 + 50 * i as u64);
+        for i in 0..MAX_FILES_PER_USER {
+            let r = req(
+                &mut t,
+                &hans,
+                register(meta(&format!("f{i}"), 1), &[0]),
+                at(i),
+            );
+            assert!(matches!(r, Reply::Registered { .. }), "{r:?}");
+        }
+        let more = at(MAX_FILES_PER_USER);
+        let too_many = Reply::Refused(Refusal::TooManyFiles {
+            limit: MAX_FILES_PER_USER,
+        });
+        assert_eq!(
+            req(&mut t, &hans, register(meta("one-more", 1), &[0]), more),
+            too_many
+        );
+        // Holding a name someone else registered costs nothing of one's own quota.
+        let luke = login_p2p(&mut t, "luke", T0, 4004);
+        let r = req(&mut t, &luke, register(meta("theirs", 1), &[0]), more);
+        assert!(matches!(r, Reply::Registered { .. }), "{r:?}");
+        let r = req(&mut t, &hans, register(meta("theirs", 1), &[0]), more);
+        assert!(matches!(r, Reply::Registered { .. }), "{r:?}");
+        // The count is kept with the names.
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, more).unwrap();
+        let hans = login_p2p(&mut t2, "hans", more, 4001);
+        assert_eq!(
+            req(&mut t2, &hans, register(meta("one-more", 1), &[0]), more),
+            too_many
+        );
     }
 }

@@ -16,15 +16,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::clock::Millis;
+use crate::rate::{Bucket, Rate};
 
 /// Connections from one address waiting to log in at once.
 pub const PRELOGIN_PER_ADDRESS: u32 = 16;
-/// New connections one address may open in a burst, and then one per this many ms.
-pub const NEW_CONNECTIONS_BURST: u32 = 32;
-pub const NEW_CONNECTION_EVERY_MS: u64 = 1_000;
-/// Failed passwords one address may send in a burst, then one per this many ms.
-pub const FAILED_LOGINS_BURST: u32 = 10;
-pub const FAILED_LOGIN_EVERY_MS: u64 = 6_000;
+/// New connections one address may open in a burst, and then one a second.
+pub const NEW_CONNECTIONS: Rate = Rate::per_ms(32, 1_000);
+/// Failed passwords one address may send in a burst, then one per 6 s.
+pub const FAILED_LOGINS: Rate = Rate::per_ms(10, 6_000);
 /// Addresses remembered before the idle ones are forgotten.
 const PRUNE_AT: usize = 4_096;
 
@@ -33,58 +32,8 @@ const PRUNE_AT: usize = 4_096;
 pub enum Turned {
     /// [`PRELOGIN_PER_ADDRESS`] of its connections are already waiting to log in.
     TooManyWaiting,
-    /// It opened connections faster than [`NEW_CONNECTION_EVERY_MS`] allows.
+    /// It opened connections faster than [`NEW_CONNECTIONS`] allows.
     TooFast,
-}
-
-/// A token bucket: `burst` tokens, one more every `every_ms`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Bucket {
-    /// Tokens in thousandths, so refills are exact in integer arithmetic.
-    milli: u64,
-    at: Millis,
-}
-
-impl Bucket {
-    pub(crate) fn full(burst: u32, now: Millis) -> Bucket {
-        Bucket {
-            milli: burst as u64 * 1000,
-            at: now,
-        }
-    }
-
-    pub(crate) fn refill(&mut self, burst: u32, every_ms: u64, now: Millis) {
-        let elapsed = now.0.saturating_sub(self.at.0);
-        self.milli =
-            (self.milli + elapsed.saturating_mul(1000) / every_ms).min(burst as u64 * 1000);
-        self.at = now;
-    }
-
-    pub(crate) fn take(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
-        let has = self.has(burst, every_ms, now);
-        if has {
-            self.milli -= 1000;
-        }
-        has
-    }
-
-    pub(crate) fn has(&mut self, burst: u32, every_ms: u64, now: Millis) -> bool {
-        self.refill(burst, every_ms, now);
-        self.milli >= 1000
-    }
-
-    /// Milliseconds until a token is back.
-    pub(crate) fn wait_ms(&self, every_ms: u64) -> u64 {
-        (1000u64.saturating_sub(self.milli))
-            .saturating_mul(every_ms)
-            .div_ceil(1000)
-    }
-
-    pub(crate) fn is_full(&self, burst: u32, every_ms: u64, now: Millis) -> bool {
-        let mut b = *self;
-        b.refill(burst, every_ms, now);
-        b.milli >= burst as u64 * 1000
-    }
 }
 
 #[derive(Debug)]
@@ -106,22 +55,15 @@ impl Gate {
         }
         self.addrs.entry(ip).or_insert_with(|| Address {
             waiting: 0,
-            opened: Bucket::full(NEW_CONNECTIONS_BURST, now),
-            failed: Bucket::full(FAILED_LOGINS_BURST, now),
+            opened: Bucket::full(now),
+            failed: Bucket::full(now),
         })
     }
 
     /// Forgets addresses with nothing waiting and nothing to remember (full buckets).
     fn prune(&mut self, now: Millis) {
-        self.addrs.retain(|_, a| {
-            a.waiting > 0
-                || !a
-                    .opened
-                    .is_full(NEW_CONNECTIONS_BURST, NEW_CONNECTION_EVERY_MS, now)
-                || !a
-                    .failed
-                    .is_full(FAILED_LOGINS_BURST, FAILED_LOGIN_EVERY_MS, now)
-        });
+        self.addrs
+            .retain(|_, a| a.waiting > 0 || !a.opened.is_full(now) || !a.failed.is_full(now));
     }
 
     /// A new connection from `ip`: admitted (it now counts as waiting to log in until
@@ -134,10 +76,7 @@ impl Gate {
         if a.waiting >= PRELOGIN_PER_ADDRESS {
             return Err(Turned::TooManyWaiting);
         }
-        if !a
-            .opened
-            .take(NEW_CONNECTIONS_BURST, NEW_CONNECTION_EVERY_MS, now)
-        {
+        if a.opened.take(NEW_CONNECTIONS, now).is_err() {
             return Err(Turned::TooFast);
         }
         a.waiting += 1;
@@ -154,20 +93,16 @@ impl Gate {
     /// Whether `ip` may have a password checked now; if not, the seconds until it may.
     pub fn may_try(&mut self, ip: IpAddr, now: Millis) -> Result<(), u32> {
         let a = self.entry(ip, now);
-        if a.failed
-            .has(FAILED_LOGINS_BURST, FAILED_LOGIN_EVERY_MS, now)
-        {
-            Ok(())
-        } else {
-            Err(a.failed.wait_ms(FAILED_LOGIN_EVERY_MS).div_ceil(1000) as u32)
-        }
+        a.failed
+            .check(FAILED_LOGINS, now)
+            .map_err(|ms| ms.div_ceil(1000).min(u32::MAX as u64) as u32)
     }
 
     /// A password from `ip` was wrong.
     pub fn failed(&mut self, ip: IpAddr, now: Millis) {
         let a = self.entry(ip, now);
-        a.failed
-            .take(FAILED_LOGINS_BURST, FAILED_LOGIN_EVERY_MS, now);
+        // Counted even when the bucket is empty (the check before the password let it in).
+        let _ = a.failed.take(FAILED_LOGINS, now);
     }
 
     #[cfg(test)]
@@ -205,12 +140,12 @@ mod tests {
     fn new_connections_are_throttled_after_a_burst_and_refill_with_time() {
         let mut g = Gate::default();
         let t = Millis(1_000_000);
-        for _ in 0..NEW_CONNECTIONS_BURST {
+        for _ in 0..NEW_CONNECTIONS.burst {
             assert_eq!(g.admit(ip(1), t), Ok(()));
             g.left_prelogin(ip(1));
         }
         assert_eq!(g.admit(ip(1), t), Err(Turned::TooFast));
-        let later = Millis(t.0 + NEW_CONNECTION_EVERY_MS);
+        let later = Millis(t.0 + NEW_CONNECTIONS.every_us / 1000);
         assert_eq!(g.admit(ip(1), later), Ok(()));
         assert_eq!(g.admit(ip(1), later), Err(Turned::TooFast));
     }
@@ -219,7 +154,7 @@ mod tests {
     fn loopback_is_not_limited() {
         let mut g = Gate::default();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        for _ in 0..10 * NEW_CONNECTIONS_BURST {
+        for _ in 0..10 * NEW_CONNECTIONS.burst {
             assert_eq!(g.admit(lo, Millis(5)), Ok(()));
         }
     }
@@ -228,15 +163,15 @@ mod tests {
     fn failed_passwords_are_throttled_per_address() {
         let mut g = Gate::default();
         let t = Millis(1_000_000);
-        for _ in 0..FAILED_LOGINS_BURST {
+        for _ in 0..FAILED_LOGINS.burst {
             assert_eq!(g.may_try(ip(1), t), Ok(()));
             g.failed(ip(1), t);
         }
         let wait = g.may_try(ip(1), t).unwrap_err();
-        assert_eq!(wait as u64, FAILED_LOGIN_EVERY_MS / 1000);
+        assert_eq!(wait as u64, FAILED_LOGINS.every_us / 1_000_000);
         assert_eq!(g.may_try(ip(2), t), Ok(()));
         assert_eq!(
-            g.may_try(ip(1), Millis(t.0 + FAILED_LOGIN_EVERY_MS)),
+            g.may_try(ip(1), Millis(t.0 + FAILED_LOGINS.every_us / 1000)),
             Ok(())
         );
     }
@@ -251,7 +186,7 @@ mod tests {
         }
         assert_eq!(g.remembered(), PRUNE_AT);
         // Once their buckets have refilled, a new address makes room.
-        let later = Millis(t.0 + NEW_CONNECTION_EVERY_MS * NEW_CONNECTIONS_BURST as u64);
+        let later = Millis(t.0 + NEW_CONNECTIONS.every_us / 1000 * NEW_CONNECTIONS.burst as u64);
         g.admit(ip(PRUNE_AT as u32), later).unwrap();
         assert_eq!(g.remembered(), 1);
     }

@@ -3,7 +3,7 @@
 //!
 //! Map: `credentials` (who may log in), `store` (SQLite: everything that must survive a
 //! crash), `lockout` (the 3-strike rule), `state` (the in-memory `Tracker` and its request
-//! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `gate` (per-address admission before login), `server` (sockets, tasks,
+//! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `gate` (per-address admission before login), `quota` (per-user request rates), `rate` (their token buckets), `server` (sockets, tasks,
 //! timeouts), `clock` (injected time).
 
 mod auth;
@@ -17,6 +17,7 @@ pub mod outbox;
 mod presence;
 mod private;
 pub mod quota;
+pub mod rate;
 pub mod server;
 pub mod state;
 pub mod store;

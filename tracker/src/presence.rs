@@ -11,6 +11,11 @@ use wire::{Event, Reply, ServerMsg, UserName, MAX_LISTED};
 use crate::clock::Millis;
 use crate::state::{listed, ConnId, Tracker};
 
+/// How long each session stays in the login history.
+pub const HISTORY_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Sessions forgotten per step: a few milliseconds under the lock at most.
+const PRUNE_STEP: usize = 1_000;
+
 impl Tracker {
     /// Tells every other online user about `who`, except those `who` has blocked.
     pub(crate) fn notify_presence(&mut self, who: &UserName, event: Event) {
@@ -39,7 +44,7 @@ impl Tracker {
             return;
         };
         if s.history_id >= 0 {
-            if let Err(e) = self.store.session_ended(s.history_id, now) {
+            if let Err(e) = self.store.session_ended(s.history_id, user, now) {
                 tracing::error!(%user, error = %e, "could not record logout");
             }
         }
@@ -70,7 +75,24 @@ impl Tracker {
             self.end_session(user, *conn, now);
         }
         self.settle(now);
+        self.prune_history(now);
         idle.into_iter().map(|(u, _)| u).collect()
+    }
+
+    /// Forgets login history older than [`HISTORY_KEPT`], a bounded step at a time (the
+    /// sweeper calls this at least once a second). `whoelsesince` does not need it: it
+    /// reads each user's last logout, kept for good.
+    fn prune_history(&mut self, now: Millis) {
+        if now < self.next_prune {
+            return;
+        }
+        self.next_prune = now.plus(Duration::from_secs(1));
+        if let Err(e) = self
+            .store
+            .prune_history(now.saturating_sub(HISTORY_KEPT), PRUNE_STEP)
+        {
+            tracing::error!(error = %e, "could not prune login history");
+        }
     }
 
     /// When the next session could time out, if anyone is online; the sweeper sleeps until then.

@@ -52,6 +52,9 @@ pub const WRITE_STALL: Duration = Duration::from_secs(20);
 /// Once the session has ended (logout, timeout, a client too slow to keep up), what is
 /// left to write (the reason, the last reply) gets this long, progress or not.
 pub const LAST_WRITE: Duration = Duration::from_secs(2);
+/// The longest a refused sender goes unread (see `quota`): a refusal says how long to
+/// wait, and what the sender sends meanwhile waits in its own socket, not in our CPU.
+const MAX_QUIET: Duration = Duration::from_secs(2);
 
 pub struct Shared {
     tracker: Mutex<Tracker>,
@@ -378,9 +381,14 @@ async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<Use
 }
 
 async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<(), Dropped> {
+    use tokio::time::{sleep_until, Instant};
+    // Set after a `TooFast` refusal: nothing more is read from this client until then.
+    let mut quiet_until: Option<Instant> = None;
     loop {
+        // Not biased: a user flooded with events still has their own requests read (a
+        // `block` of the flooder, a `logout`), and a user sending flat out still gets
+        // their events written.
         tokio::select! {
-            biased;
             () = conn.outbox.ready() => {
                 // The outbox closes when the tracker ends the session (timeout, slow
                 // client); what it queued before that, such as the reason, is written first.
@@ -388,16 +396,26 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
                     return Ok(());
                 }
             }
-            frame = conn.reader.next() => {
+            () = sleep_until(quiet_until.unwrap_or_else(Instant::now)), if quiet_until.is_some() => {
+                quiet_until = None;
+            }
+            frame = conn.reader.next(), if quiet_until.is_none() => {
                 let Some(frame) = frame else { return Ok(()) };
                 // Handle every request already received, then write all replies (and the
                 // events queued meanwhile, in order) at once: one write for a burst.
                 let mut next = Some(frame?);
                 let mut handled = 0;
                 while let Some(frame) = next.take() {
-                    if handle(conn, user, frame, shared)? == Flow::End {
-                        conn.write_out().await?;
-                        return Ok(());
+                    match handle(conn, user, frame, shared)? {
+                        Flow::Continue => {}
+                        Flow::End => {
+                            conn.write_out().await?;
+                            return Ok(());
+                        }
+                        Flow::Quiet(wait) => {
+                            quiet_until = Some(Instant::now() + wait.min(MAX_QUIET));
+                            break;
+                        }
                     }
                     handled += 1;
                     if handled == WRITE_BATCH {
@@ -425,6 +443,8 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
 enum Flow {
     Continue,
     End,
+    /// Refused as too fast: read nothing more for this long.
+    Quiet(Duration),
 }
 
 /// One frame from a logged-in client; its reply is queued, not yet written.
@@ -442,13 +462,16 @@ fn handle(
             // critical section every connection shares). Every event queued for this user
             // before the request was handled is already in the outbox, so it still lands
             // after them; an event queued meanwhile, after the request, may come first.
-            let ended = matches!(reply, wire::Reply::LoggedOut);
+            let flow = match reply {
+                wire::Reply::LoggedOut => Flow::End,
+                _ if logout => Flow::End,
+                wire::Reply::Refused(wire::Refusal::TooFast { retry_ms }) => {
+                    Flow::Quiet(Duration::from_millis(retry_ms.into()))
+                }
+                _ => Flow::Continue,
+            };
             conn.reply(&ServerMsg::Reply(reply))?;
-            Ok(if logout || ended {
-                Flow::End
-            } else {
-                Flow::Continue
-            })
+            Ok(flow)
         }
         ClientMsg::OfflineAck { up_to } => {
             shared.with(|t, _| t.ack_offline(user, conn.id, up_to));

@@ -62,6 +62,12 @@ pub struct Tracker {
     /// The file registry: descriptions (durable) and which online user holds which chunks
     /// (per session: clients re-announce what they hold when they log in).
     pub(crate) files: HashMap<wire::FileName, crate::files::FileEntry>,
+    /// How many names each user has registered (see `files::MAX_FILES_PER_USER`).
+    pub(crate) owned: HashMap<UserName, u32>,
+    /// Online user → the files they hold or watch, so a logout touches only those.
+    pub(crate) involved: HashMap<UserName, HashSet<wire::FileName>>,
+    /// When the login history is next pruned (`presence`).
+    pub(crate) next_prune: Millis,
 }
 
 impl Tracker {
@@ -79,11 +85,14 @@ impl Tracker {
         for (user, until) in store.lockouts(now)? {
             lockouts.restore(user, until);
         }
-        let files = store
-            .files()?
-            .into_iter()
-            .map(|meta| (meta.name().clone(), crate::files::FileEntry::new(meta)))
-            .collect();
+        let mut files = HashMap::new();
+        let mut owned: HashMap<UserName, u32> = HashMap::new();
+        for (meta, owner) in store.files()? {
+            if let Some(o) = &owner {
+                *owned.entry(o.clone()).or_default() += 1;
+            }
+            files.insert(meta.name().clone(), crate::files::FileEntry::new(meta));
+        }
         let mut blocks: HashMap<UserName, HashSet<UserName>> = HashMap::new();
         for (a, b) in store.blocks()? {
             blocks.entry(a).or_default().insert(b);
@@ -97,6 +106,9 @@ impl Tracker {
             blocks,
             lagging: Vec::new(),
             files,
+            owned,
+            involved: HashMap::new(),
+            next_prune: now,
         })
     }
 

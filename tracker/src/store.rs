@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     logout_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_by_logout ON sessions (logout_at);
+-- Each user's latest logout (NULL while online): all `whoelsesince` needs, one row per
+-- user however often they log in. `sessions` is the history itself, kept `HISTORY_KEPT`.
+CREATE TABLE IF NOT EXISTS last_seen (
+    user      TEXT PRIMARY KEY,
+    logout_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS last_seen_by_logout ON last_seen (logout_at);
+INSERT OR IGNORE INTO last_seen (user, logout_at)
+    SELECT user, MAX(COALESCE(logout_at, login_at)) FROM sessions GROUP BY user;
 -- Descriptions of protocol 2 had no merkle roots: clients that cannot check blocks
 -- cannot download them, so those names are released.
 DROP TABLE IF EXISTS files;
@@ -61,6 +70,15 @@ CREATE TABLE IF NOT EXISTS files_v3 (
     name TEXT PRIMARY KEY,
     meta BLOB NOT NULL
 ) WITHOUT ROWID;
+-- v4 adds who registered each name (they count toward that user's quota); names kept
+-- from v3 have no known owner.
+CREATE TABLE IF NOT EXISTS files_v4 (
+    name  TEXT PRIMARY KEY,
+    meta  BLOB NOT NULL,
+    owner TEXT
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO files_v4 (name, meta, owner) SELECT name, meta, NULL FROM files_v3;
+DROP TABLE files_v3;
 CREATE TABLE IF NOT EXISTS lockouts (
     user  TEXT PRIMARY KEY,
     until INTEGER NOT NULL
@@ -79,7 +97,10 @@ impl Store {
     fn init(db: Connection) -> Result<Self, StoreError> {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Short: a write waits for this under the tracker's lock (every connection waits
+        // with it) when another program holds the database; past it the request is
+        // refused as `Unavailable` instead of freezing the relay.
+        db.busy_timeout(std::time::Duration::from_millis(250))?;
         db.execute_batch(SCHEMA)?;
         Ok(Self { db })
     }
@@ -87,30 +108,65 @@ impl Store {
     /// Sessions left open by a crash are closed at `now`: those users were online until at
     /// most then, which is what `whoelsesince` needs to know.
     pub fn close_open_sessions(&self, now: Millis) -> Result<usize, StoreError> {
-        Ok(self.db.execute(
+        let tx = self.db.unchecked_transaction()?;
+        let n = tx.execute(
             "UPDATE sessions SET logout_at = ?1 WHERE logout_at IS NULL",
             params![now.0 as i64],
-        )?)
+        )?;
+        tx.execute(
+            "UPDATE last_seen SET logout_at = ?1 WHERE logout_at IS NULL",
+            params![now.0 as i64],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     pub fn session_started(&self, user: &UserName, now: Millis) -> Result<i64, StoreError> {
-        self.db
-            .prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?
+        let tx = self.db.unchecked_transaction()?;
+        tx.prepare_cached("INSERT INTO sessions (user, login_at) VALUES (?1, ?2)")?
             .execute(params![user.as_str(), now.0 as i64])?;
-        Ok(self.db.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        tx.prepare_cached("INSERT OR REPLACE INTO last_seen (user, logout_at) VALUES (?1, NULL)")?
+            .execute(params![user.as_str()])?;
+        tx.commit()?;
+        Ok(id)
     }
 
-    pub fn session_ended(&self, id: i64, now: Millis) -> Result<(), StoreError> {
-        self.db
-            .prepare_cached("UPDATE sessions SET logout_at = ?2 WHERE id = ?1")?
+    pub fn session_ended(&self, id: i64, user: &UserName, now: Millis) -> Result<(), StoreError> {
+        let tx = self.db.unchecked_transaction()?;
+        tx.prepare_cached("UPDATE sessions SET logout_at = ?2 WHERE id = ?1")?
             .execute(params![id, now.0 as i64])?;
+        tx.prepare_cached("UPDATE last_seen SET logout_at = ?2 WHERE user = ?1")?
+            .execute(params![user.as_str(), now.0 as i64])?;
+        tx.commit()?;
         Ok(())
     }
 
-    /// Users with a session overlapping `[since, now]`: still open, or closed at or after `since`.
+    /// Forgets at most `limit` sessions that ended before `before`; how many it forgot.
+    /// Bounded so one call is short under the tracker's lock; called again and again.
+    pub fn prune_history(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        Ok(self
+            .db
+            .prepare_cached(
+                "DELETE FROM sessions WHERE id IN \
+                 (SELECT id FROM sessions WHERE logout_at < ?1 LIMIT ?2)",
+            )?
+            .execute(params![before.0 as i64, limit as i64])?)
+    }
+
+    /// Sessions in the history; for tests and diagnostics.
+    pub fn history_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Users with a session overlapping `[since, now]`: still open, or closed at or after
+    /// `since`. One row per user, whatever the window.
     pub fn online_since(&self, since: Millis) -> Result<Vec<UserName>, StoreError> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT DISTINCT user FROM sessions WHERE logout_at IS NULL OR logout_at >= ?1 ORDER BY user",
+            "SELECT user FROM last_seen WHERE logout_at IS NULL OR logout_at >= ?1 ORDER BY user",
         )?;
         let rows = stmt.query_map(params![since.0 as i64], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
@@ -235,20 +291,27 @@ impl Store {
 
     /// Records a newly registered file. Its description is stored as MessagePack, the same
     /// encoding (and validation on the way back) as on the wire.
-    pub fn put_file(&self, meta: &FileMeta) -> Result<(), StoreError> {
+    pub fn put_file(&self, meta: &FileMeta, owner: &UserName) -> Result<(), StoreError> {
         let blob = rmp_serde::to_vec(meta)?;
         self.db
-            .prepare_cached("INSERT OR REPLACE INTO files_v3 (name, meta) VALUES (?1, ?2)")?
-            .execute(params![meta.name().as_str(), blob])?;
+            .prepare_cached(
+                "INSERT OR REPLACE INTO files_v4 (name, meta, owner) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![meta.name().as_str(), blob, owner.as_str()])?;
         Ok(())
     }
 
-    pub fn files(&self) -> Result<Vec<FileMeta>, StoreError> {
-        let mut stmt = self.db.prepare("SELECT meta FROM files_v3")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    /// Every registered file and who registered it (unknown for names from before v4).
+    pub fn files(&self) -> Result<Vec<(FileMeta, Option<UserName>)>, StoreError> {
+        let mut stmt = self.db.prepare("SELECT meta, owner FROM files_v4")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
         let mut out = Vec::new();
         for r in rows {
-            out.push(rmp_serde::from_slice(&r?)?);
+            let (blob, owner) = r?;
+            let owner = owner.and_then(|o| UserName::new(o).ok());
+            out.push((rmp_serde::from_slice(&blob)?, owner));
         }
         Ok(out)
     }
@@ -297,9 +360,10 @@ mod tests {
     fn history_window_includes_sessions_ending_inside_it() {
         let s = Store::open_in_memory().unwrap();
         let vader = s.session_started(&u("vader"), Millis(0)).unwrap();
-        s.session_ended(vader, Millis(180_000)).unwrap(); // logged out at t=180 s
+        s.session_ended(vader, &u("vader"), Millis(180_000))
+            .unwrap(); // out at t=180 s
         let r2 = s.session_started(&u("r2d2"), Millis(0)).unwrap();
-        s.session_ended(r2, Millis(0)).unwrap();
+        s.session_ended(r2, &u("r2d2"), Millis(0)).unwrap();
         s.session_started(&u("hans"), Millis(100)).unwrap(); // still online
         let now = 300_000;
         // Window of 200 s starts at t=100 s: vader (out at 180 s) counts, r2d2 does not.
@@ -309,6 +373,35 @@ mod tests {
         assert_eq!(s.close_open_sessions(Millis(now)).unwrap(), 1);
         assert_eq!(s.online_since(Millis(now)).unwrap(), [u("hans")]);
         assert!(s.online_since(Millis(now + 1)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn history_is_pruned_in_bounded_steps_and_presence_survives_it() {
+        let s = Store::open_in_memory().unwrap();
+        let vader = u("vader");
+        for i in 0..25 {
+            let id = s.session_started(&vader, Millis(i * 10)).unwrap();
+            s.session_ended(id, &vader, Millis(i * 10 + 5)).unwrap();
+        }
+        let id = s.session_started(&vader, Millis(1_000)).unwrap(); // still online
+        assert_eq!(s.history_len().unwrap(), 26);
+        assert_eq!(s.prune_history(Millis(200), 10).unwrap(), 10);
+        assert_eq!(s.prune_history(Millis(200), 10).unwrap(), 10);
+        assert_eq!(s.prune_history(Millis(200), 10).unwrap(), 0);
+        assert_eq!(
+            s.history_len().unwrap(),
+            6,
+            "the 5 after t=200 s and the open one"
+        );
+        assert_eq!(
+            s.online_since(Millis(5_000)).unwrap(),
+            std::slice::from_ref(&vader)
+        );
+        s.session_ended(id, &vader, Millis(2_000)).unwrap();
+        assert_eq!(s.prune_history(Millis(10_000), 100).unwrap(), 6);
+        // Gone from the history, still seen by `whoelsesince`.
+        assert_eq!(s.online_since(Millis(1_500)).unwrap(), [vader]);
+        assert!(s.online_since(Millis(2_001)).unwrap().is_empty());
     }
 
     #[test]

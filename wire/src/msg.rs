@@ -263,6 +263,8 @@ pub enum Refusal {
     MailboxFull { user: UserName, waiting: u32 },
     /// The sender sent this kind of request faster than allowed; try again in `retry_ms`.
     TooFast { retry_ms: u32 },
+    /// The sender has already registered `limit` file names, the most one user may.
+    TooManyFiles { limit: u32 },
     /// The recipient is online but has not taken what is already waiting for them (a slow
     /// link, or a flood from others); the message was not delivered.
     RecipientBusy { user: UserName },

@@ -282,9 +282,11 @@ impl Driver {
                 "Error. {name} is not available from any online user"
             )];
         }
-        let part = match self.ctx.lib.part_file(&name) {
-            Ok(f) => f,
-            Err(e) => return vec![format!("Error. {e}")],
+        let n = name.clone();
+        let part = match self.blocking(move |lib| lib.part_file(&n)).await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return vec![format!("Error. {e}")],
+            None => return vec!["Error. could not open the download's file".into()],
         };
         let (checked_tx, mut checked) = mpsc::unbounded_channel();
         let (lib, file) = (self.ctx.lib.clone(), name.clone());

@@ -64,22 +64,33 @@ fn a_client_that_stops_reading_is_cut_off_and_can_log_in_again() {
         to: UserName::new("yoda").unwrap(),
         text,
     });
-    let mut busy = 0;
+    let (mut busy, mut taken) = (0, 0);
     // 24 MiB of messages: more than the socket buffers and the outbox together hold.
-    for _ in 0..30 {
+    // Faster than hans's message rate allows; what is refused as too fast is sent again.
+    for _ in 0..1000 {
+        if taken >= 6000 {
+            break;
+        }
         for _ in 0..200 {
             hans.send(&message);
         }
         for _ in 0..200 {
             match hans.recv() {
-                Some(wire::ServerMsg::Reply(wire::Reply::Sent { stored: false, .. })) => {}
+                Some(wire::ServerMsg::Reply(wire::Reply::Sent { stored: false, .. })) => taken += 1,
                 Some(wire::ServerMsg::Reply(wire::Reply::Refused(
                     wire::Refusal::RecipientBusy { .. },
-                ))) => busy += 1,
+                ))) => {
+                    busy += 1;
+                    taken += 1
+                }
+                Some(wire::ServerMsg::Reply(wire::Reply::Refused(wire::Refusal::TooFast {
+                    ..
+                }))) => {}
                 other => panic!("{other:?}"),
             }
         }
     }
+    assert!(taken >= 6000, "{taken}");
     assert!(busy > 0, "hans was told yoda is not keeping up");
     assert!(
         log_says(&t, "the client stopped reading", Duration::from_secs(40)),
