@@ -302,29 +302,8 @@ fn report(label: &str, ideal: f64, out: &Outcome) {
     }
 }
 
-/// Ctrl-C or SIGTERM: remove the lab (and every process in it) before leaving.
-fn clean_up_on_signal() {
-    // SAFETY: signal masks and sigwait are plain libc calls on values we own; the mask is
-    // set before any other thread exists, so every thread inherits it and only the
-    // waiting thread below receives these signals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-            eprintln!("interrupted: removing the network lab");
-            lab::remove_all_of_this_process();
-            std::process::exit(130);
-        });
-    }
-}
-
 fn main() {
-    clean_up_on_signal();
+    lab::remove_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let aria = !args.iter().any(|a| a == "--no-aria2c");
     TIMELINE.store(args.iter().any(|a| a == "--timeline"), Ordering::Relaxed);

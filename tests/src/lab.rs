@@ -3,7 +3,7 @@
 //! (bandwidth, queueing) instead of loopback's gigabytes per second.
 //!
 //! Topology: a switch namespace holds the bridge `br0`; host `i` is a namespace whose
-//! `eth0` (address `10.77.0.<i+1>/24`) is one end of a veth pair, the other end (`v<i>`)
+//! `eth0` (address `10.77.0.<i+1>/16`) is one end of a veth pair, the other end (`v<i>`)
 //! enslaved to the bridge. A host's upload rate is a `tbf` on its own `eth0` (what it
 //! sends), its download rate a `tbf` on its switch port (what the switch sends it). Nothing
 //! leaves these namespaces: they have no route anywhere else.
@@ -194,7 +194,7 @@ impl Lab {
                 &ns,
                 "addr",
                 "add",
-                &format!("{ip}/24"),
+                &format!("{ip}/16"),
                 "dev",
                 "eth0",
             ])?;
@@ -215,6 +215,47 @@ impl Lab {
 
     pub fn ip(&self, host: usize) -> Ipv4Addr {
         self.hosts[host].ip
+    }
+
+    /// Gives `host` `n` (at most 250) more addresses, `10.77.<host+1>.1` on: for tests of
+    /// limits per address, many users each on an address of their own. All of `10.77/16`
+    /// is on the one bridge, so every host reaches them.
+    pub fn add_addresses(&self, host: usize, n: usize) -> Result<Vec<Ipv4Addr>, String> {
+        if n > 250 || host >= 250 {
+            return Err("at most 250 addresses per host".into());
+        }
+        let ns = &self.hosts[host].ns;
+        let ips: Vec<Ipv4Addr> = (1..=n as u8)
+            .map(|k| Ipv4Addr::new(10, 77, host as u8 + 1, k))
+            .collect();
+        let mut batch = String::new();
+        for ip in &ips {
+            batch.push_str(&format!("address add {ip}/16 dev eth0\n"));
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", ns, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(batch.as_bytes())
+            .map_err(|e| format!("ip -batch: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("ip -batch: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "adding addresses failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(ips)
     }
 
     /// Where to run a process on `host`.
@@ -334,5 +375,27 @@ pub fn remove_all_of_this_process() {
         if ns.starts_with(&mine) {
             remove_namespace(ns);
         }
+    }
+}
+
+/// For benchmarks: on Ctrl-C or SIGTERM, remove this process's labs (and every process
+/// in them) before leaving. Call first thing in `main`, before any thread exists.
+pub fn remove_on_signal() {
+    // SAFETY: signal masks and sigwait are plain libc calls on values we own; the mask is
+    // set before any other thread exists, so every thread inherits it and only the
+    // waiting thread below receives these signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("interrupted: removing the network lab");
+            remove_all_of_this_process();
+            std::process::exit(130);
+        });
     }
 }

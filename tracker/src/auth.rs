@@ -129,9 +129,16 @@ impl Tracker {
             }
             _ => return,
         }
-        if let Err(e) = self.store.ack_offline(user, up_to) {
+        match self.store.ack_offline(user, up_to) {
+            Ok(deleted) => {
+                if let Some(n) = self.mailbox.get_mut(user) {
+                    *n = n.saturating_sub(deleted as u64);
+                }
+            }
             // Not fatal: they will be delivered again at the next login.
-            tracing::error!(%user, error = %e, "could not delete acknowledged offline messages");
+            Err(e) => {
+                tracing::error!(%user, error = %e, "could not delete acknowledged offline messages")
+            }
         }
     }
 }

@@ -58,6 +58,17 @@ fn main() -> anyhow::Result<()> {
         block_duration: Duration::from_secs(args.block_duration),
         timeout: Duration::from_secs(args.timeout),
     };
+    let checkpointer = store
+        .hand_checkpoints_to(&args.state)
+        .with_context(|| format!("cannot open state database {}", args.state.display()))?;
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = checkpointer.run() {
+                tracing::warn!(error = %e, "checkpoint failed");
+            }
+        })?;
     let clock = Arc::new(SystemClock);
     let tracker = Tracker::new(creds, store, rules, clock.now())?;
 

@@ -27,6 +27,11 @@ pub const MAX_QUEUED_EVENTS: usize = 1024;
 /// for them are refused to their senders (who are told) instead of queued, so no flood of
 /// messages can push a recipient over [`MAX_QUEUED_EVENTS`] and log them out.
 pub const BUSY_EVENTS: usize = 768;
+/// The same two bounds in bytes of queued events: 1,024 events of the longest text are
+/// 4 MiB, and a tracker with thousands of clients that stopped reading must not hold
+/// that for each. 256 KiB is two seconds of a 1 Mbit/s link.
+pub const MAX_QUEUED_BYTES: usize = 1024 * 1024;
+pub const BUSY_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 pub struct Outbox {
@@ -40,8 +45,10 @@ pub struct Outbox {
 #[derive(Default)]
 struct Inner {
     buf: BytesMut,
-    /// Events in `buf` (replies are not counted: a client has at most one batch of them).
+    /// Events in `buf`, and their bytes (replies are not counted: a client has at most one
+    /// batch of them).
     events: usize,
+    event_bytes: usize,
     /// No more events will be accepted: the session ended, or the connection is gone.
     closed: bool,
 }
@@ -49,7 +56,8 @@ struct Inner {
 /// Why an event was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// The client has `MAX_QUEUED_EVENTS` waiting: too slow, to be logged out.
+    /// The client has `MAX_QUEUED_EVENTS` (or `MAX_QUEUED_BYTES`) waiting: too slow, to be
+    /// logged out.
     Full,
     /// The session ended or its connection is gone.
     Closed,
@@ -76,6 +84,7 @@ impl Outbox {
         let was_empty = g.buf.is_empty();
         g.buf.extend_from_slice(frame);
         g.events += 1;
+        g.event_bytes += frame.len();
         self.wake_if(was_empty);
         Ok(())
     }
@@ -85,12 +94,14 @@ impl Outbox {
         let mut g = self.lock();
         g.admit()?;
         let was_empty = g.buf.is_empty();
+        let before = g.buf.len();
         if let Err(e) = wire::encode(msg, &mut g.buf, MAX_FRAME_LEN) {
             // Events are far below the cap by construction; failing here is a bug.
             tracing::error!(error = %e, "cannot encode an event");
             return Ok(());
         }
         g.events += 1;
+        g.event_bytes += g.buf.len() - before;
         self.wake_if(was_empty);
         Ok(())
     }
@@ -132,10 +143,18 @@ impl Outbox {
         self.lock().events
     }
 
+    /// Whether the client is [`BUSY_EVENTS`] or [`BUSY_BYTES`] behind: messages for it are
+    /// refused rather than queued.
+    pub fn is_busy(&self) -> bool {
+        let g = self.lock();
+        g.events >= BUSY_EVENTS || g.event_bytes >= BUSY_BYTES
+    }
+
     /// Takes everything queued.
     pub fn take(&self) -> Batch {
         let mut g = self.lock();
         g.events = 0;
+        g.event_bytes = 0;
         Batch {
             bytes: std::mem::take(&mut g.buf),
             last: g.closed,
@@ -156,7 +175,7 @@ impl Inner {
     fn admit(&self) -> Result<(), Refused> {
         if self.closed {
             Err(Refused::Closed)
-        } else if self.events >= MAX_QUEUED_EVENTS {
+        } else if self.events >= MAX_QUEUED_EVENTS || self.event_bytes >= MAX_QUEUED_BYTES {
             Err(Refused::Full)
         } else {
             Ok(())
@@ -265,5 +284,34 @@ mod tests {
         }
         assert!(o.take().bytes.capacity() > 0);
         assert_eq!(o.take().bytes.capacity(), 0);
+    }
+
+    #[test]
+    fn long_events_count_by_their_bytes() {
+        let o = Outbox::default();
+        let long = ServerMsg::Event(Event::Message {
+            from: UserName::new("hans").unwrap(),
+            text: wire::Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap(),
+        });
+        let frame = wire::EncodedFrame::new(&long, MAX_FRAME_LEN).unwrap();
+        let per = frame.as_bytes().len();
+        let mut pushed = 0;
+        while !o.is_busy() {
+            o.push_event(frame.as_bytes()).unwrap();
+            pushed += 1;
+        }
+        assert_eq!(
+            pushed,
+            BUSY_BYTES.div_ceil(per),
+            "busy by bytes, long before 768 events"
+        );
+        while o.push_event(frame.as_bytes()).is_ok() {
+            pushed += 1;
+        }
+        assert_eq!(pushed, MAX_QUEUED_BYTES.div_ceil(per));
+        assert_eq!(o.push_event(frame.as_bytes()), Err(Refused::Full));
+        o.take();
+        assert!(!o.is_busy(), "taken: room again");
+        o.push_event(frame.as_bytes()).unwrap();
     }
 }

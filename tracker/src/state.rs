@@ -66,6 +66,8 @@ pub struct Tracker {
     pub(crate) owned: HashMap<UserName, u32>,
     /// Online user → the files they hold or watch, so a logout touches only those.
     pub(crate) involved: HashMap<UserName, HashSet<wire::FileName>>,
+    /// Offline messages waiting per recipient, as far as counted (`chat`).
+    pub(crate) mailbox: HashMap<UserName, u64>,
     /// When the login history is next pruned (`presence`).
     pub(crate) next_prune: Millis,
 }
@@ -108,6 +110,7 @@ impl Tracker {
             files,
             owned,
             involved: HashMap::new(),
+            mailbox: HashMap::new(),
             next_prune: now,
         })
     }
@@ -169,11 +172,9 @@ impl Tracker {
         }
     }
 
-    /// `user` is online with [`crate::outbox::BUSY_EVENTS`] or more events not yet taken.
+    /// `user` is online and behind (see [`crate::outbox::Outbox::is_busy`]).
     pub(crate) fn is_busy(&self, user: &UserName) -> bool {
-        self.sessions
-            .get(user)
-            .is_some_and(|s| s.outbox.queued_events() >= crate::outbox::BUSY_EVENTS)
+        self.sessions.get(user).is_some_and(|s| s.outbox.is_busy())
     }
 
     /// The user's current session belongs to `conn`.
