@@ -562,6 +562,26 @@ impl Raw {
         }
     }
 
+    /// Ends the connection with a reset (SO_LINGER 0), as a crashed or cut-off client's
+    /// does, instead of a close.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a descriptor this value owns, with a correctly sized struct.
+        unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Logs in to the tracker as `user` (p2p port 0), returning the connection.
     pub fn login(tracker: SocketAddr, user: &str) -> Raw {
         Raw::login_p2p(tracker, user, 0)
