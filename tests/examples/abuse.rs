@@ -11,7 +11,7 @@
 //! messages a second to random others; `--stalled K` (100) users who stop reading;
 //! `--flood F` (5000) connections that never log in, each opened again `--flood-retry-ms`
 //! (1000) after the tracker closed it (0: a connect flood as fast as this machine goes);
-//! `--calm S` (10) and `--storm S` (20)
+//! `--calm S` (10) and `--storm S` (30)
 //! seconds measured without and with the attack; `--spam KIND,...` (all) which kinds of
 //! request are sent flat out, or `none`.
 //!
@@ -82,7 +82,7 @@ fn args(v: &[String]) -> Args {
         flood: 5000,
         retry_ms: 1000,
         calm: 10,
-        storm: 20,
+        storm: 30,
         spam: SPAM.to_vec(),
     };
     for pair in v.chunks(2) {
@@ -211,7 +211,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// What the well-behaved users saw since the last report.
 #[derive(Default)]
 struct Seen {
-    latencies: Mutex<Vec<u32>>,
+    /// (when it arrived, in ms since the start; latency in µs).
+    latencies: Mutex<Vec<(u32, u32)>>,
     sent: AtomicU64,
     delivered: AtomicU64,
     refused: AtomicU64,
@@ -297,10 +298,28 @@ fn role_good(args: &[String]) {
         let mut commands = stdin_lines();
         while let Some(line) = commands.recv().await {
             if let Some(label) = line.strip_prefix("report ") {
-                let mut lat = std::mem::take(&mut *seen.latencies.lock().unwrap());
+                let samples = std::mem::take(&mut *seen.latencies.lock().unwrap());
+                // p99 of each whole second of the phase, to tell spikes from a level.
+                let first = samples.iter().map(|s| s.0).min().unwrap_or(0);
+                let mut per_sec: Vec<Vec<u32>> = Vec::new();
+                for &(at, l) in &samples {
+                    let i = ((at - first) / 1000) as usize;
+                    if per_sec.len() <= i {
+                        per_sec.resize(i + 1, Vec::new());
+                    }
+                    per_sec[i].push(l);
+                }
+                let timeline: Vec<String> = per_sec
+                    .iter_mut()
+                    .map(|v| {
+                        v.sort_unstable();
+                        format!("{:.1}", percentile(v, 0.99))
+                    })
+                    .collect();
+                let mut lat: Vec<u32> = samples.into_iter().map(|s| s.1).collect();
                 lat.sort_unstable();
                 println!(
-                    "{label} sent={} delivered={} refused={} cut={} p50={:.3} p99={:.3} max={:.3}",
+                    "{label} sent={} delivered={} refused={} cut={} p50={:.3} p99={:.3} max={:.3} each_second={}",
                     seen.sent.swap(0, Ordering::Relaxed),
                     seen.delivered.swap(0, Ordering::Relaxed),
                     seen.refused.swap(0, Ordering::Relaxed),
@@ -308,6 +327,7 @@ fn role_good(args: &[String]) {
                     percentile(&lat, 0.5),
                     percentile(&lat, 0.99),
                     percentile(&lat, 1.0),
+                    timeline.join(","),
                 );
             } else if line == "quit" {
                 break;
@@ -338,11 +358,12 @@ async fn good_reader(mut rd: Rd, t0: Instant, seen: Arc<Seen>, quitting: Arc<Ato
                 // Only the good users' stamped texts; the spam has none.
                 if let Ok(sent) = text.as_str().parse::<u128>() {
                     let now = t0.elapsed().as_nanos();
-                    lat.push((now.saturating_sub(sent) / 1000) as u32);
+                    let at = (now / 1_000_000) as u32;
+                    lat.push((at, (now.saturating_sub(sent) / 1000) as u32));
                     seen.delivered.fetch_add(1, Ordering::Relaxed);
-                    if lat.len() >= 64 {
-                        seen.latencies.lock().unwrap().append(&mut lat);
-                    }
+                    // At once (a few thousand a second): a sample must count in the phase
+                    // it arrived in.
+                    seen.latencies.lock().unwrap().append(&mut lat);
                 }
             }
             ServerMsg::Event(Event::TimedOut) => break true,
@@ -455,6 +476,18 @@ fn role_attack(args: &[String]) {
                         t.other.load(Ordering::Relaxed),
                     );
                 }
+                // Cut off by the tracker: everything it had sent, then the end.
+                let drains = stalled.iter_mut().map(|(rd, _)| {
+                    tokio::time::timeout(Duration::from_secs(3), async {
+                        while let Some(Ok(_)) = rd.next().await {}
+                    })
+                });
+                let cut = futures_util::future::join_all(drains)
+                    .await
+                    .iter()
+                    .filter(|d| d.is_ok())
+                    .count();
+                println!("stalled users={} cut_off={cut}", stalled.len());
                 println!(
                     "flood connected={} held={} failed={} ({})",
                     flood_tally.connected.load(Ordering::Relaxed),
@@ -511,7 +544,8 @@ async fn spam(
     private_target: UserName,
     block_target: UserName,
 ) {
-    let long = Text::new("x".repeat(1000)).unwrap();
+    // Long texts: what fills the stalled users' buffers fastest.
+    let long = Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap();
     let name = FileName::new("bait.bin").unwrap();
     let mut k = 0usize;
     loop {
@@ -577,6 +611,7 @@ async fn spam(
 
 /// A role process on a lab host: its stdin to command it, its stdout lines on a channel.
 struct Role {
+    name: String,
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
@@ -612,6 +647,7 @@ impl Role {
             }
         });
         Role {
+            name: args[0].clone(),
             child,
             stdin,
             lines,
@@ -626,7 +662,7 @@ impl Role {
     fn line(&self, wait: Duration) -> String {
         self.lines
             .recv_timeout(wait)
-            .unwrap_or_else(|_| panic!("a role said nothing for {wait:?}"))
+            .unwrap_or_else(|_| panic!("the {} role said nothing for {wait:?}", self.name))
     }
 }
 
@@ -793,6 +829,14 @@ fn main() {
         field(&start_line, "refused")
     );
     show("storm", &storm, cpu_storm, a.storm, rss_storm);
+    let each = |l: &str| {
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("each_second="))
+            .unwrap_or("")
+            .replace(',', " ")
+    };
+    println!("  p99 of each second, calm (ms):  {}", each(&calm));
+    println!("  p99 of each second, storm (ms): {}", each(&storm));
     println!(
         "  p99 under the flood: {:.2}x undisturbed; well-behaved users logged out or cut off: {}",
         field(&storm, "p99") / field(&calm, "p99"),

@@ -20,6 +20,12 @@ use crate::clock::Millis;
 use crate::rate::{Bucket, Rate};
 
 pub const MESSAGE: Rate = Rate::per_ms(10_000, 1);
+/// The bytes of those messages and broadcasts, in units of [`TEXT_UNIT`] bytes (a short
+/// text is one): 4 MiB at once, then 250 KiB a second (62 messages of the longest text).
+/// A flood of long texts costs the tracker (and every recipient's link) by the byte, not
+/// by the message.
+pub const TEXT: Rate = Rate::per_ms(16_384, 1);
+pub const TEXT_UNIT: usize = 256;
 pub const BROADCAST: Rate = Rate::per_ms(10, 500);
 pub const START_PRIVATE: Rate = Rate::per_ms(10, 1_000);
 pub const LOCATE: Rate = Rate::per_ms(200, 50);
@@ -95,23 +101,42 @@ impl Kind {
 #[derive(Debug)]
 pub struct Quota {
     buckets: [Bucket; KINDS.len()],
+    texts: Bucket,
 }
 
 impl Quota {
     pub fn new(now: Millis) -> Quota {
         Quota {
             buckets: [Bucket::full(now); KINDS.len()],
+            texts: Bucket::full(now),
         }
     }
 
-    /// Takes a token for `req` if it is a limited kind: `Err(ms to wait)` when none is left.
+    /// Takes a token for `req` if it is a limited kind (and, for texts, their KiB):
+    /// `Err(ms to wait)` when there are not enough.
     pub fn take(&mut self, req: &Request, now: Millis) -> Result<(), u32> {
         let Some(kind) = Kind::of(req) else {
             return Ok(());
         };
+        let ms = |w: u64| w.min(u32::MAX as u64) as u32;
+        let text = match req {
+            Request::Message { text, .. } | Request::Broadcast { text } => Some(text.as_str()),
+            _ => None,
+        };
+        if let Some(text) = text {
+            let units = text.len().div_ceil(TEXT_UNIT).max(1) as u32;
+            // Checked first, taken last: a refused request costs nothing from either.
+            let mut texts = self.texts;
+            texts.take_n(TEXT, units, now).map_err(ms)?;
+            self.buckets[kind as usize]
+                .take(kind.rate(), now)
+                .map_err(ms)?;
+            self.texts = texts;
+            return Ok(());
+        }
         self.buckets[kind as usize]
             .take(kind.rate(), now)
-            .map_err(|ms| ms.min(u32::MAX as u64) as u32)
+            .map_err(ms)
     }
 }
 
@@ -158,5 +183,28 @@ mod tests {
                 .count();
         }
         assert_eq!(sent, MESSAGE.burst as usize + 1_000);
+    }
+
+    #[test]
+    fn long_texts_are_limited_by_their_bytes() {
+        let t = Millis(1_000_000);
+        let mut q = Quota::new(t);
+        let long = Request::Message {
+            to: wire::UserName::new("hans").unwrap(),
+            text: Text::new("x".repeat(wire::ids::MAX_TEXT_LEN)).unwrap(),
+        };
+        let sent = (0..5_000).filter(|_| q.take(&long, t).is_ok()).count();
+        assert_eq!(sent, 1_024, "4 MiB of 4 KiB texts");
+        // Nothing left even for a short one: one unit comes back each millisecond.
+        let short = Request::Message {
+            to: wire::UserName::new("hans").unwrap(),
+            text: Text::new("hi").unwrap(),
+        };
+        assert_eq!(q.take(&short, t), Err(1));
+        assert_eq!(q.take(&short, Millis(t.0 + 1)), Ok(()));
+        // 1,024 ms later: 256 KiB more, 64 long texts.
+        let later = Millis(t.0 + 1 + 1_024);
+        let sent = (0..500).filter(|_| q.take(&long, later).is_ok()).count();
+        assert_eq!(sent, 64);
     }
 }

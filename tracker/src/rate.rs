@@ -44,18 +44,24 @@ impl Bucket {
         Bucket { full_at: us(now) }
     }
 
-    /// Where `full_at` would be with one more token taken, and how long to wait (µs) if
+    /// Where `full_at` would be with `n` more tokens taken, and how long to wait (µs) if
     /// that is more than the bucket holds.
-    fn after_one(&self, rate: Rate, now: Millis) -> (u64, u64) {
+    fn after(&self, rate: Rate, n: u32, now: Millis) -> (u64, u64) {
         let now = us(now);
-        let next = self.full_at.max(now).saturating_add(rate.every_us);
+        let cost = rate.every_us.saturating_mul(n as u64);
+        let next = self.full_at.max(now).saturating_add(cost);
         let limit = now.saturating_add(rate.span_us());
         (next, next.saturating_sub(limit))
     }
 
     /// Takes a token, or says in how many ms one will be there (at least 1).
     pub fn take(&mut self, rate: Rate, now: Millis) -> Result<(), u64> {
-        let (next, wait) = self.after_one(rate, now);
+        self.take_n(rate, 1, now)
+    }
+
+    /// Takes `n` tokens at once (all or none), or says in how many ms they will be there.
+    pub fn take_n(&mut self, rate: Rate, n: u32, now: Millis) -> Result<(), u64> {
+        let (next, wait) = self.after(rate, n, now);
         if wait == 0 {
             self.full_at = next;
             Ok(())
@@ -66,7 +72,7 @@ impl Bucket {
 
     /// Whether a token is there, without taking it; if not, the ms until one is.
     pub fn check(&self, rate: Rate, now: Millis) -> Result<(), u64> {
-        match self.after_one(rate, now).1 {
+        match self.after(rate, 1, now).1 {
             0 => Ok(()),
             wait => Err(wait.div_ceil(1000)),
         }
@@ -111,6 +117,17 @@ mod tests {
             }
         }
         assert_eq!(granted, Some(6_000));
+    }
+
+    #[test]
+    fn several_tokens_at_once_all_or_none() {
+        let rate = Rate::per_ms(10, 100);
+        let t = Millis(1_000);
+        let mut b = Bucket::full(t);
+        assert_eq!(b.take_n(rate, 7, t), Ok(()));
+        assert_eq!(b.take_n(rate, 4, t), Err(100), "one short: nothing taken");
+        assert_eq!(b.take_n(rate, 3, t), Ok(()));
+        assert_eq!(b.take(rate, t), Err(100));
     }
 
     #[test]
