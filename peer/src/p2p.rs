@@ -40,6 +40,11 @@ const FAREWELL: Duration = Duration::from_secs(1);
 const HANDSHAKE_FRAME: usize = 1024;
 /// Incoming connections at once; more wait in the kernel's backlog.
 const MAX_INCOMING: usize = 256;
+/// Transfer connections one user may have to our listener at once. A downloader needs one
+/// (one more while a dropped one is noticed); without a bound, one user holding enough
+/// tickets (a `download` lookup hands out one per holder, 20 a second) could take every
+/// slot of [`MAX_INCOMING`] with requests it never reads the answers to.
+const MAX_TRANSFERS_PER_USER: usize = 4;
 /// Private messages queued per connection before `private` reports it as gone.
 const QUEUE: usize = 256;
 /// Events (texts, opened and closed chats) waiting for the session loop.
@@ -266,6 +271,41 @@ pub struct P2p {
     pub tickets: Arc<TicketBook>,
     events: mpsc::Sender<P2pEvent>,
     next_id: Arc<AtomicU64>,
+    /// Transfer connections open per user (see [`MAX_TRANSFERS_PER_USER`]).
+    transfers: Arc<Mutex<HashMap<UserName, usize>>>,
+}
+
+/// One user's transfer connection, counted until dropped.
+struct TransferSlot {
+    counts: Arc<Mutex<HashMap<UserName, usize>>>,
+    user: UserName,
+}
+
+impl TransferSlot {
+    fn take(counts: &Arc<Mutex<HashMap<UserName, usize>>>, user: &UserName) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(user.clone()).or_default();
+        if *n >= MAX_TRANSFERS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(TransferSlot {
+            counts: counts.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl P2p {
@@ -281,6 +321,7 @@ impl P2p {
             tickets: Arc::default(),
             events,
             next_id: Arc::new(AtomicU64::new(1)),
+            transfers: Arc::default(),
         }
     }
 
@@ -337,6 +378,16 @@ impl P2p {
             let _ = framed.send(PeerMsg::Refused(PeerRefusal::BadTicket)).await;
             return;
         };
+        let slot = match purpose {
+            Purpose::Transfer => match TransferSlot::take(&self.transfers, &user) {
+                Some(slot) => Some(slot),
+                None => {
+                    let _ = framed.send(PeerMsg::Refused(PeerRefusal::Busy)).await;
+                    return;
+                }
+            },
+            Purpose::Chat => None,
+        };
         if framed.send(PeerMsg::Accepted).await.is_err() {
             return;
         }
@@ -345,6 +396,7 @@ impl P2p {
         if purpose == Purpose::Transfer {
             // Chunk requests: served quietly, never shown as a chat.
             crate::serve::serve(framed, user, self.library.clone(), self.uploads.clone()).await;
+            drop(slot);
             return;
         }
         let handle = self.spawn(framed, user.clone(), user);

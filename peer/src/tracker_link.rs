@@ -50,8 +50,18 @@ impl TrackerLink {
             addr,
             secs: CONNECT_DEADLINE.as_secs(),
         };
+        // A tracker turning a connection away resets it at once; the reset can arrive
+        // while our connect is still finishing, or before our Hello is written.
+        let reset = |kind: std::io::ErrorKind| {
+            matches!(
+                kind,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        };
         let stream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(addr)).await {
-            Ok(s) => s.map_err(|source| LinkError::Connect { addr, source })?,
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if reset(e.kind()) => return Err(LinkError::ClosedAtOnce { addr }),
+            Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
             Err(_) => return Err(silent),
         };
         let _ = stream.set_nodelay(true);
@@ -69,9 +79,7 @@ impl TrackerLink {
         match tokio::time::timeout(CONNECT_DEADLINE, hello).await {
             Err(_) => Err(silent),
             Ok(Err(LinkError::Closed)) => Err(LinkError::ClosedAtOnce { addr }),
-            Ok(Err(LinkError::Frame(wire::FrameError::Io(e))))
-                if e.kind() == std::io::ErrorKind::ConnectionReset =>
-            {
+            Ok(Err(LinkError::Frame(wire::FrameError::Io(e)))) if reset(e.kind()) => {
                 Err(LinkError::ClosedAtOnce { addr })
             }
             Ok(Err(e)) => Err(e),

@@ -316,3 +316,63 @@ fn a_flooded_user_is_served_and_never_logged_out() {
     let said = yoda.run("whoelse");
     assert_eq!(said, ["hans"]);
 }
+
+/// One user with many tickets who asks a seeder for blocks and never reads the answers
+/// gets a few of the seeder's listener slots, not all of them: someone else downloads
+/// from that seeder meanwhile.
+#[test]
+fn a_requester_that_never_reads_cannot_shut_a_seeders_listener() {
+    use wire::{FileName, PeerMsg, PeerRefusal, Purpose, Reply, PROTOCOL_VERSION};
+    let t = Tracker::start(60, 600);
+    let mut yoda = t.login("yoda");
+    let data = random_bytes(1_500_000, 11);
+    std::fs::write(yoda.dir.join("f.bin"), &data).unwrap();
+    yoda.send("register f.bin 2");
+    yoda.expect("f.bin registered");
+    let name = FileName::new("f.bin").unwrap();
+    let mut hans = Raw::login(t.addr, "hans");
+    let (mut accepted, mut busy) = (Vec::new(), 0);
+    // More tickets than the listener has slots (256).
+    let mut tries = 0;
+    while accepted.len() + busy < 260 {
+        tries += 1;
+        assert!(tries < 1000);
+        let holders = match hans.request(Request::Locate {
+            name: name.clone(),
+            from: None,
+        }) {
+            Reply::Located { holders, .. } => holders,
+            Reply::Refused(wire::Refusal::TooFast { retry_ms }) => {
+                // The tracker's own rate: wait as told.
+                std::thread::sleep(Duration::from_millis(retry_ms.into()));
+                continue;
+            }
+            other => panic!("{other:?}"),
+        };
+        let h = &holders[0];
+        let mut c = Raw::connect(h.addr);
+        c.send(&PeerMsg::Hello {
+            version: PROTOCOL_VERSION,
+            ticket: h.ticket,
+            purpose: Purpose::Transfer,
+        });
+        match c.recv::<PeerMsg>() {
+            Some(PeerMsg::Accepted) => {
+                c.send(&PeerMsg::Interested { name: name.clone() });
+                for block in 0..4 {
+                    c.send(&PeerMsg::Request { chunk: 0, block });
+                }
+                accepted.push(c); // and never read again
+            }
+            Some(PeerMsg::Refused(PeerRefusal::Busy)) => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 4, "a few transfer connections per user");
+    assert_eq!(busy, 256);
+    let mut luke = t.login("luke");
+    luke.send("download f.bin");
+    luke.expect_within("Downloaded f.bin (", Duration::from_secs(60));
+    assert_eq!(std::fs::read(luke.dir.join("f.bin")).unwrap(), data);
+    drop(accepted);
+}
