@@ -535,6 +535,15 @@ impl Raw {
         }
     }
 
+    /// A connection accepted on a test's own listener (a peer dialling us).
+    pub fn accepted(stream: std::net::TcpStream) -> Raw {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
     pub fn send<T: serde::Serialize>(&mut self, msg: &T) {
         let mut out = bytes::BytesMut::new();
         wire::encode(msg, &mut out, wire::MAX_FRAME_LEN).unwrap();

@@ -376,3 +376,57 @@ fn a_requester_that_never_reads_cannot_shut_a_seeders_listener() {
     assert_eq!(std::fs::read(luke.dir.join("f.bin")).unwrap(), data);
     drop(accepted);
 }
+
+/// A private-chat partner that accepts the connection and then never reads: the user is
+/// told the partner is not reading once the queue fills, and `stopprivate` (and then
+/// `logout`) return at once instead of waiting behind it.
+#[test]
+fn stopprivate_returns_with_a_partner_that_stopped_reading() {
+    use wire::{PeerMsg, Purpose};
+    let t = Tracker::start(60, 600);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hans = Raw::login_p2p(t.addr, "hans", port);
+    let mut yoda = t.login("yoda");
+    yoda.send("startprivate hans");
+    let (stream, _) = listener.accept().unwrap();
+    let mut partner = Raw::accepted(stream);
+    let Some(PeerMsg::Hello {
+        purpose: Purpose::Chat,
+        ..
+    }) = partner.recv::<PeerMsg>()
+    else {
+        panic!("no chat hello")
+    };
+    // The ticket is not checked here: this partner only pretends, and then stops reading.
+    partner.send(&PeerMsg::Accepted);
+    yoda.expect("Start private messaging with hans");
+    let long = "z".repeat(4000);
+    let mut told = None;
+    for i in 0..2000 {
+        yoda.send(&format!("private hans {i} {long}"));
+        if i % 100 == 99 {
+            let said = yoda.run("whoelse");
+            if let Some(l) = said
+                .iter()
+                .find(|l| l.contains("is not reading private messages"))
+            {
+                told = Some(l.clone());
+                break;
+            }
+        }
+    }
+    assert!(told.is_some(), "yoda was never told hans is not reading");
+    let asked = Instant::now();
+    let said = yoda.run("stopprivate hans");
+    assert!(
+        said.iter()
+            .any(|l| l == "Stopped private messaging with hans"),
+        "{said:?}"
+    );
+    eprintln!("stopprivate returned after {:?}", asked.elapsed());
+    yoda.send("logout");
+    yoda.expect("Logged out");
+    assert!(yoda.wait_exit().success());
+    drop(partner);
+}
