@@ -598,7 +598,16 @@ impl Raw {
 
     /// Logs in as `user`, telling the tracker our listener is on `p2p_port`.
     pub fn login_p2p(tracker: SocketAddr, user: &str, p2p_port: u16) -> Raw {
-        use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
+        use wire::{LoginResult, ServerMsg};
+        let mut raw = Raw::send_login(tracker, user, p2p_port);
+        assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
+        raw
+    }
+
+    /// Connects, says Hello, and sends `user`'s login with the right password, without
+    /// reading the answer.
+    pub fn send_login(tracker: SocketAddr, user: &str, p2p_port: u16) -> Raw {
+        use wire::{ClientMsg, Password, ServerMsg, UserName, PROTOCOL_VERSION};
         let mut raw = Raw::connect(tracker);
         raw.send(&ClientMsg::Hello {
             version: PROTOCOL_VERSION,
@@ -609,7 +618,6 @@ impl Raw {
             password: Password::new(password(user)).unwrap(),
             p2p_port,
         });
-        assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
         raw
     }
 

@@ -118,10 +118,7 @@ impl Tracker {
         }
         let held = entry.holders.entry(me.clone()).or_default();
         let new: Vec<u32> = chunks.into_iter().filter(|&c| held.insert(c)).collect();
-        self.involved
-            .entry(me.clone())
-            .or_default()
-            .insert(name.clone());
+        self.involve(me, name);
         if new.is_empty() {
             return;
         }
@@ -261,10 +258,7 @@ impl Tracker {
             // Registered with the snapshot below, under the same lock: every change after
             // the snapshot reaches the watcher as an event.
             new_fellow = entry.watchers.insert(me.clone()) && !entry.holders.contains_key(me);
-            self.involved
-                .entry(me.clone())
-                .or_default()
-                .insert(name.clone());
+            self.involve(me, name);
         }
         if new_fellow {
             let event = Event::Holders {
@@ -327,6 +321,14 @@ impl Tracker {
             }
         }
         Reply::Located { meta, holders }
+    }
+
+    /// `me` now holds or watches `name`: its logout must look there.
+    fn involve(&mut self, me: &UserName, name: &FileName) {
+        self.involved
+            .entry(me.clone())
+            .or_default()
+            .insert(name.clone());
     }
 
     /// The user's session ended: they can no longer serve anything, nor watch.

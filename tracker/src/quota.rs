@@ -51,17 +51,8 @@ enum Kind {
     Announce,
 }
 
-const KINDS: [Kind; 9] = [
-    Kind::Message,
-    Kind::Broadcast,
-    Kind::StartPrivate,
-    Kind::Locate,
-    Kind::Search,
-    Kind::Listing,
-    Kind::Register,
-    Kind::Blocking,
-    Kind::Announce,
-];
+/// How many kinds there are: one bucket each.
+const KINDS: usize = Kind::Announce as usize + 1;
 
 impl Kind {
     /// `None`: free (`Activity`, `Logout`).
@@ -100,43 +91,37 @@ impl Kind {
 /// One session's buckets, full at login.
 #[derive(Debug)]
 pub struct Quota {
-    buckets: [Bucket; KINDS.len()],
+    buckets: [Bucket; KINDS],
     texts: Bucket,
 }
 
 impl Quota {
     pub fn new(now: Millis) -> Quota {
         Quota {
-            buckets: [Bucket::full(now); KINDS.len()],
+            buckets: [Bucket::full(now); KINDS],
             texts: Bucket::full(now),
         }
     }
 
-    /// Takes a token for `req` if it is a limited kind (and, for texts, their KiB):
-    /// `Err(ms to wait)` when there are not enough.
+    /// Takes a token for `req` if it is a limited kind (and, for a text, its units of
+    /// [`TEXT_UNIT`] bytes): `Err(ms to wait)` when there are not enough.
     pub fn take(&mut self, req: &Request, now: Millis) -> Result<(), u32> {
         let Some(kind) = Kind::of(req) else {
             return Ok(());
         };
         let ms = |w: u64| w.min(u32::MAX as u64) as u32;
-        let text = match req {
-            Request::Message { text, .. } | Request::Broadcast { text } => Some(text.as_str()),
-            _ => None,
-        };
-        if let Some(text) = text {
-            let units = text.len().div_ceil(TEXT_UNIT).max(1) as u32;
-            // Checked first, taken last: a refused request costs nothing from either.
-            let mut texts = self.texts;
+        // Taken on a copy, kept only if the request's own bucket has a token too: a refused
+        // request costs nothing from either.
+        let mut texts = self.texts;
+        if let Request::Message { text, .. } | Request::Broadcast { text } = req {
+            let units = text.as_str().len().div_ceil(TEXT_UNIT).max(1) as u32;
             texts.take_n(TEXT, units, now).map_err(ms)?;
-            self.buckets[kind as usize]
-                .take(kind.rate(), now)
-                .map_err(ms)?;
-            self.texts = texts;
-            return Ok(());
         }
         self.buckets[kind as usize]
             .take(kind.rate(), now)
-            .map_err(ms)
+            .map_err(ms)?;
+        self.texts = texts;
+        Ok(())
     }
 }
 

@@ -499,7 +499,6 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
     }
 }
 
-#[derive(PartialEq)]
 enum Flow {
     Continue,
     End,

@@ -29,6 +29,11 @@ pub enum StoreError {
     Encode(#[from] rmp_serde::encode::Error),
 }
 
+/// Short: a write waits this long under the tracker's lock (every connection waits with
+/// it) when another program holds the database; past it the request is refused as
+/// `Unavailable` instead of freezing the relay.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct Store {
     db: Connection,
 }
@@ -113,10 +118,7 @@ impl Store {
     fn init(db: Connection) -> Result<Self, StoreError> {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        // Short: a write waits for this under the tracker's lock (every connection waits
-        // with it) when another program holds the database; past it the request is
-        // refused as `Unavailable` instead of freezing the relay.
-        db.busy_timeout(std::time::Duration::from_millis(250))?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
         db.execute_batch(SCHEMA)?;
         Ok(Self { db })
     }
@@ -128,7 +130,7 @@ impl Store {
     /// several milliseconds for every connection now and then, `bench/abuse`.)
     pub fn hand_checkpoints_to(&self, path: &Path) -> Result<Checkpointer, StoreError> {
         let db = Connection::open(path)?;
-        db.busy_timeout(std::time::Duration::from_millis(250))?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
         self.db.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Checkpointer { db })
     }

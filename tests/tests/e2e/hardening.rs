@@ -181,36 +181,18 @@ fn a_broadcast_flood_is_refused_and_its_targets_stay() {
 /// no ghost: the user is not kept "online", and logs in again at once.
 #[test]
 fn a_login_cut_off_before_its_welcome_leaves_no_ghost() {
-    use wire::{ClientMsg, LoginResult, Password, ServerMsg, PROTOCOL_VERSION};
+    use wire::{LoginResult, ServerMsg};
     let t = Tracker::start(60, 600);
     let mut hans = t.login("hans");
     for _ in 0..5 {
-        let mut raw = Raw::connect(t.addr);
-        raw.send(&ClientMsg::Hello {
-            version: PROTOCOL_VERSION,
-        });
-        assert!(matches!(raw.recv(), Some(ServerMsg::Hello { .. })));
-        raw.send(&ClientMsg::Login {
-            user: UserName::new("yoda").unwrap(),
-            password: Password::new(password("yoda")).unwrap(),
-            p2p_port: 0,
-        });
+        let raw = Raw::send_login(t.addr, "yoda", 0);
         // Logged in (the others hear of it); then a reset instead of a close, with the
         // welcome unread: the connection ends under the tracker while it writes.
         hans.expect("yoda logged in");
         raw.reset();
         hans.expect("yoda logged out");
     }
-    let mut again = Raw::connect(t.addr);
-    again.send(&ClientMsg::Hello {
-        version: PROTOCOL_VERSION,
-    });
-    assert!(matches!(again.recv(), Some(ServerMsg::Hello { .. })));
-    again.send(&ClientMsg::Login {
-        user: UserName::new("yoda").unwrap(),
-        password: Password::new(password("yoda")).unwrap(),
-        p2p_port: 0,
-    });
+    let mut again = Raw::send_login(t.addr, "yoda", 0);
     assert_eq!(
         again.recv::<ServerMsg>(),
         Some(ServerMsg::Login(LoginResult::Welcome)),
