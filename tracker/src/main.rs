@@ -75,9 +75,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = SocketAddr::new(args.bind, args.server_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let shared = Shared::new(tracker, clock);
         tracker::serve(listener, shared, async {
@@ -86,6 +84,22 @@ fn main() -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// The kernel's backlog is the first line against a connect flood: connections wait there
+/// for the gate to turn them away, and once it is full the kernel drops new ones, a
+/// legitimate user's too (their connect then takes a second longer). tokio's default is
+/// 1,024; 5,000 connections reopened together overflowed it (`TcpExtListenOverflows` in
+/// `bench/abuse`), so ask for the most Linux allows by default (`somaxconn`, 4,096).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4_096)
 }
 
 /// jemalloc, handing freed pages back to the system within a second from a background
