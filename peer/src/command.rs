@@ -240,10 +240,12 @@ impl Command {
             "broadcast" => Err(usage("broadcast")),
             "whoelse" => none(rest, Command::WhoElse),
             "whoelsesince" => match word(rest) {
-                (n, "") => n
-                    .parse::<u64>()
-                    .map(|secs| Command::WhoElseSince { secs })
-                    .map_err(|_| usage("whoelsesince")),
+                // A number too large for 64 bits still means "since ever".
+                (n, "") if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(Command::WhoElseSince {
+                        secs: n.parse::<u64>().unwrap_or(u64::MAX),
+                    })
+                }
                 _ => Err(usage("whoelsesince")),
             },
             "block" => Ok(Command::Block {
@@ -482,6 +484,14 @@ mod tests {
         assert_eq!(
             Command::parse("whoelsesince -5"),
             Err(ParseError::Usage("whoelsesince <seconds>"))
+        );
+        assert_eq!(
+            Command::parse("whoelsesince +5"),
+            Err(ParseError::Usage("whoelsesince <seconds>"))
+        );
+        assert_eq!(
+            Command::parse("whoelsesince 99999999999999999999999"),
+            Ok(Command::WhoElseSince { secs: u64::MAX })
         );
         assert_eq!(
             Command::parse("block"),

@@ -47,6 +47,8 @@ pub enum LibraryError {
     },
     #[error("{0}")]
     Meta(#[from] wire::MetaError),
+    #[error("{} is not a regular file: only regular files can be shared", .path.display())]
+    NotRegular { path: PathBuf },
     #[error("{path} already exists and is not the file being downloaded")]
     Exists { path: PathBuf },
     #[error("cannot save the manifest {path}: {why}")]
@@ -74,6 +76,25 @@ fn free_space(dir: &Path) -> Option<u64> {
         return None;
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Opens a file to be shared, refusing anything but a regular file. Opened without
+/// blocking and checked on the open descriptor, not the name: opening a FIFO would
+/// otherwise wait for a writer forever, and a device such as `/dev/zero` never ends.
+pub(crate) fn open_regular(path: &Path) -> Result<File, LibraryError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io(path))?;
+    let meta = file.metadata().map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(LibraryError::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LibraryError + '_ {
@@ -106,6 +127,8 @@ pub type Leaves = Arc<[Digest]>;
 #[derive(Debug, Clone)]
 pub struct Described {
     pub meta: FileMeta,
+    /// The number of chunks asked for (`meta` may have fewer).
+    pub wanted: usize,
     pub stamp: Stamp,
     leaves: Vec<Leaves>,
 }
@@ -341,7 +364,7 @@ impl Library {
     /// Blocking: run it off the async threads.
     pub fn describe(&self, name: &FileName, wanted: usize) -> Result<Described, LibraryError> {
         let path = self.path_of(name);
-        let file = File::open(&path).map_err(io(&path))?;
+        let file = open_regular(&path)?;
         let before = file.metadata().map_err(io(&path))?;
         let stamp = Stamp::of(&before);
         let size = before.len();
@@ -395,6 +418,7 @@ impl Library {
         )?;
         Ok(Described {
             meta,
+            wanted,
             stamp,
             leaves,
         })

@@ -14,7 +14,10 @@ pub enum Asked {
     Block,
     Unblock,
     StartPrivate,
-    Register,
+    /// `register`, with the number of chunks the user asked for.
+    Register {
+        wanted: u32,
+    },
     /// A request the user did not type (chunk announcements): its success is silent.
     Quiet,
     SearchFile,
@@ -47,7 +50,7 @@ fn and_more(more: u32) -> Option<String> {
 pub fn throttled(retry_secs: u32) -> String {
     format!(
         "Too many failed logins from your address. Please try again in {retry_secs} second{}",
-        if retry_secs == 1 { "" } else { "s" }
+        plural(retry_secs.into())
     )
 }
 
@@ -64,16 +67,20 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
                 "{to} is offline; the message will be delivered when they log in"
             )]
         }
-        Reply::Broadcast { skipped: true } => {
+        Reply::Broadcast { skipped: true, .. } => {
             vec!["Your message could not be delivered to some recipients".into()]
         }
-        Reply::Broadcast { skipped: false } => vec![],
+        Reply::Broadcast { reached: 0, .. } => {
+            vec!["No other users are online: your broadcast reached no one".into()]
+        }
+        Reply::Broadcast { .. } => vec![],
         Reply::WhoElse { users, .. } if users.is_empty() => {
             vec!["No other users are online".into()]
         }
         Reply::WhoElseSince { secs, users, .. } if users.is_empty() => {
             vec![format!(
-                "No other users were online in the last {secs} seconds"
+                "No other users were online in the last {secs} second{}",
+                plural(*secs)
             )]
         }
         Reply::WhoElse { users, more } | Reply::WhoElseSince { users, more, .. } => users
@@ -86,12 +93,7 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         Reply::Refused(why) => vec![refusal(asked, why)],
         // Confirmed once the connection is open (`private_started`).
         Reply::PrivateGranted { .. } => vec![],
-        Reply::Registered { name, size, chunks } => {
-            vec![format!(
-                "{name} registered ({}, {chunks} chunks)",
-                human_size(*size)
-            )]
-        }
+        Reply::Registered { name, size, chunks } => vec![registered(asked, name, *size, *chunks)],
         Reply::FileHolders { users, .. } if users.is_empty() => vec!["Not available".into()],
         Reply::FileHolders { users, more, .. } => std::iter::once("Available".to_string())
             .chain(users.iter().map(|u| u.to_string()))
@@ -119,6 +121,24 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
+    }
+}
+
+/// `movie.bin registered (97.7 KiB, 10 chunks)`, and why when there are fewer chunks than
+/// asked for: chunks are all one size (the last may be shorter), so a file of 13 bytes in
+/// 10 chunks has chunks of 2 bytes, and only 7 of them.
+fn registered(asked: Asked, name: &wire::FileName, size: u64, chunks: u32) -> String {
+    let count = format!("{chunks} chunk{}", plural(chunks.into()));
+    match asked {
+        Asked::Register { wanted } if chunks < wanted => {
+            let each = human_size(wire::FileMeta::chunk_size_for(size, wanted as usize));
+            let size = human_size(size);
+            format!(
+                "{name} registered ({size}, {count} of {each}: chunks are all one size, \
+                 so {size} cannot make {wanted})"
+            )
+        }
+        _ => format!("{name} registered ({}, {count})", human_size(size)),
     }
 }
 
@@ -321,7 +341,7 @@ pub fn private_none(user: &UserName) -> String {
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
-        return format!("{bytes} bytes");
+        return format!("{bytes} byte{}", plural(bytes));
     }
     let mut value = bytes as f64 / 1024.0;
     let mut unit = 0;
@@ -330,6 +350,15 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The "s" of a count of things, none when there is one.
+pub fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// Bytes per second as people read them.
@@ -375,6 +404,29 @@ pub fn chunk_list(chunks: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_of_one_are_singular() {
+        let none = |secs| Reply::WhoElseSince {
+            secs,
+            users: vec![],
+            more: 0,
+        };
+        assert_eq!(
+            reply(Asked::WhoElseSince, &none(1)),
+            ["No other users were online in the last 1 second"]
+        );
+        assert_eq!(
+            reply(Asked::WhoElseSince, &none(2)),
+            ["No other users were online in the last 2 seconds"]
+        );
+        assert_eq!(human_size(1), "1 byte");
+        assert_eq!(human_size(0), "0 bytes");
+        assert_eq!(
+            throttled(1),
+            "Too many failed logins from your address. Please try again in 1 second"
+        );
+    }
 
     #[test]
     fn chunk_lists_read_as_ranges() {

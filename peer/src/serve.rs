@@ -711,9 +711,10 @@ impl Source {
         }
         let mut src = self.lib.block_source(&self.name, chunk, block)?;
         if self.file.as_ref().is_none_or(|(p, _)| *p != src.path) {
-            // Opening can block (a slow or network disk): not on an async worker.
+            // Opening can block (a slow or network disk): not on an async worker. A file
+            // replaced by a FIFO or a device since it was shared is not served.
             let open = |path: std::path::PathBuf| async move {
-                tokio::task::spawn_blocking(move || File::open(path))
+                tokio::task::spawn_blocking(move || crate::library::open_regular(&path))
                     .await
                     .ok()
                     .and_then(Result::ok)

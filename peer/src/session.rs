@@ -438,8 +438,9 @@ impl Session {
                 Ok(described) => {
                     let meta = described.meta.clone();
                     let have = (0..meta.chunk_count()).collect();
+                    let wanted = described.wanted as u32;
                     self.registering.insert(name, described);
-                    self.send(Asked::Register, Request::Register { meta, have })
+                    self.send(Asked::Register { wanted }, Request::Register { meta, have })
                         .await?;
                 }
                 Err(e) => self.out.line(format!("Error. {e}")),

@@ -102,7 +102,7 @@ impl Tracker {
         let Some(frame) = crate::state::encode(&event) else {
             return Reply::Refused(Refusal::Unavailable);
         };
-        let mut skipped = false;
+        let (mut reached, mut skipped) = (0u32, false);
         let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
         for u in targets {
             // A busy recipient is skipped like one who blocked the sender: the sender is
@@ -112,8 +112,9 @@ impl Tracker {
                 continue;
             }
             self.push_frame(&u, &frame);
+            reached = reached.saturating_add(1);
         }
-        Reply::Broadcast { skipped }
+        Reply::Broadcast { reached, skipped }
     }
 
     pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Reply {
@@ -257,7 +258,10 @@ mod tests {
                 },
                 T0
             ),
-            Reply::Broadcast { skipped: true }
+            Reply::Broadcast {
+                reached: 1,
+                skipped: true
+            }
         );
         assert_eq!(yoda.events(), [said("hans", "I rock")]);
         assert!(luke.events().is_empty());
@@ -294,7 +298,10 @@ mod tests {
                 },
                 T0
             ),
-            Reply::Broadcast { skipped: false }
+            Reply::Broadcast {
+                reached: 2,
+                skipped: false
+            }
         );
         assert_eq!(
             yoda.events(),
@@ -333,7 +340,10 @@ mod tests {
         };
         assert_eq!(
             req(&mut t, &yoda, b, T0),
-            Reply::Broadcast { skipped: true }
+            Reply::Broadcast {
+                reached: 1,
+                skipped: true
+            }
         );
         assert!(t.is_online(&u("luke")));
         assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);

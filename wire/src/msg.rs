@@ -171,8 +171,10 @@ pub enum Reply {
         to: UserName,
         stored: bool,
     },
-    /// `skipped`: some online users did not get it because they blocked the sender.
+    /// `reached`: how many online users it was delivered to; `skipped`: some online users
+    /// did not get it (they blocked the sender, or were too far behind).
     Broadcast {
+        reached: u32,
         skipped: bool,
     },
     /// At most [`MAX_LISTED`] users; `more` were left out.

@@ -1,0 +1,88 @@
+//! What a new user trips over (issue 12): things that are not files, small counts, a
+//! broadcast to nobody, numbers too large to type.
+
+use harness::*;
+
+#[test]
+fn a_broadcast_with_nobody_else_online_says_it_reached_no_one() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    assert_eq!(
+        hans.run("broadcast anyone there?"),
+        ["No other users are online: your broadcast reached no one"]
+    );
+    let mut yoda = t.login("yoda");
+    hans.expect("yoda logged in");
+    assert_eq!(hans.run("broadcast hi yoda"), Vec::<String>::new());
+    yoda.expect("hans: hi yoda");
+    // Reaching nobody because the only other user blocked us reads as the spec says.
+    yoda.run("block hans");
+    assert_eq!(
+        hans.run("broadcast still there?"),
+        ["Your message could not be delivered to some recipients"]
+    );
+}
+
+#[test]
+fn counts_of_one_read_as_words_and_fewer_chunks_are_explained() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    // Numbers past 64 bits: `the_largest_whoelsesince_covers_everyone_seen`.
+    assert_eq!(
+        hans.run("whoelsesince 12abc"),
+        ["Error. Usage: whoelsesince <seconds>"]
+    );
+
+    std::fs::write(hans.dir.join("one.txt"), b"x").unwrap();
+    hans.send("register one.txt");
+    hans.expect(
+        "one.txt registered (1 byte, 1 chunk of 1 byte: chunks are all one size, \
+         so 1 byte cannot make 10)",
+    );
+    std::fs::write(hans.dir.join("thirteen.txt"), b"0123456789abc").unwrap();
+    hans.send("register thirteen.txt");
+    hans.expect(
+        "thirteen.txt registered (13 bytes, 7 chunks of 2 bytes: chunks are all one size, \
+         so 13 bytes cannot make 10)",
+    );
+    std::fs::write(hans.dir.join("twenty.txt"), [7u8; 20]).unwrap();
+    hans.send("register twenty.txt");
+    let line = hans.expect("twenty.txt registered");
+    assert_eq!(line, "twenty.txt registered (20 bytes, 10 chunks)");
+    hans.send("register twice.txt 1");
+    hans.expect("twice.txt: No such file");
+    std::fs::write(hans.dir.join("single.txt"), [1u8; 5]).unwrap();
+    hans.send("register single.txt 1");
+    let line = hans.expect("single.txt registered");
+    assert_eq!(line, "single.txt registered (5 bytes, 1 chunk)");
+}
+
+#[test]
+fn only_regular_files_are_shared_and_logout_still_exits() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let fifo = hans.dir.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", hans.dir.join("zeros")).unwrap();
+    std::fs::create_dir(hans.dir.join("folder")).unwrap();
+    for name in ["pipe", "zeros", "folder"] {
+        hans.send(&format!("register {name}"));
+        let line = hans.expect("is not a regular file");
+        assert!(
+            line.starts_with("Error. ")
+                && line.ends_with(&format!(
+                    "{name} is not a regular file: only regular files can be shared"
+                )),
+            "{line}"
+        );
+    }
+    // Nothing was registered, and the client is not stuck on any of them.
+    assert_eq!(hans.run("searchFile pipe"), ["Not available"]);
+    hans.send("logout");
+    hans.expect("Logged out");
+    assert!(hans.wait_exit().success());
+}
