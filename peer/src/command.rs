@@ -144,6 +144,10 @@ pub const HELP: &[(&str, &str)] = &[
 fn fetch_chunk(to: &str, msg: &str) -> Result<Option<Command>, ParseError> {
     let words: Vec<&str> = msg.split_whitespace().collect();
     match words[..] {
+        // The chunk number forgotten: not chat text. A longer sentence still is.
+        ["download", _] => Err(ParseError::Usage(
+            "private <user> download <file> <chunk>, chunks numbered from 1",
+        )),
         ["download", f, n] => match chunk_number(n) {
             Some(chunk) => Ok(Some(Command::FetchChunk {
                 from: user(to)?,
@@ -464,6 +468,18 @@ mod tests {
                 text: Text::new("download it now please").unwrap()
             })
         );
+    }
+
+    #[test]
+    fn a_private_download_that_does_not_parse_is_a_usage_error_not_chat() {
+        let usage = Err(ParseError::Usage(
+            "private <user> download <file> <chunk>, chunks numbered from 1",
+        ));
+        assert_eq!(Command::parse("private hans download f.bin"), usage);
+        assert!(matches!(
+            Command::parse("private hans downloading is slow today"),
+            Ok(Command::Private { .. })
+        ));
     }
 
     #[test]

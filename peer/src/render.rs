@@ -27,6 +27,11 @@ pub enum Asked {
     Fetch {
         chunk: u32,
     },
+    /// `private <user> ...` typed with no session open: the tracker is asked whether one
+    /// could be, to say why there is none (`fetch`: it was a chunk download).
+    CheckPrivate {
+        fetch: bool,
+    },
     /// A download asked to be introduced to a holder it heard of: not shown.
     Introduce,
     Activity,
@@ -121,6 +126,12 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
+        Reply::Reachable { user } if asked == (Asked::CheckPrivate { fetch: true }) => {
+            vec![format!(
+                "Error. No private messaging session with {user}: type startprivate {user} first"
+            )]
+        }
+        Reply::Reachable { user } => vec![private_not_enabled(user)],
     }
 }
 
@@ -143,6 +154,12 @@ fn registered(asked: Asked, name: &wire::FileName, size: u64, chunks: u32) -> St
 }
 
 fn refusal(asked: Asked, why: &Refusal) -> String {
+    // Without a session, `private` is refused as `startprivate` would be (spec 3.4, 3.5).
+    let asked = match asked {
+        Asked::CheckPrivate { fetch: false } => Asked::StartPrivate,
+        Asked::CheckPrivate { fetch: true } => Asked::Fetch { chunk: 0 },
+        other => other,
+    };
     match why {
         Refusal::InvalidUser { .. } => INVALID_USER.into(),
         Refusal::SelfTarget => match asked {

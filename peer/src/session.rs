@@ -563,9 +563,13 @@ impl Session {
             }
             Command::StartPrivate { user } => (Asked::StartPrivate, Request::StartPrivate { user }),
             Command::Private { to, text } => {
-                self.private(&to, text);
-                // The text stays between the two peers; the tracker only hears "active".
-                (Asked::Activity, Request::Activity)
+                if self.private(&to, text) {
+                    // The text stays between the two peers; the tracker only hears "active".
+                    (Asked::Activity, Request::Activity)
+                } else {
+                    let asked = Asked::CheckPrivate { fetch: false };
+                    (asked, Request::CheckPeer { user: to })
+                }
             }
             Command::StopPrivate { user } => {
                 match self.chats.open.remove(&user) {
@@ -591,6 +595,11 @@ impl Session {
                 (Asked::SearchChunk, Request::SearchChunk { name, chunks })
             }
             Command::Download { name } => self.download(name, None, None).await?,
+            // Spec 3.5: a chunk is asked of a user we have a private session with.
+            Command::FetchChunk { from, .. } if !self.chats.open.contains_key(&from) => {
+                let asked = Asked::CheckPrivate { fetch: true };
+                (asked, Request::CheckPeer { user: from })
+            }
             Command::FetchChunk { from, name, chunk } => {
                 self.download(name, Some(chunk), Some(from)).await?
             }
@@ -628,7 +637,9 @@ impl Session {
         Ok(false)
     }
 
-    fn private(&mut self, to: &UserName, text: wire::Text) {
+    /// Sends `text` over the private session with `to`; `false` if there is none (and
+    /// never was, as far as we know), for the caller to ask the tracker why.
+    fn private(&mut self, to: &UserName, text: wire::Text) -> bool {
         let departed = self.chats.departed.remove(to);
         match self.chats.open.remove(to) {
             Some(h) if !departed && h.is_open() => {
@@ -642,8 +653,9 @@ impl Session {
             // The connection is dead or its user logged out without saying goodbye.
             Some(_) => self.out.line(render::private_gone(to)),
             None if self.chats.gone.remove(to) => self.out.line(render::private_gone(to)),
-            None => self.out.line(render::private_not_enabled(to)),
+            None => return false,
         }
+        true
     }
 
     async fn on_tracker(&mut self, msg: ServerMsg) -> Result<Next, LinkError> {

@@ -477,6 +477,14 @@ impl Peer {
         self.expect("Welcome to the greatest messaging application ever!");
     }
 
+    /// Starts a private session with `other`; waits until both sides have seen it open
+    /// (each hears of it on its own connection, in either order).
+    pub fn open_private(&mut self, other: &mut Peer) {
+        self.send(&format!("startprivate {}", other.name));
+        self.expect(&format!("Start private messaging with {}", other.name));
+        other.expect(&format!("{} started private messaging with you", self.name));
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;

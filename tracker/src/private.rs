@@ -21,6 +21,13 @@ impl Tracker {
         }
     }
 
+    pub(crate) fn check_peer(&self, me: &UserName, user: &UserName) -> Reply {
+        match self.reachable(me, user) {
+            Ok(_) => Reply::Reachable { user: user.clone() },
+            Err(refusal) => Reply::Refused(refusal),
+        }
+    }
+
     /// Checks that `me` may connect to `user`'s listener and, if so, issues a ticket for it:
     /// given to `user` now (as an event) and returned with the address for `me`.
     pub(crate) fn introduce(
@@ -28,6 +35,21 @@ impl Tracker {
         me: &UserName,
         user: &UserName,
     ) -> Result<(SocketAddr, Ticket), Refusal> {
+        let addr = self.reachable(me, user)?;
+        // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
+        let ticket = Ticket(rand::random());
+        let event = ServerMsg::Event(Event::PrivateTicket {
+            from: me.clone(),
+            ticket,
+        });
+        if !self.push(user, &event) {
+            return Err(Refusal::Offline { user: user.clone() });
+        }
+        Ok((addr, ticket))
+    }
+
+    /// `user`'s listener, if `me` may connect to it.
+    fn reachable(&self, me: &UserName, user: &UserName) -> Result<SocketAddr, Refusal> {
         if !self.creds.contains(user) {
             return Err(Refusal::InvalidUser { user: user.clone() });
         }
@@ -44,17 +66,7 @@ impl Tracker {
         if target.p2p_port == 0 {
             return Err(Refusal::NotReachable { user: user.clone() });
         }
-        let addr = SocketAddr::new(target.ip, target.p2p_port);
-        // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
-        let ticket = Ticket(rand::random());
-        let event = ServerMsg::Event(Event::PrivateTicket {
-            from: me.clone(),
-            ticket,
-        });
-        if !self.push(user, &event) {
-            return Err(Refusal::Offline { user: user.clone() });
-        }
-        Ok((addr, ticket))
+        Ok(SocketAddr::new(target.ip, target.p2p_port))
     }
 }
 
@@ -66,6 +78,32 @@ mod tests {
 
     fn start(user: &str) -> Request {
         Request::StartPrivate { user: u(user) }
+    }
+
+    #[test]
+    fn a_check_refuses_as_a_start_would_and_issues_no_ticket() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4002);
+        luke.events();
+        let check = |user: &str| Request::CheckPeer { user: u(user) };
+        assert_eq!(
+            req(&mut t, &hans, check("luke"), T0),
+            Reply::Reachable { user: u("luke") }
+        );
+        assert!(luke.events().is_empty(), "luke is told nothing");
+        assert_eq!(
+            req(&mut t, &hans, check("hans"), T0),
+            Reply::Refused(Refusal::SelfTarget)
+        );
+        assert_eq!(
+            req(&mut t, &hans, check("bob"), T0),
+            Reply::Refused(Refusal::InvalidUser { user: u("bob") })
+        );
+        assert_eq!(
+            req(&mut t, &hans, check("yoda"), T0),
+            Reply::Refused(Refusal::Offline { user: u("yoda") })
+        );
     }
 
     #[test]

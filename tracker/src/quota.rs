@@ -60,7 +60,9 @@ impl Kind {
         Some(match req {
             Request::Message { .. } => Kind::Message,
             Request::Broadcast { .. } => Kind::Broadcast,
-            Request::StartPrivate { .. } => Kind::StartPrivate,
+            // Costs what a start costs to check: the same rate, so it cannot be used to
+            // probe presence faster than starting would.
+            Request::StartPrivate { .. } | Request::CheckPeer { .. } => Kind::StartPrivate,
             Request::Locate { .. } => Kind::Locate,
             Request::SearchFile { .. } | Request::SearchChunk { .. } => Kind::Search,
             Request::WhoElse | Request::WhoElseSince { .. } => Kind::Listing,

@@ -256,6 +256,7 @@ impl Tracker {
             Request::Block { user } => self.block(me, &user),
             Request::Unblock { user } => self.unblock(me, &user),
             Request::StartPrivate { user } => self.start_private(me, &user),
+            Request::CheckPeer { user } => self.check_peer(me, &user),
             Request::Register { meta, have } => self.register(me, meta, have),
             Request::HaveChunk { name, chunk } => self.have_chunk(me, &name, chunk),
             Request::SearchFile { name } => self.search_file(me, &name),

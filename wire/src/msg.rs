@@ -111,6 +111,12 @@ pub enum Request {
     /// message); counts as activity for the inactivity timeout.
     Activity,
     Logout,
+    /// Could `StartPrivate { user }` succeed? Checked like it, but no ticket is issued and
+    /// `user` is told nothing: the client asks when the user types `private` without a
+    /// session, to say why there is none. Answered `Reachable` or refused.
+    CheckPeer {
+        user: UserName,
+    },
 }
 
 /// Tracker → client.
@@ -228,6 +234,10 @@ pub enum Reply {
     Active,
     /// Answer to `Request::Logout`; the tracker closes the connection after it.
     LoggedOut,
+    /// Answer to `CheckPeer`: `user` is online and may be connected to.
+    Reachable {
+        user: UserName,
+    },
 }
 
 /// Why a request was not carried out.

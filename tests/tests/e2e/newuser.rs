@@ -86,3 +86,39 @@ fn only_regular_files_are_shared_and_logout_still_exits() {
     hans.expect("Logged out");
     assert!(hans.wait_exit().success());
 }
+
+/// Spec 3.4: `private` without a session gives startprivate's errors for an invalid,
+/// offline or own name, and sample 7's for an online user; a download with its chunk
+/// number forgotten is a usage error, never chat text.
+#[test]
+fn private_without_a_session_says_why() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut yoda = t.login("yoda");
+    hans.expect("yoda logged in");
+    assert_eq!(hans.run("private bob hi"), ["Error. Invalid user"]);
+    assert_eq!(
+        hans.run("private hans hi"),
+        ["Error. Cannot start private messaging with self"]
+    );
+    assert_eq!(hans.run("private vader hi"), ["Error. vader is offline"]);
+    assert_eq!(
+        hans.run("private yoda hi"),
+        ["Error. Private messaging to yoda not enabled"]
+    );
+    assert_eq!(
+        hans.run("private yoda download f.bin"),
+        ["Error. Usage: private <user> download <file> <chunk>, chunks numbered from 1"]
+    );
+    yoda.run("block hans");
+    assert_eq!(
+        hans.run("private yoda hi"),
+        ["Error. Cannot start private messaging as yoda has blocked you"]
+    );
+    // yoda was sent nothing, not even the malformed download.
+    assert!(
+        !yoda.transcript().contains("hans(private)"),
+        "{}",
+        yoda.transcript()
+    );
+}

@@ -62,6 +62,12 @@ fn register_search_and_single_chunk_downloads() {
     );
     assert_eq!(yoda.run("searchChunk nope.bin 1"), ["Not available"]);
 
+    // Spec 3.5: a chunk is asked of a user we have a private session with.
+    assert_eq!(
+        fetch(&mut yoda, "private hans download movie.bin 3"),
+        ["Error. No private messaging session with hans: type startprivate hans first"]
+    );
+    yoda.open_private(&mut hans);
     assert_eq!(
         fetch(&mut yoda, "private hans download movie.bin 3"),
         ["Downloaded chunk 3 of movie.bin from hans"]
@@ -73,6 +79,7 @@ fn register_search_and_single_chunk_downloads() {
         ["Chunk 3: hans, yoda", "Chunk 4: hans"]
     );
     // A downloader serves only what it verified.
+    luke.open_private(&mut yoda);
     assert_eq!(
         fetch(&mut luke, "private yoda download movie.bin 4"),
         ["Error. yoda does not have chunk 4 of movie.bin"]
@@ -85,6 +92,7 @@ fn register_search_and_single_chunk_downloads() {
         fetch(&mut luke, "private yoda download movie.bin 3"),
         ["You already have chunk 3 of movie.bin"]
     );
+    luke.open_private(&mut hans);
     assert_eq!(
         fetch(&mut luke, "private hans download movie.bin 11"),
         ["Error. There is no chunk 11: movie.bin has chunks 1 to 10"]
@@ -169,6 +177,8 @@ fn downloaders_serve_after_the_owner_leaves() {
     let (mut hans, data) = share(&t, "hans", "f.bin", 300_000, 3);
     let mut yoda = t.login("yoda");
     let mut luke = t.login("luke");
+    yoda.open_private(&mut hans);
+    luke.open_private(&mut hans);
     for c in 1..=5 {
         yoda.send(&format!("private hans download f.bin {c}"));
         yoda.expect(&format!("Downloaded chunk {c} of f.bin from hans"));
@@ -199,9 +209,10 @@ fn downloaders_serve_after_the_owner_leaves() {
 #[test]
 fn downloads_resume_after_a_restart() {
     let t = Tracker::start(60, 120);
-    let (_hans, data) = share(&t, "hans", "f.bin", 200_000, 4);
+    let (mut hans, data) = share(&t, "hans", "f.bin", 200_000, 4);
     let dir = tempfile::tempdir().unwrap();
     let mut yoda = t.login_in("yoda", dir.path());
+    yoda.open_private(&mut hans);
     for c in [2, 7] {
         yoda.send(&format!("private hans download f.bin {c}"));
         yoda.expect(&format!("Downloaded chunk {c} of f.bin from hans"));
@@ -361,6 +372,7 @@ fn corrupt_chunks_are_rejected_and_fetched_elsewhere() {
     let t = Tracker::start(60, 120);
     let (mut hans, data) = share(&t, "hans", "f.bin", 400_000, 5);
     let mut yoda = t.login("yoda");
+    yoda.open_private(&mut hans);
     for c in 1..=5 {
         let got = fetch(&mut yoda, &format!("private hans download f.bin {c}"));
         assert_eq!(got, [format!("Downloaded chunk {c} of f.bin from hans")]);
@@ -415,6 +427,7 @@ fn a_seeder_dying_mid_chunk_does_not_stop_the_download() {
     hans.send("register f.bin 2");
     hans.expect("f.bin registered");
     let mut yoda = t.login("yoda");
+    yoda.open_private(&mut hans);
     fetch(&mut yoda, "private hans download f.bin 1");
     hans.send("logout");
     assert!(hans.wait_exit().success());
@@ -473,6 +486,7 @@ fn a_deleted_file_is_no_longer_claimed_or_served() {
     download(&mut luke, "f.bin", &data);
     std::fs::remove_file(luke.dir.join("f.bin")).unwrap();
     let mut yoda = t.login("yoda");
+    yoda.open_private(&mut luke);
     assert_eq!(
         fetch(&mut yoda, "private luke download f.bin 1"),
         ["Error. luke does not have chunk 1 of f.bin"]
