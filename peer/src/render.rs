@@ -99,30 +99,8 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         // Confirmed once the connection is open (`private_started`).
         Reply::PrivateGranted { .. } => vec![],
         Reply::Registered { name, size, chunks } => vec![registered(asked, name, *size, *chunks)],
-        Reply::FileHolders { users, .. } if users.is_empty() => vec!["Not available".into()],
-        Reply::FileHolders { users, more, .. } => std::iter::once("Available".to_string())
-            .chain(users.iter().map(|u| u.to_string()))
-            .chain(and_more(*more))
-            .collect(),
-        Reply::ChunkHolders { chunks, .. } => chunks
-            .iter()
-            .map(|(c, users, more)| {
-                let who = if users.is_empty() {
-                    "Not available".to_string()
-                } else {
-                    let names = users
-                        .iter()
-                        .map(|u| u.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    match and_more(*more) {
-                        Some(m) => format!("{names} {m}"),
-                        None => names,
-                    }
-                };
-                format!("Chunk {}: {who}", c + 1)
-            })
-            .collect(),
+        Reply::FileHolders { .. } => search(r, &Default::default()),
+        Reply::ChunkHolders { .. } => search(r, &Default::default()),
         // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
@@ -132,6 +110,57 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
             )]
         }
         Reply::Reachable { user } => vec![private_not_enabled(user)],
+    }
+}
+
+/// The answer to `searchFile` or `searchChunk` (spec 3.5: `Available` and the online
+/// holders, or `Not available`). The tracker leaves the asker out of the holders; `mine`
+/// are the chunks we hold ourselves, so a user who just registered a file is not told it
+/// is nowhere to be had.
+pub fn search(r: &Reply, mine: &std::collections::BTreeSet<u32>) -> Vec<String> {
+    match r {
+        Reply::FileHolders { users, more, .. } => {
+            if users.is_empty() && mine.is_empty() {
+                return vec!["Not available".into()];
+            }
+            let head = if mine.is_empty() {
+                "Available"
+            } else {
+                "Available (you hold it)"
+            };
+            std::iter::once(head.to_string())
+                .chain(users.iter().map(|u| u.to_string()))
+                .chain(and_more(*more))
+                .collect()
+        }
+        Reply::ChunkHolders { chunks, .. } => {
+            let held = |c: &u32, users: &Vec<UserName>| !users.is_empty() || mine.contains(c);
+            if !chunks.iter().any(|(c, users, _)| held(c, users)) {
+                return vec!["Not available".into()];
+            }
+            let per_chunk = chunks.iter().map(|(c, users, more)| {
+                let who = if !held(c, users) {
+                    "Not available".to_string()
+                } else {
+                    let names = mine
+                        .contains(c)
+                        .then_some("you")
+                        .into_iter()
+                        .chain(users.iter().map(|u| u.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    match and_more(*more) {
+                        Some(m) => format!("{names} {m}"),
+                        None => names,
+                    }
+                };
+                format!("Chunk {}: {who}", c + 1)
+            });
+            std::iter::once("Available".to_string())
+                .chain(per_chunk)
+                .collect()
+        }
+        other => reply(Asked::Activity, other),
     }
 }
 

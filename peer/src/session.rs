@@ -672,7 +672,13 @@ impl Session {
                 }
                 // Announcements the user did not type are silent unless refused.
                 if asked != Asked::Quiet || matches!(r, Reply::Refused(_)) {
-                    self.print(render::reply(asked, &r));
+                    let lines = match &r {
+                        Reply::FileHolders { name, .. } | Reply::ChunkHolders { name, .. } => {
+                            render::search(&r, &self.lib.have(name))
+                        }
+                        _ => render::reply(asked, &r),
+                    };
+                    self.print(lines);
                 }
                 match r {
                     Reply::Registered { name, .. } => {

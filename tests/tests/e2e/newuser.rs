@@ -122,3 +122,45 @@ fn private_without_a_session_says_why() {
         yoda.transcript()
     );
 }
+
+/// Spec 3.5's `searchChunk` answer (`Available` and the holders, or `Not available`), and
+/// a user's own searches count what they hold.
+#[test]
+fn searches_say_available_or_not_and_count_what_you_hold() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    std::fs::write(hans.dir.join("f.bin"), [9u8; 1000]).unwrap();
+    hans.send("register f.bin");
+    hans.expect("f.bin registered");
+    assert_eq!(hans.run("searchFile f.bin"), ["Available (you hold it)"]);
+    assert_eq!(
+        hans.run("searchChunk f.bin 1 2"),
+        ["Available", "Chunk 1: you", "Chunk 2: you"]
+    );
+    let mut yoda = t.login("yoda");
+    yoda.open_private(&mut hans);
+    yoda.send("private hans download f.bin 2");
+    yoda.expect("Downloaded chunk 2 of f.bin from hans");
+    yoda.sync(); // its announcement of chunk 2 is in
+    assert_eq!(
+        yoda.run("searchChunk f.bin 1 2"),
+        ["Available", "Chunk 1: hans", "Chunk 2: you, hans"]
+    );
+    assert_eq!(
+        hans.run("searchFile f.bin"),
+        ["Available (you hold it)", "yoda"]
+    );
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    yoda.expect("hans logged out");
+    assert_eq!(
+        yoda.run("searchChunk f.bin 2"),
+        ["Available", "Chunk 2: you"]
+    );
+    let mut luke = t.login("luke");
+    assert_eq!(luke.run("searchChunk f.bin 1"), ["Not available"]);
+    assert_eq!(
+        luke.run("searchChunk f.bin 1 2"),
+        ["Available", "Chunk 1: Not available", "Chunk 2: yoda"]
+    );
+}

@@ -54,7 +54,7 @@ fn register_search_and_single_chunk_downloads() {
     assert_eq!(yoda.run("searchFile nope.bin"), ["Not available"]);
     assert_eq!(
         yoda.run("searchChunk movie.bin 1 10"),
-        ["Chunk 1: hans", "Chunk 10: hans"]
+        ["Available", "Chunk 1: hans", "Chunk 10: hans"]
     );
     assert_eq!(
         yoda.run("searchChunk movie.bin 11"),
@@ -76,7 +76,7 @@ fn register_search_and_single_chunk_downloads() {
     yoda.sync();
     assert_eq!(
         luke.run("searchChunk movie.bin 3 4"),
-        ["Chunk 3: hans, yoda", "Chunk 4: hans"]
+        ["Available", "Chunk 3: hans, yoda", "Chunk 4: hans"]
     );
     // A downloader serves only what it verified.
     luke.open_private(&mut yoda);
@@ -142,10 +142,16 @@ fn register_search_and_single_chunk_downloads() {
     leia.send("register movie.bin");
     leia.expect("movie.bin registered (97.7 KiB, 10 chunks)");
     yoda.expect("leia logged in");
-    assert_eq!(yoda.run("searchChunk movie.bin 4"), ["Chunk 4: hans, leia"]);
+    assert_eq!(
+        yoda.run("searchChunk movie.bin 4"),
+        ["Available", "Chunk 4: hans, leia"]
+    );
     // hans blocked luke: luke is not shown hans as a holder.
     luke.expect("leia logged in");
-    assert_eq!(luke.run("searchChunk movie.bin 4"), ["Chunk 4: leia"]);
+    assert_eq!(
+        luke.run("searchChunk movie.bin 4"),
+        ["Available", "Chunk 4: leia"]
+    );
 }
 
 /// Four peers hold the file: a fifth downloads from all of them, and gets it right.
@@ -224,7 +230,7 @@ fn downloads_resume_after_a_restart() {
     // Re-announced at login.
     assert_eq!(
         luke.run("searchChunk f.bin 2 3"),
-        ["Chunk 2: hans, yoda", "Chunk 3: hans"]
+        ["Available", "Chunk 2: hans, yoda", "Chunk 3: hans"]
     );
     download(&mut yoda, "f.bin", &data);
     yoda.expect("(resumed: 2 of 10 chunks were already here)");
@@ -411,7 +417,7 @@ fn corrupt_chunks_are_rejected_and_fetched_elsewhere() {
     let mut leia = t.login("leia");
     assert_eq!(
         leia.run("searchChunk f.bin 6"),
-        ["Chunk 6: hans, luke, vader"]
+        ["Available", "Chunk 6: hans, luke, vader"]
     );
 }
 
