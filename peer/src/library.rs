@@ -49,6 +49,11 @@ pub enum LibraryError {
     Meta(#[from] wire::MetaError),
     #[error("{} is not a regular file: only regular files can be shared", .path.display())]
     NotRegular { path: PathBuf },
+    #[error(
+        "another client is already using the folder {}; give each client its own --dir",
+        .dir.display()
+    )]
+    InUse { dir: PathBuf },
     #[error("{path} already exists and is not the file being downloaded")]
     Exists { path: PathBuf },
     #[error("cannot save the manifest {path}: {why}")]
@@ -200,6 +205,34 @@ pub struct Library {
     /// Every chunk and block verified, as it is: what serving connections tell their
     /// downloaders.
     verified: tokio::sync::broadcast::Sender<(FileName, Gained)>,
+    /// Our lock on the folder, held while we live (released by the kernel when the
+    /// process ends, however it ends).
+    _lock: File,
+}
+
+/// Takes `<state>/lock` so that two clients never share a folder: each would rewrite the
+/// other's manifests and part files mid-download.
+fn lock_folder(dir: &Path, state: &Path) -> Result<File, LibraryError> {
+    use std::os::fd::AsRawFd;
+    let path = state.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock on a descriptor we own and keep open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            LibraryError::InUse {
+                dir: dir.to_owned(),
+            }
+        } else {
+            LibraryError::Io { path, source: e }
+        });
+    }
+    Ok(file)
 }
 
 impl Library {
@@ -208,6 +241,7 @@ impl Library {
     pub fn open(dir: &Path) -> Result<Library, LibraryError> {
         let state = dir.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(io(&state))?;
+        let lock = lock_folder(dir, &state)?;
         let mut files = HashMap::new();
         for entry in std::fs::read_dir(&state).map_err(io(&state))? {
             let path = entry.map_err(io(&state))?.path();
@@ -255,6 +289,7 @@ impl Library {
             files: Mutex::new(files),
             withdrawn: Mutex::new(None),
             verified: tokio::sync::broadcast::channel(1024).0,
+            _lock: lock,
         })
     }
 
@@ -802,6 +837,19 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_is_used_by_one_client_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Library::open(dir.path()).unwrap();
+        let second = Library::open(dir.path()).map(|_| ()).unwrap_err();
+        assert!(matches!(second, LibraryError::InUse { .. }), "{second}");
+        assert!(second
+            .to_string()
+            .contains("give each client its own --dir"));
+        drop(first);
+        Library::open(dir.path()).unwrap();
+    }
+
+    #[test]
     fn download_lifecycle_survives_reopen() {
         let src = tempfile::tempdir().unwrap();
         let data = sample(3000);
@@ -827,6 +875,7 @@ mod tests {
         );
 
         // A restart remembers the verified chunk.
+        drop(lib);
         let lib = Library::open(dst.path()).unwrap();
         assert_eq!(lib.prepare(&meta).unwrap().have, BTreeSet::from([1]));
         assert_eq!(lib.holdings(), [(meta.clone(), vec![1])]);
@@ -886,6 +935,7 @@ mod tests {
             ]
         );
         // Forgotten for good: a restart does not bring them back.
+        drop(lib);
         assert!(Library::open(dir.path()).unwrap().holdings().is_empty());
     }
 
@@ -922,6 +972,7 @@ mod tests {
         lib.add_complete(d).unwrap();
         assert_eq!(lib.leaves(meta.name(), 0).as_deref(), Some(&leaves[..]));
         // Kept across a restart, from the leaves file.
+        drop(lib);
         let lib = Library::open(src.path()).unwrap();
         assert_eq!(lib.leaves(meta.name(), 0).as_deref(), Some(&leaves[..]));
         assert_eq!(lib.leaves(meta.name(), 1).map(|l| l.len()), Some(3));

@@ -43,7 +43,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let server = tokio::net::lookup_host((args.server_ip.as_str(), args.server_port))
             .await
             .ok()
@@ -56,7 +56,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let code = peer::session::run(server, &args.dir, limits, &mut term).await;
         Ok(code)
-    })
-    // The runtime is dropped here; the terminal reader thread may still be blocked in a
+    });
+    // A `register` still reading a huge file, or a disk that stopped answering, must not
+    // keep a user who logged out waiting: blocking work gets a moment, then the process
+    // exits around it (nothing it could still do is needed: what is not recorded as
+    // verified is fetched again). The terminal reader thread may still be blocked in a
     // read, so leave through process exit rather than waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

@@ -100,6 +100,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
                 lib,
                 jobs_tx,
                 jobs,
+                hashing: Vec::new(),
                 registering: HashMap::new(),
                 transfers: BTreeMap::new(),
                 locating: HashMap::new(),
@@ -287,6 +288,8 @@ struct Session {
     jobs_tx: mpsc::UnboundedSender<JobEvent>,
     /// Results of work done in the background: file hashing, downloads.
     jobs: mpsc::UnboundedReceiver<JobEvent>,
+    /// Files being read for `register`, in the order asked (a name twice if asked twice).
+    hashing: Vec<FileName>,
     /// Files hashed and sent to the tracker, kept until it accepts them.
     registering: HashMap<FileName, crate::library::Described>,
     /// Downloads locating or running, by file: at most one per file.
@@ -417,9 +420,27 @@ impl Session {
             .map(|&(_, sent)| sent)
     }
 
+    /// Takes `name` off the files being read; `false` if it was not there (the user
+    /// logged out meanwhile).
+    fn done_hashing(&mut self, name: &FileName) -> bool {
+        match self.hashing.iter().position(|n| n == name) {
+            Some(i) => {
+                self.hashing.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Logs out: private partners are told first, so they read "stopped" before
-    /// "logged out"; downloads stop, keeping what they verified.
+    /// "logged out"; downloads stop, keeping what they verified; a `register` still
+    /// reading its file is dropped, and the user told.
     async fn leave(&mut self) -> Result<(), LinkError> {
+        for name in std::mem::take(&mut self.hashing) {
+            self.out.line(format!(
+                "Error. {name} was still being read when you logged out; it was not registered"
+            ));
+        }
         self.chats.close_all().await;
         self.stop_transfers();
         self.send(Asked::Logout, Request::Logout).await
@@ -434,6 +455,9 @@ impl Session {
 
     async fn on_job(&mut self, job: JobEvent) -> Result<(), LinkError> {
         match job {
+            JobEvent::Described { name, .. } if !self.done_hashing(&name) => {
+                // Logged out meanwhile (and told so): not registered.
+            }
             JobEvent::Described { name, result } => match result {
                 Ok(described) => {
                     let meta = described.meta.clone();
@@ -582,6 +606,7 @@ impl Session {
                 (Asked::Activity, Request::Activity)
             }
             Command::Register { name, chunks } => {
+                self.hashing.push(name.clone());
                 let (lib, out) = (self.lib.clone(), self.jobs_tx.clone());
                 tokio::task::spawn_blocking(move || {
                     let result = lib.describe(&name, chunks).map_err(|e| e.to_string());

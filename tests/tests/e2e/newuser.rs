@@ -164,3 +164,40 @@ fn searches_say_available_or_not_and_count_what_you_hold() {
         ["Available", "Chunk 1: Not available", "Chunk 2: yoda"]
     );
 }
+
+/// A second client started on a folder in use refuses at once, before asking for a
+/// name, and the first carries on.
+#[test]
+fn a_second_client_on_the_same_folder_refuses_to_start() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let mut second = Peer::start_in(t.addr, hans.dir.clone(), None);
+    let line = second.expect("another client is already using the folder");
+    assert!(line.ends_with("give each client its own --dir"), "{line}");
+    assert!(!second.wait_exit().success());
+    assert!(!second.transcript().contains("Username:"));
+    assert_eq!(hans.run("whoelse"), ["No other users are online"]);
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    // Once the first has gone the folder is free again.
+    let mut again = Peer::start_in(t.addr, hans.dir.clone(), None);
+    again.login("hans");
+}
+
+/// Logging out while `register` is still reading its file says it was not registered,
+/// and the client exits without waiting for the read to finish.
+#[test]
+fn logout_during_a_register_says_it_was_dropped_and_exits() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    // 64 GiB of holes: reading it takes far longer than the test (and costs no disk).
+    let f = std::fs::File::create(hans.dir.join("huge.bin")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    hans.send("register huge.bin");
+    hans.send("logout");
+    hans.expect("Error. huge.bin was still being read when you logged out; it was not registered");
+    hans.expect("Logged out");
+    assert!(hans.wait_exit().success());
+    let mut yoda = t.login("yoda");
+    assert_eq!(yoda.run("searchFile huge.bin"), ["Not available"]);
+}
