@@ -9,8 +9,11 @@ use crate::ids::{check, IdError};
 /// Most chunks a file may be split into. Keeps a `Register` (32 bytes of hash per chunk)
 /// well inside the tracker's client frame cap.
 pub const MAX_CHUNKS: usize = 256;
-/// Longest file name, in bytes (the usual file-system limit).
-pub const MAX_FILE_NAME: usize = 255;
+/// Longest file name, in bytes: the usual file-system limit (255) less the longest suffix
+/// a client adds for its own files about it (`<name>.leaves` in [`STATE_DIR`]). A name
+/// the client could not keep state for is refused before anything is registered, not
+/// half-registered (255-byte names used to pass the tracker and then fail to save).
+pub const MAX_FILE_NAME: usize = 255 - ".leaves".len();
 /// Bytes of chunk data per `PeerMsg::Data` frame: memory per transfer stays this small
 /// whatever the chunk size.
 pub const BLOCK_LEN: usize = 256 * 1024;

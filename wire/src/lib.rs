@@ -19,7 +19,9 @@ pub mod msg;
 #[cfg(feature = "codec")]
 pub mod codec;
 
-pub use files::{Digest, FileMeta, FileName, MetaError, BLOCK_LEN, MAX_CHUNKS, STATE_DIR};
+pub use files::{
+    Digest, FileMeta, FileName, MetaError, BLOCK_LEN, MAX_CHUNKS, MAX_FILE_NAME, STATE_DIR,
+};
 pub use frame::{decode, encode, EncodedFrame, FrameError, MAX_FRAME_LEN};
 pub use ids::{IdError, Password, Text, UserName};
 pub use msg::*;

@@ -201,3 +201,36 @@ fn logout_during_a_register_says_it_was_dropped_and_exits() {
     let mut yoda = t.login("yoda");
     assert_eq!(yoda.run("searchFile huge.bin"), ["Not available"]);
 }
+
+/// The longest name the client can keep its state for is shared and downloaded; one byte
+/// more is refused before anything is registered, with the limit named.
+#[test]
+fn file_names_are_checked_against_what_the_folder_can_hold() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    let longest = "n".repeat(wire::MAX_FILE_NAME);
+    let too_long = "n".repeat(wire::MAX_FILE_NAME + 1);
+    let data = random_bytes(50_000, 21);
+    std::fs::write(hans.dir.join(&longest), &data).unwrap();
+    std::fs::write(hans.dir.join(&too_long), &data).unwrap();
+    assert_eq!(
+        hans.run(&format!("register {too_long}")),
+        [format!(
+            "Error. file name is longer than {} bytes",
+            wire::MAX_FILE_NAME
+        )]
+    );
+    hans.send(&format!("register {longest}"));
+    hans.expect(&format!("{longest} registered (48.8 KiB, 10 chunks)"));
+    let mut yoda = t.login("yoda");
+    yoda.send(&format!("download {longest}"));
+    yoda.expect(&format!("Downloaded {longest} ("));
+    assert_eq!(std::fs::read(yoda.dir.join(&longest)).unwrap(), data);
+    assert_eq!(
+        yoda.run(&format!("searchFile {too_long}")),
+        [format!(
+            "Error. file name is longer than {} bytes",
+            wire::MAX_FILE_NAME
+        )]
+    );
+}
