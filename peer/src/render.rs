@@ -214,7 +214,7 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             name,
             same_content: false,
             ..
-        } => format!("a different file named {name} is already registered"),
+        } => format!("Error. A different file named {name} is already registered"),
         Refusal::FileConflict { name, chunks, .. } => format!(
             "Error. {name} is already registered in {chunks} chunks; use register {name} {chunks}"
         ),

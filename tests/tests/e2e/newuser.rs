@@ -152,7 +152,11 @@ fn searches_say_available_or_not_and_count_what_you_hold() {
     );
     hans.send("logout");
     assert!(hans.wait_exit().success());
-    yoda.expect("hans logged out");
+    // Told on two connections, in either order.
+    yoda.expect_all(&[
+        "hans stopped private messaging".into(),
+        "hans logged out".into(),
+    ]);
     assert_eq!(
         yoda.run("searchChunk f.bin 2"),
         ["Available", "Chunk 2: you"]

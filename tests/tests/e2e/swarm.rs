@@ -132,7 +132,11 @@ fn register_search_and_single_chunk_downloads() {
     );
     std::fs::write(luke.dir.join("movie.bin"), b"something else entirely").unwrap();
     luke.send("register movie.bin");
-    luke.expect("a different file named movie.bin is already registered");
+    let line = luke.expect("A different file named movie.bin is already registered");
+    assert_eq!(
+        line,
+        "Error. A different file named movie.bin is already registered"
+    );
     luke.send("register missing.bin");
     luke.expect("missing.bin: No such file or directory");
 
