@@ -99,8 +99,7 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         // Confirmed once the connection is open (`private_started`).
         Reply::PrivateGranted { .. } => vec![],
         Reply::Registered { name, size, chunks } => vec![registered(asked, name, *size, *chunks)],
-        Reply::FileHolders { .. } => search(r, &Default::default()),
-        Reply::ChunkHolders { .. } => search(r, &Default::default()),
+        Reply::FileHolders { .. } | Reply::ChunkHolders { .. } => search(r, &Default::default()),
         // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
         Reply::Active | Reply::LoggedOut => vec![],
@@ -288,7 +287,7 @@ pub fn transfer(name: &wire::FileName, only: Option<u32>, s: &crate::download::S
         human_rate(s.rate),
         s.sending,
         s.peers,
-        if s.peers == 1 { "" } else { "s" }
+        plural(s.peers as u64)
     )
 }
 

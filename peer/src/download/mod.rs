@@ -26,7 +26,7 @@ use wire::{FileMeta, FileName, Holder, Ticket, UserName, BLOCK_LEN};
 
 use crate::library::{Leaves, Library};
 use crate::ratelimit::RateLimiter;
-use crate::render::{chunk_list, human_rate, human_size};
+use crate::render::{chunk_list, human_rate, human_size, plural};
 use crate::terminal::Printer;
 use store::{Checked, Store};
 
@@ -867,7 +867,7 @@ impl Progress {
             human_size(self.verified),
             human_size(self.total),
             human_rate(self.rate),
-            if peers == 1 { "" } else { "s" },
+            plural(peers as u64),
         ))
     }
 }

@@ -202,8 +202,11 @@ fn bad_peer_command_lines_are_reported() {
         .local_addr()
         .unwrap()
         .port();
+    // No `--dir`: the default, the working folder, is a temp one so nothing is left here.
+    let cwd = tempfile::tempdir().unwrap();
     let out = Command::new(bin("peer"))
         .args(["127.0.0.1", &port.to_string()])
+        .current_dir(cwd.path())
         .stdin(Stdio::null())
         .output()
         .unwrap();
