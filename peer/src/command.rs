@@ -60,6 +60,10 @@ pub enum Command {
     Cancel {
         name: FileName,
     },
+    /// Stop sharing a file; its owner withdraws the name for everyone.
+    Unregister {
+        name: FileName,
+    },
     Logout,
     Help,
 }
@@ -77,6 +81,11 @@ pub enum ParseError {
     BadText(IdError),
     #[error("Error. {0}")]
     BadFile(IdError),
+    #[error("Error. A quote is not closed: a file name with spaces goes in double quotes, as in register \"my notes.txt\"")]
+    OpenQuote,
+    /// A file name with spaces typed without quotes; carries the command as it should be.
+    #[error("Error. A file name with spaces goes in double quotes: {0}")]
+    NeedsQuotes(String),
 }
 
 /// Chunks a file is split into when `register` is not told.
@@ -129,6 +138,10 @@ pub const HELP: &[(&str, &str)] = &[
         "fetch one chunk from <user>",
     ),
     (
+        "unregister <file>",
+        "stop sharing <file>; if you registered it, withdraw it for everyone",
+    ),
+    (
         "transfers",
         "show downloads and uploads in progress, with rates and limits",
     ),
@@ -142,23 +155,30 @@ pub const HELP: &[(&str, &str)] = &[
 
 /// `private <user> download <file> <chunk>` is a chunk request, not a message.
 fn fetch_chunk(to: &str, msg: &str) -> Result<Option<Command>, ParseError> {
-    let words: Vec<&str> = msg.split_whitespace().collect();
-    match words[..] {
-        // The chunk number forgotten: not chat text. A longer sentence still is.
-        ["download", _] => Err(ParseError::Usage(
-            "private <user> download <file> <chunk>, chunks numbered from 1",
-        )),
-        ["download", f, n] => match chunk_number(n) {
+    const USAGE: ParseError =
+        ParseError::Usage("private <user> download <file> <chunk>, chunks numbered from 1");
+    let (first, rest) = word(msg);
+    if first != "download" || rest.is_empty() {
+        return Ok(None);
+    }
+    let quoted = rest.starts_with('"');
+    let Some((name, after)) = file_word(rest) else {
+        return Err(ParseError::OpenQuote);
+    };
+    match (word(after), quoted) {
+        // The chunk number forgotten: not chat text.
+        (("", _), _) => Err(USAGE),
+        ((n, ""), _) => match chunk_number(n) {
             Some(chunk) => Ok(Some(Command::FetchChunk {
                 from: user(to)?,
-                name: file(f)?,
+                name: file(&name)?,
                 chunk,
             })),
-            None => Err(ParseError::Usage(
-                "private <user> download <file> <chunk>, chunks numbered from 1",
-            )),
+            None => Err(USAGE),
         },
-        _ => Ok(None),
+        (_, true) => Err(USAGE),
+        // A longer sentence is chat text.
+        (_, false) => Ok(None),
     }
 }
 
@@ -186,6 +206,51 @@ fn file(word: &str) -> Result<FileName, ParseError> {
     FileName::new(word).map_err(ParseError::BadFile)
 }
 
+/// A file name as typed, and whether it was in quotes.
+struct Typed<'a> {
+    word: std::borrow::Cow<'a, str>,
+    quoted: bool,
+}
+
+/// The file name that starts `rest`, and what follows it.
+fn file_then<'a>(rest: &'a str, cmd: &str) -> Result<(Typed<'a>, &'a str), ParseError> {
+    let quoted = rest.trim_start().starts_with('"');
+    match file_word(rest) {
+        None => Err(ParseError::OpenQuote),
+        Some((w, _)) if w.is_empty() && !quoted => Err(usage(cmd)),
+        Some((word, rest)) => Ok((Typed { word, quoted }, rest)),
+    }
+}
+
+/// A command taking one file name and nothing else; `cmd` as it is spelled in `help`.
+fn one_file(rest: &str, cmd: &'static str) -> Result<FileName, ParseError> {
+    let lower = cmd.to_ascii_lowercase();
+    let (name, after) = file_then(rest, &lower)?;
+    match after {
+        "" => file(&name.word),
+        _ if name.quoted => Err(usage(&lower)),
+        // `download my notes.txt`: a name with spaces, typed without its quotes.
+        more => Err(needs_quotes(cmd, &format!("{} {more}", name.word), "")),
+    }
+}
+
+fn needs_quotes(cmd: &str, spaced: &str, after: &str) -> ParseError {
+    let name = match FileName::new(spaced) {
+        Ok(n) => typed(&n).into_owned(),
+        Err(_) => format!("\"{spaced}\""),
+    };
+    let after = if after.is_empty() {
+        String::new()
+    } else {
+        format!(" {after}")
+    };
+    ParseError::NeedsQuotes(format!("{cmd} {name}{after}"))
+}
+
+fn digits(w: &str) -> bool {
+    !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A chunk number as typed (from 1), as it travels (from 0).
 fn chunk_number(word: &str) -> Option<u32> {
     word.parse::<u32>().ok().filter(|&n| n >= 1).map(|n| n - 1)
@@ -193,6 +258,60 @@ fn chunk_number(word: &str) -> Option<u32> {
 
 fn text(rest: &str) -> Result<Text, ParseError> {
     Text::new(rest).map_err(ParseError::BadText)
+}
+
+/// Splits off a file name: a word, or a name in double quotes (`"my notes.txt"`, with
+/// `\"` and `\\` for a quote or backslash inside). The rest keeps its inner spacing.
+/// `None` when a quote is not closed.
+fn file_word(s: &str) -> Option<(std::borrow::Cow<'_, str>, &str)> {
+    let s = s.trim_start();
+    let Some(quoted) = s.strip_prefix('"') else {
+        let (w, rest) = word(s);
+        return Some((w.into(), rest));
+    };
+    let mut name = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => {
+                let rest = &quoted[i + 1..];
+                // `"a"b` is not a name followed by `b`.
+                if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+                    return None;
+                }
+                return Some((name.into(), rest.trim_start()));
+            }
+            '\\' => match chars.next() {
+                Some((_, e @ ('"' | '\\'))) => name.push(e),
+                Some((_, other)) => {
+                    name.push('\\');
+                    name.push(other);
+                }
+                None => return None,
+            },
+            c => name.push(c),
+        }
+    }
+    None
+}
+
+/// How to type `name` in a command: as it is, or in double quotes when it holds a space
+/// or starts with a quote (what [`Command::parse`] reads back as the same name).
+pub fn typed(name: &FileName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if !s.contains(char::is_whitespace) && !s.starts_with('"') {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out.into()
 }
 
 /// Splits off the first whitespace-separated word; the rest keeps its inner spacing.
@@ -265,10 +384,11 @@ impl Command {
                 user: one_user(rest)?,
             }),
             "register" => {
+                let (name, rest) = file_then(rest, &lower)?;
                 let words: Vec<&str> = rest.split_whitespace().collect();
                 let chunks = match words[..] {
-                    [_] => DEFAULT_CHUNKS,
-                    [_, n] => match n.parse::<usize>() {
+                    [] => DEFAULT_CHUNKS,
+                    [n] if digits(n) => match n.parse::<usize>() {
                         Ok(n) if (1..=MAX_CHUNKS).contains(&n) => n,
                         _ => {
                             return Err(ParseError::Usage(
@@ -276,40 +396,58 @@ impl Command {
                             ))
                         }
                     },
-                    _ => return Err(usage("register")),
+                    _ if name.quoted => return Err(usage("register")),
+                    // `register my notes.txt` or `register my notes.txt 4`.
+                    [.., n] if digits(n) => {
+                        let spaced =
+                            format!("{} {}", name.word, words[..words.len() - 1].join(" "));
+                        return Err(needs_quotes("register", &spaced, n));
+                    }
+                    _ => {
+                        let spaced = format!("{} {}", name.word, words.join(" "));
+                        return Err(needs_quotes("register", &spaced, ""));
+                    }
                 };
                 Ok(Command::Register {
-                    name: file(words[0])?,
+                    name: file(&name.word)?,
                     chunks,
                 })
             }
-            "searchfile" => match word(rest) {
-                (f, "") if !f.is_empty() => Ok(Command::SearchFile { name: file(f)? }),
-                _ => Err(usage("searchfile")),
-            },
+            "searchfile" => Ok(Command::SearchFile {
+                name: one_file(rest, "searchFile")?,
+            }),
             "searchchunk" => {
-                let mut words = rest.split_whitespace();
-                let (Some(f), numbers) = (words.next(), words) else {
-                    return Err(usage("searchchunk"));
-                };
-                let chunks: Option<Vec<u32>> = numbers.map(chunk_number).collect();
+                let (name, rest) = file_then(rest, &lower)?;
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                // The numbers are the words after the last one that is not a number.
+                let first_number = words.iter().rposition(|w| !digits(w)).map_or(0, |i| i + 1);
+                if first_number > 0 && !name.quoted {
+                    let spaced = format!("{} {}", name.word, words[..first_number].join(" "));
+                    return Err(needs_quotes(
+                        "searchChunk",
+                        &spaced,
+                        &words[first_number..].join(" "),
+                    ));
+                }
+                let chunks: Option<Vec<u32>> = words.iter().map(|w| chunk_number(w)).collect();
                 match chunks {
                     Some(c) if !c.is_empty() => Ok(Command::SearchChunk {
-                        name: file(f)?,
+                        name: file(&name.word)?,
                         chunks: c,
                     }),
                     _ => Err(usage("searchchunk")),
                 }
             }
-            "download" => match word(rest) {
-                (f, "") if !f.is_empty() => Ok(Command::Download { name: file(f)? }),
-                _ => Err(usage("download")),
-            },
+            "download" => Ok(Command::Download {
+                name: one_file(rest, "download")?,
+            }),
+            "unregister" => Ok(Command::Unregister {
+                name: one_file(rest, "unregister")?,
+            }),
             "transfers" => none(rest, Command::Transfers),
-            "cancel" => match word(rest) {
-                (f, "") if !f.is_empty() => Ok(Command::Cancel { name: file(f)? }),
-                _ => Err(usage("cancel")),
-            },
+            "cancel" => Ok(Command::Cancel {
+                name: one_file(rest, "cancel")?,
+            }),
             "logout" => none(rest, Command::Logout),
             "help" => Ok(Command::Help),
             _ => Err(ParseError::Unknown),
@@ -317,11 +455,16 @@ impl Command {
     }
 }
 
+/// The line after the commands in `help`.
+pub const QUOTING: &str =
+    r#"A file name with spaces goes in double quotes: register "my notes.txt""#;
+
 /// The `help` text.
 pub fn help_text() -> Vec<String> {
     let width = HELP.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
     HELP.iter()
         .map(|(syntax, what)| format!("{syntax:width$}  {what}"))
+        .chain([QUOTING.to_string()])
         .collect()
 }
 
@@ -471,6 +614,109 @@ mod tests {
     }
 
     #[test]
+    fn a_file_name_with_spaces_goes_in_double_quotes_in_every_file_command() {
+        let n = f("my notes.txt");
+        assert_eq!(
+            Command::parse(r#"register "my notes.txt" 4"#),
+            Ok(Command::Register {
+                name: n.clone(),
+                chunks: 4
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"searchFile "my notes.txt""#),
+            Ok(Command::SearchFile { name: n.clone() })
+        );
+        assert_eq!(
+            Command::parse(r#"searchChunk "my notes.txt" 1 2"#),
+            Ok(Command::SearchChunk {
+                name: n.clone(),
+                chunks: vec![0, 1]
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"download "my notes.txt""#),
+            Ok(Command::Download { name: n.clone() })
+        );
+        assert_eq!(
+            Command::parse(r#"cancel "my notes.txt""#),
+            Ok(Command::Cancel { name: n.clone() })
+        );
+        assert_eq!(
+            Command::parse(r#"unregister "my notes.txt""#),
+            Ok(Command::Unregister { name: n.clone() })
+        );
+        assert_eq!(
+            Command::parse(r#"private hans download "my notes.txt" 3"#),
+            Ok(Command::FetchChunk {
+                from: u("hans"),
+                name: n.clone(),
+                chunk: 2
+            })
+        );
+        // Quotes and backslashes inside a quoted name; a quoted one-word name is that word.
+        assert_eq!(
+            Command::parse(r#"download "say \"hi\" now""#),
+            Ok(Command::Download {
+                name: f(r#"say "hi" now"#)
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"download "a.bin""#),
+            Ok(Command::Download { name: f("a.bin") })
+        );
+        // What the client suggests typing reads back as the same name.
+        for name in ["a.bin", "my notes.txt", r#"say "hi" now"#, r#""quoted""#] {
+            let line = format!("download {}", typed(&f(name)));
+            assert_eq!(
+                Command::parse(&line),
+                Ok(Command::Download { name: f(name) })
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_with_spaces_typed_without_quotes_is_shown_how_to_type_it() {
+        let hint = |s: &str| Err(ParseError::NeedsQuotes(s.to_string()));
+        assert_eq!(
+            Command::parse("register my notes.txt"),
+            hint(r#"register "my notes.txt""#)
+        );
+        assert_eq!(
+            Command::parse("register my notes.txt 4"),
+            hint(r#"register "my notes.txt" 4"#)
+        );
+        assert_eq!(
+            Command::parse("download my notes.txt"),
+            hint(r#"download "my notes.txt""#)
+        );
+        assert_eq!(
+            Command::parse("searchChunk my notes.txt 1 2"),
+            hint(r#"searchChunk "my notes.txt" 1 2"#)
+        );
+        assert_eq!(
+            Command::parse(r#"download "my notes.txt"#),
+            Err(ParseError::OpenQuote)
+        );
+        assert_eq!(
+            Command::parse(r#"download "my notes.txt"x"#),
+            Err(ParseError::OpenQuote)
+        );
+        assert_eq!(
+            Command::parse(r#"download "a" b"#),
+            Err(ParseError::Usage("download <file>"))
+        );
+        assert!(matches!(
+            Command::parse(r#"download " padded""#),
+            Err(ParseError::BadFile(IdError::Padded { .. }))
+        ));
+        assert_eq!(
+            Command::parse("unregister"),
+            Err(ParseError::Usage("unregister <file>"))
+        );
+    }
+
+    #[test]
     fn a_private_download_that_does_not_parse_is_a_usage_error_not_chat() {
         let usage = Err(ParseError::Usage(
             "private <user> download <file> <chunk>, chunks numbered from 1",
@@ -528,7 +774,8 @@ mod tests {
     #[test]
     fn help_has_a_line_per_command() {
         let h = help_text();
-        assert_eq!(h.len(), HELP.len());
+        assert_eq!(h.len(), HELP.len() + 1);
+        assert_eq!(h.last().map(String::as_str), Some(QUOTING));
         assert!(h.iter().any(|l| l.starts_with("whoelsesince <seconds>")));
     }
 }

@@ -186,6 +186,11 @@ impl Stamp {
 pub struct Withdrawn {
     pub name: FileName,
     pub why: &'static str,
+    /// The description it had, when the whole file is still there with other contents:
+    /// read it again, to share the new version or stop for good.
+    pub changed: Option<FileMeta>,
+    /// Found while running (the tracker knows we held it), not at start.
+    pub announced: bool,
 }
 
 /// Where the bytes of a chunk we hold are.
@@ -202,6 +207,8 @@ pub struct Library {
     /// Held briefly for lookups and updates, never across I/O on file contents.
     files: Mutex<HashMap<FileName, Manifest>>,
     withdrawn: Mutex<Option<mpsc::UnboundedSender<Withdrawn>>>,
+    /// Found at start, reported to the first [`Library::withdrawals`] receiver.
+    found_at_open: Mutex<Vec<Withdrawn>>,
     /// Every chunk and block verified, as it is: what serving connections tell their
     /// downloaders.
     verified: tokio::sync::broadcast::Sender<(FileName, Gained)>,
@@ -243,6 +250,7 @@ impl Library {
         std::fs::create_dir_all(&state).map_err(io(&state))?;
         let lock = lock_folder(dir, &state)?;
         let mut files = HashMap::new();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(&state).map_err(io(&state))? {
             let path = entry.map_err(io(&state))?.path();
             let leftover = path
@@ -269,18 +277,34 @@ impl Library {
             } else {
                 state.join(format!("{}.part", m.meta.name()))
             };
-            let Ok(found) = std::fs::metadata(&data) else {
+            let name = m.meta.name().clone();
+            let gone = |why, changed| {
+                // What we knew of it no longer holds: forget it, and say so once.
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(leaves_path(&state, &name));
+                Withdrawn {
+                    name: name.clone(),
+                    why,
+                    changed,
+                    announced: false,
+                }
+            };
+            let Ok(on_disk) = std::fs::metadata(&data) else {
+                if m.complete {
+                    found.push(gone("was deleted", None));
+                }
                 continue;
             };
             if m.complete {
                 // A manifest from before stamps were kept trusts the file as it is now.
-                let now = Stamp::of(&found);
+                let now = Stamp::of(&on_disk);
                 if *m.stamp.get_or_insert(now) != now {
+                    found.push(gone("changed on disk", Some(m.meta.clone())));
                     continue;
                 }
             }
-            if found.len() == m.meta.size() {
-                files.insert(m.meta.name().clone(), m);
+            if on_disk.len() == m.meta.size() {
+                files.insert(name, m);
             }
         }
         Ok(Library {
@@ -288,6 +312,7 @@ impl Library {
             state,
             files: Mutex::new(files),
             withdrawn: Mutex::new(None),
+            found_at_open: Mutex::new(found),
             verified: tokio::sync::broadcast::channel(1024).0,
             _lock: lock,
         })
@@ -298,9 +323,15 @@ impl Library {
         self.verified.subscribe()
     }
 
-    /// Where files found vanished or changed are reported from now on.
+    /// Where files found vanished or changed are reported from now on, starting with
+    /// those found at [`Library::open`].
     pub fn withdrawals(&self) -> mpsc::UnboundedReceiver<Withdrawn> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let found =
+            std::mem::take(&mut *self.found_at_open.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in found {
+            let _ = tx.send(w);
+        }
         *self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
     }
@@ -309,44 +340,49 @@ impl Library {
     /// and reported (see [`Library::withdrawals`]), and `false` returned. Blocking (a
     /// `stat`).
     pub fn still_there(&self, name: &FileName) -> bool {
-        let Some((complete, stamp, size)) = self
+        let Some((complete, stamp, meta)) = self
             .lock()
             .get(name)
-            .map(|m| (m.complete, m.stamp, m.meta.size()))
+            .map(|m| (m.complete, m.stamp, m.meta.clone()))
         else {
             return false;
         };
-        let why = if complete {
+        let (why, changed) = if complete {
             match Stamp::of_path(&self.path_of(name)) {
-                Err(_) => Some("was deleted"),
-                Ok(now) if Some(now) != stamp => Some("changed on disk"),
-                Ok(_) => None,
+                Err(_) => (Some("was deleted"), None),
+                Ok(now) if Some(now) != stamp => (Some("changed on disk"), Some(meta)),
+                Ok(_) => (None, None),
             }
         } else {
             match std::fs::metadata(self.part_path(name)) {
-                Ok(d) if d.len() == size => None,
-                _ => Some("lost its partial download"),
+                Ok(d) if d.len() == meta.size() => (None, None),
+                _ => (Some("lost its partial download"), None),
             }
         };
         let Some(why) = why else { return true };
-        self.forget(name, why);
+        if self.unshare(name) {
+            if let Some(tx) = &*self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) {
+                let _ = tx.send(Withdrawn {
+                    name: name.clone(),
+                    why,
+                    changed,
+                    announced: true,
+                });
+            }
+        }
         false
     }
 
-    /// Drops everything we knew of `name` (its partial download too) and reports it.
-    fn forget(&self, name: &FileName, why: &'static str) {
+    /// Drops everything we knew of `name` (its partial download too) but the file itself:
+    /// from now on it is neither served nor announced. `false` if we knew nothing of it.
+    pub fn unshare(&self, name: &FileName) -> bool {
         if self.lock().remove(name).is_none() {
-            return;
+            return false;
         }
         let _ = std::fs::remove_file(self.manifest_path(name));
         let _ = std::fs::remove_file(self.part_path(name));
         let _ = std::fs::remove_file(self.leaves_path(name));
-        if let Some(tx) = &*self.withdrawn.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = tx.send(Withdrawn {
-                name: name.clone(),
-                why,
-            });
-        }
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileName, Manifest>> {
@@ -921,22 +957,55 @@ mod tests {
         );
         assert!(lib.holdings().is_empty());
         let why: Vec<_> = std::iter::from_fn(|| gone.try_recv().ok()).collect();
+        let old_b = why[1].changed.clone();
         assert_eq!(
             why,
             [
                 Withdrawn {
                     name: name("a.bin"),
-                    why: "was deleted"
+                    why: "was deleted",
+                    changed: None,
+                    announced: true,
                 },
                 Withdrawn {
                     name: name("b.bin"),
-                    why: "changed on disk"
+                    why: "changed on disk",
+                    changed: old_b.clone(),
+                    announced: true,
                 }
             ]
         );
+        assert_eq!(
+            old_b.unwrap().size(),
+            100,
+            "the old description, to compare"
+        );
         // Forgotten for good: a restart does not bring them back.
+        let d = lib.describe(&name("b.bin"), 2).unwrap();
+        lib.add_complete(d).unwrap();
         drop(lib);
-        assert!(Library::open(dir.path()).unwrap().holdings().is_empty());
+        // ...and what changed while the client was not running is found at start, once.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("b.bin"))
+            .unwrap();
+        f.write_all_at(b"again!", 0).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(9))
+            .unwrap();
+        let lib = Library::open(dir.path()).unwrap();
+        assert!(lib.holdings().is_empty());
+        let mut rx = lib.withdrawals();
+        let found: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].why, found[0].announced),
+            ("changed on disk", false)
+        );
+        assert!(found[0].changed.is_some());
+        drop(lib);
+        let lib = Library::open(dir.path()).unwrap();
+        assert!(lib.holdings().is_empty());
+        assert!(lib.withdrawals().try_recv().is_err(), "told once");
     }
 
     /// A file of 5 blocks in 2 chunks of 3 blocks each, the last of each chunk short.

@@ -1,7 +1,9 @@
 //! The texts the user sees for what the tracker says. Wording follows the spec's samples
 //! (section 8) wherever it shows one.
 
-use wire::{Event, Refusal, Reply, UserName};
+use wire::{Event, FileName, Gone, Refusal, Reply, UserName};
+
+use crate::command::typed;
 
 /// What a request was, remembered until its reply arrives (replies come in request order),
 /// because some replies read differently depending on the command.
@@ -20,6 +22,11 @@ pub enum Asked {
     },
     /// A request the user did not type (chunk announcements): its success is silent.
     Quiet,
+    /// What we hold, announced at login: silent unless the name no longer means it.
+    Announce,
+    /// A shared file found changed on disk, registered again as it is now.
+    Recheck,
+    Unregister,
     SearchFile,
     SearchChunk,
     Download,
@@ -98,7 +105,27 @@ pub fn reply(asked: Asked, r: &Reply) -> Vec<String> {
         Reply::Refused(why) => vec![refusal(asked, why)],
         // Confirmed once the connection is open (`private_started`).
         Reply::PrivateGranted { .. } => vec![],
-        Reply::Registered { name, size, chunks } => vec![registered(asked, name, *size, *chunks)],
+        Reply::Registered {
+            name,
+            size,
+            chunks,
+            replaced,
+        } => {
+            let mut line = registered(asked, name, *size, *chunks);
+            if *replaced {
+                line.push_str("; it replaces your earlier version, whose holders were told");
+            }
+            vec![line]
+        }
+        Reply::Unregistered {
+            name,
+            for_everyone: true,
+        } => vec![format!(
+            "{name} unregistered: nobody can download it now (your copy stays in your folder)"
+        )],
+        Reply::Unregistered { name, .. } => vec![format!(
+            "Stopped sharing {name} (your copy stays in your folder; others who hold it may still share it)"
+        )],
         Reply::FileHolders { .. } | Reply::ChunkHolders { .. } => search(r, &Default::default()),
         // The download takes it from here.
         Reply::Located { .. } | Reply::Noted => vec![],
@@ -214,9 +241,15 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
             same_content: false,
             ..
         } => format!("Error. A different file named {name} is already registered"),
-        Refusal::FileConflict { name, chunks, .. } => format!(
-            "Error. {name} is already registered in {chunks} chunks; use register {name} {chunks}"
+        Refusal::FileConflict { name, .. } if asked == Asked::Recheck => format!(
+            "{name} changed since you downloaded it, and only the user who registered it may \
+             register a new version: no longer sharing it"
         ),
+        Refusal::FileConflict { name, chunks, .. } => format!(
+            "Error. {name} is already registered in {chunks} chunks; use register {} {chunks}",
+            typed(name)
+        ),
+        Refusal::NotSharing { name } => format!("Error. You are not sharing {name}"),
         Refusal::BadChunk { chunk, count } => format!(
             "Error. There is no chunk {}: the file has chunks 1 to {count}",
             u64::from(*chunk) + 1
@@ -344,8 +377,60 @@ pub fn event(e: &Event) -> Vec<String> {
         Event::LoggedIn { user } => vec![format!("{user} logged in")],
         Event::LoggedOut { user } => vec![format!("{user} logged out")],
         Event::TimedOut => vec![TIMED_OUT.into()],
-        Event::PrivateTicket { .. } | Event::Holders { .. } | Event::HolderGone { .. } => vec![],
+        // The session says what it did about it (`file_gone`).
+        Event::PrivateTicket { .. }
+        | Event::Holders { .. }
+        | Event::HolderGone { .. }
+        | Event::FileGone { .. } => vec![],
     }
+}
+
+/// A name we hold or download no longer means that file (`Event::FileGone`).
+pub fn file_gone(name: &FileName, why: &Gone, downloading: bool) -> String {
+    let what = match why {
+        Gone::Withdrawn { by } => format!("{by} withdrew {name}"),
+        Gone::Replaced { by } => format!("{by} replaced {name} with a new version"),
+        Gone::Released { after_secs } => format!(
+            "{name} was released: nobody held it for {}",
+            human_duration(*after_secs)
+        ),
+    };
+    let again = match why {
+        Gone::Replaced { .. } => format!("; download {} gets the new one", typed(name)),
+        _ => String::new(),
+    };
+    if downloading {
+        format!("{what}: its download stopped{again}")
+    } else {
+        format!("{what}: your copy stays in your folder but is no longer shared{again}")
+    }
+}
+
+/// A file announced at login is no longer registered as we hold it.
+pub fn announce_refused(name: &FileName, why: &Refusal) -> Option<String> {
+    let t = typed(name);
+    match why {
+        Refusal::UnknownFile { .. } => Some(format!(
+            "{name} is no longer registered (withdrawn by the user who registered it, or \
+             held by nobody for long): your copy is not shared; register {t} shares it again"
+        )),
+        Refusal::FileConflict { .. } => Some(format!(
+            "{name} now names a different file: your copy is not shared; download {t} gets \
+             the one registered now"
+        )),
+        _ => None,
+    }
+}
+
+/// `30 days`, `2 hours`, `45 seconds`: the largest whole unit.
+pub fn human_duration(secs: u64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s >= 60 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", plural(n))
 }
 
 pub fn private_started(user: &UserName) -> String {

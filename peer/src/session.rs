@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, FileName, LoginResult, Password, PeerMsg, Reply, Request, ServerMsg,
+    ClientMsg, Event, FileName, LoginResult, Password, PeerMsg, Refusal, Reply, Request, ServerMsg,
     UserCheck, UserName,
 };
 
@@ -110,6 +110,8 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
                 uploads,
                 limits,
                 withdrawals,
+                rechecking: HashMap::new(),
+                unshare_when_done: HashSet::new(),
                 sigint,
             };
             let result = match s.announce().await {
@@ -306,6 +308,10 @@ struct Session {
     limits: Limits,
     /// Files found vanished or changed on disk: withdrawn from the tracker.
     withdrawals: mpsc::UnboundedReceiver<Withdrawn>,
+    /// Files found changed, being read again, with the description they had.
+    rechecking: HashMap<FileName, wire::FileMeta>,
+    /// Downloads stopped because their name went away: forgotten once they have stopped.
+    unshare_when_done: HashSet<FileName>,
     sigint: Option<Signal>,
 }
 
@@ -320,7 +326,7 @@ impl Session {
     /// own downloads resume where they stopped.
     async fn announce(&mut self) -> Result<(), LinkError> {
         for (meta, have) in self.lib.holdings() {
-            self.send(Asked::Quiet, Request::Register { meta, have })
+            self.send(Asked::Announce, Request::Announce { meta, have })
                 .await?;
         }
         Ok(())
@@ -385,12 +391,7 @@ impl Session {
                     Next::Continue
                 }
                 Some(gone) = self.withdrawals.recv() => {
-                    self.out.line(format!(
-                        "{} {}; no longer sharing it",
-                        self.lib.path_of(&gone.name).display(),
-                        gone.why
-                    ));
-                    self.send(Asked::Quiet, Request::Withdraw { name: gone.name }).await?;
+                    self.withdrawn(gone).await?;
                     Next::Continue
                 }
             };
@@ -398,6 +399,65 @@ impl Session {
                 return Ok(code);
             }
         }
+    }
+
+    /// A file we shared vanished or changed on disk. A changed one is read again: the
+    /// tracker takes the new version from the user who registered it; anyone else's copy
+    /// that changed is no longer shared.
+    async fn withdrawn(&mut self, gone: Withdrawn) -> Result<(), LinkError> {
+        let path = self.lib.path_of(&gone.name);
+        if gone.announced {
+            self.send(
+                Asked::Quiet,
+                Request::Withdraw {
+                    name: gone.name.clone(),
+                },
+            )
+            .await?;
+        }
+        let Some(old) = gone.changed else {
+            self.out.line(format!(
+                "{} {}; no longer sharing it",
+                path.display(),
+                gone.why
+            ));
+            return Ok(());
+        };
+        self.out
+            .line(format!("{} {}; reading it again", path.display(), gone.why));
+        let name = gone.name;
+        let chunks = old.chunk_count() as usize;
+        self.rechecking.insert(name.clone(), old);
+        self.describe(name, chunks);
+        Ok(())
+    }
+
+    /// Reads and hashes `name` off the async threads; `JobEvent::Described` follows.
+    fn describe(&mut self, name: FileName, chunks: usize) {
+        self.hashing.push(name.clone());
+        let (lib, out) = (self.lib.clone(), self.jobs_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = lib.describe(&name, chunks).map_err(|e| e.to_string());
+            let _ = out.send(JobEvent::Described { name, result });
+        });
+    }
+
+    /// `name` no longer means what we hold or download (`Event::FileGone`): stop, and
+    /// forget what we had of it (the file in the folder stays).
+    fn file_gone(&mut self, name: FileName, why: &wire::Gone) {
+        let downloading = self.transfers.contains_key(&name);
+        self.out.line(render::file_gone(&name, why, downloading));
+        if let Some(h) = self.transfers.get(&name) {
+            let _ = h.control.send(Control::Cancel);
+            if self.locating.remove(&name).is_some() {
+                self.transfers.remove(&name);
+            } else {
+                // Forgotten once the download has stopped, so it cannot save over it.
+                self.unshare_when_done.insert(name);
+                return;
+            }
+        }
+        self.lib.unshare(&name);
     }
 
     /// When to say the server is silent: [`SILENT`] after the oldest unanswered request was
@@ -458,16 +518,34 @@ impl Session {
             JobEvent::Described { name, .. } if !self.done_hashing(&name) => {
                 // Logged out meanwhile (and told so): not registered.
             }
-            JobEvent::Described { name, result } => match result {
-                Ok(described) => {
+            JobEvent::Described { name, result } => match (result, self.rechecking.remove(&name)) {
+                (Ok(described), Some(old)) if described.meta == old => {
+                    // Touched, not changed: shared as before.
+                    let lib = &self.lib;
                     let meta = described.meta.clone();
+                    if let Err(e) = tokio::task::block_in_place(|| lib.add_complete(described)) {
+                        self.out.line(format!("Error. {e}"));
+                        return Ok(());
+                    }
+                    self.out
+                        .line(format!("{name} has the same contents; still sharing it"));
                     let have = (0..meta.chunk_count()).collect();
-                    let wanted = described.wanted as u32;
-                    self.registering.insert(name, described);
-                    self.send(Asked::Register { wanted }, Request::Register { meta, have })
+                    self.send(Asked::Announce, Request::Announce { meta, have })
                         .await?;
                 }
-                Err(e) => self.out.line(format!("Error. {e}")),
+                (Ok(described), rechecking) => {
+                    let meta = described.meta.clone();
+                    let have = (0..meta.chunk_count()).collect();
+                    let asked = match rechecking {
+                        Some(_) => Asked::Recheck,
+                        None => Asked::Register {
+                            wanted: described.wanted as u32,
+                        },
+                    };
+                    self.registering.insert(name, described);
+                    self.send(asked, Request::Register { meta, have }).await?;
+                }
+                (Err(e), _) => self.out.line(format!("Error. {e}")),
             },
             JobEvent::Have { name, chunk } => {
                 self.send(Asked::Quiet, Request::HaveChunk { name, chunk })
@@ -482,7 +560,12 @@ impl Session {
                 self.send(Asked::Introduce, req).await?;
             }
             JobEvent::Done { name, lines } => {
-                self.print(lines);
+                if self.unshare_when_done.remove(&name) {
+                    // Stopped because the name went away; that was said.
+                    self.lib.unshare(&name);
+                } else {
+                    self.print(lines);
+                }
                 if let Some(h) = self.transfers.remove(&name) {
                     if h.only.is_none() {
                         // A whole-file download watched the file's holders until now.
@@ -503,7 +586,8 @@ impl Session {
     ) -> Result<(Asked, Request), LinkError> {
         if self.transfers.contains_key(&name) {
             self.out.line(format!(
-                "Error. {name} is already downloading (transfers shows it; cancel {name} stops it)"
+                "Error. {name} is already downloading (transfers shows it; cancel {} stops it)",
+                crate::command::typed(&name)
             ));
             return Ok((Asked::Activity, Request::Activity));
         }
@@ -606,15 +690,18 @@ impl Session {
                 (Asked::Activity, Request::Activity)
             }
             Command::Register { name, chunks } => {
-                self.hashing.push(name.clone());
-                let (lib, out) = (self.lib.clone(), self.jobs_tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let result = lib.describe(&name, chunks).map_err(|e| e.to_string());
-                    let _ = out.send(JobEvent::Described { name, result });
-                });
+                self.describe(name, chunks);
                 // The request follows once the file is hashed.
                 (Asked::Activity, Request::Activity)
             }
+            Command::Unregister { name } if self.transfers.contains_key(&name) => {
+                self.out.line(format!(
+                    "Error. {name} is downloading; cancel {} first",
+                    crate::command::typed(&name)
+                ));
+                (Asked::Activity, Request::Activity)
+            }
+            Command::Unregister { name } => (Asked::Unregister, Request::Unregister { name }),
             Command::SearchFile { name } => (Asked::SearchFile, Request::SearchFile { name }),
             Command::SearchChunk { name, chunks } => {
                 (Asked::SearchChunk, Request::SearchChunk { name, chunks })
@@ -695,6 +782,10 @@ impl Session {
                     self.introduced(r);
                     return Ok(Next::Continue);
                 }
+                if asked == Asked::Announce {
+                    self.announced(r);
+                    return Ok(Next::Continue);
+                }
                 // Announcements the user did not type are silent unless refused.
                 if asked != Asked::Quiet || matches!(r, Reply::Refused(_)) {
                     let lines = match &r {
@@ -706,6 +797,17 @@ impl Session {
                     self.print(lines);
                 }
                 match r {
+                    Reply::Unregistered { name, .. }
+                    | Reply::Refused(
+                        Refusal::UnknownFile { name } | Refusal::NotSharing { name },
+                    ) if asked == Asked::Unregister => {
+                        self.lib.unshare(&name);
+                    }
+                    Reply::Refused(Refusal::FileConflict { name, .. })
+                        if asked == Asked::Recheck =>
+                    {
+                        self.registering.remove(&name);
+                    }
                     Reply::Registered { name, .. } => {
                         if let Some(described) = self.registering.remove(&name) {
                             // Writes and syncs the manifest: kept in order (the file is
@@ -771,6 +873,7 @@ impl Session {
                     Event::HolderGone { name, user } => {
                         self.control(&name, Control::HolderGone { user });
                     }
+                    Event::FileGone { name, why } => self.file_gone(name, &why),
                     Event::LoggedOut { user } if self.chats.open.contains_key(&user) => {
                         self.chats.departed.insert(user);
                     }
@@ -790,6 +893,21 @@ impl Session {
     fn control(&self, name: &FileName, c: Control) {
         if let Some(h) = self.transfers.get(name) {
             let _ = h.control.send(c);
+        }
+    }
+
+    /// The tracker answered an announcement made at login: a name that no longer means
+    /// what we hold is forgotten here too, and the user told.
+    fn announced(&mut self, r: Reply) {
+        let Reply::Refused(why) = r else { return };
+        match &why {
+            Refusal::UnknownFile { name } | Refusal::FileConflict { name, .. } => {
+                if let Some(line) = render::announce_refused(name, &why) {
+                    self.out.line(line);
+                }
+                self.lib.unshare(name);
+            }
+            _ => self.print(render::reply(Asked::Announce, &Reply::Refused(why))),
         }
     }
 

@@ -16,10 +16,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use wire::{
-    Event, FileMeta, FileName, Holder, Refusal, Reply, ServerMsg, UserName, MAX_LISTED,
+    Event, FileMeta, FileName, Gone, Holder, Refusal, Reply, ServerMsg, UserName, MAX_LISTED,
     MAX_LISTED_PER_CHUNK, MAX_LOCATED,
 };
 
+use crate::clock::Millis;
 use crate::state::{listed, Tracker};
 
 /// File names one user may register. Each is durable (a database row, and memory for as
@@ -27,20 +28,31 @@ use crate::state::{listed, Tracker};
 /// end; a person's shared folder is far smaller.
 pub const MAX_FILES_PER_USER: u32 = 1_000;
 
+/// Unheld names released per sweep at most, so a burst of them costs bounded work under
+/// the lock (the sweeper runs every second).
+const RELEASE_STEP: usize = 100;
+
 pub(crate) struct FileEntry {
     pub meta: FileMeta,
+    /// Who registered it: only they may replace or withdraw it. `None` for names kept
+    /// from before owners were recorded (only release ends those).
+    pub owner: Option<UserName>,
     /// Online user → chunks they hold (0-based). Never holds an empty set.
     pub holders: HashMap<UserName, BTreeSet<u32>>,
     /// Online users downloading this file, told of every change in `holders`.
     pub watchers: HashSet<UserName>,
+    /// Since when nobody holds any of it; `None` while someone does.
+    pub unheld_since: Option<Millis>,
 }
 
 impl FileEntry {
-    pub fn new(meta: FileMeta) -> Self {
+    pub fn new(meta: FileMeta, owner: Option<UserName>) -> Self {
         Self {
             meta,
+            owner,
             holders: HashMap::new(),
             watchers: HashSet::new(),
+            unheld_since: None,
         }
     }
 }
@@ -53,24 +65,47 @@ fn bad_chunk(chunk: u32, count: u32) -> Reply {
     Reply::Refused(Refusal::BadChunk { chunk, count })
 }
 
+fn conflict(registered: &FileMeta, meta: &FileMeta) -> Reply {
+    Reply::Refused(Refusal::FileConflict {
+        name: meta.name().clone(),
+        same_content: registered.size() == meta.size() && registered.sha256() == meta.sha256(),
+        chunks: registered.chunk_count(),
+    })
+}
+
+fn unavailable(e: crate::store::StoreError) -> Reply {
+    tracing::error!(error = %e, "could not store the file registry");
+    Reply::Refused(Refusal::Unavailable)
+}
+
 impl Tracker {
-    pub(crate) fn register(&mut self, me: &UserName, meta: FileMeta, have: Vec<u32>) -> Reply {
+    pub(crate) fn register(
+        &mut self,
+        me: &UserName,
+        meta: FileMeta,
+        have: Vec<u32>,
+        now: Millis,
+    ) -> Reply {
         let count = meta.chunk_count();
         if let Some(&bad) = have.iter().find(|&&c| c >= count) {
             return bad_chunk(bad, count);
         }
         let name = meta.name().clone();
+        let mut replaced = false;
         match self.files.get(&name) {
-            Some(entry) if entry.meta != meta => {
-                let same_content =
-                    entry.meta.size() == meta.size() && entry.meta.sha256() == meta.sha256();
-                return Reply::Refused(Refusal::FileConflict {
-                    name,
-                    same_content,
-                    chunks: entry.meta.chunk_count(),
-                });
+            Some(entry) if entry.meta == meta => {}
+            Some(entry) if entry.owner.as_ref() == Some(me) => {
+                // The owner's new version (edited, or split differently): the name now
+                // means it, and whoever held or fetched the old one is told.
+                if let Err(e) = self.store.put_file(&meta, me) {
+                    return unavailable(e);
+                }
+                self.end_name(&name, &Gone::Replaced { by: me.clone() }, Some(me));
+                self.files
+                    .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
+                replaced = true;
             }
-            Some(_) => {}
+            Some(entry) => return conflict(&entry.meta, &meta),
             None => {
                 let owned = self.owned.get(me).copied().unwrap_or(0);
                 if owned >= MAX_FILES_PER_USER {
@@ -79,19 +114,172 @@ impl Tracker {
                     });
                 }
                 if let Err(e) = self.store.put_file(&meta, me) {
-                    tracing::error!(error = %e, "could not store file description");
-                    return Reply::Refused(Refusal::Unavailable);
+                    return unavailable(e);
                 }
                 *self.owned.entry(me.clone()).or_default() += 1;
                 self.files
-                    .insert(name.clone(), FileEntry::new(meta.clone()));
+                    .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
             }
         }
         self.add_holdings(me, &name, have);
+        self.note_unheld(&name, now);
         Reply::Registered {
             name,
             size: meta.size(),
             chunks: count,
+            replaced,
+        }
+    }
+
+    /// A returning holder's chunks of a name that still means `meta`; nothing else.
+    pub(crate) fn announce(
+        &mut self,
+        me: &UserName,
+        meta: FileMeta,
+        have: Vec<u32>,
+        now: Millis,
+    ) -> Reply {
+        let name = meta.name().clone();
+        match self.files.get(&name) {
+            None => return unknown(&name),
+            Some(entry) if entry.meta != meta => return conflict(&entry.meta, &meta),
+            Some(_) => {}
+        }
+        let count = meta.chunk_count();
+        if let Some(&bad) = have.iter().find(|&&c| c >= count) {
+            return bad_chunk(bad, count);
+        }
+        self.add_holdings(me, &name, have);
+        self.note_unheld(&name, now);
+        Reply::Noted
+    }
+
+    /// `unregister`: the owner withdraws the name; anyone else stops sharing their copy.
+    pub(crate) fn unregister(&mut self, me: &UserName, name: &FileName, now: Millis) -> Reply {
+        let Some(entry) = self.files.get_mut(name) else {
+            return unknown(name);
+        };
+        if entry.owner.as_ref() == Some(me) {
+            if let Err(e) = self.store.delete_file(name) {
+                return unavailable(e);
+            }
+            if let Some(gone) = self.end_name(name, &Gone::Withdrawn { by: me.clone() }, Some(me)) {
+                self.disown(gone.owner.as_ref());
+            }
+            return Reply::Unregistered {
+                name: name.clone(),
+                for_everyone: true,
+            };
+        }
+        let held = entry.holders.remove(me).is_some();
+        let watched = entry.watchers.remove(me);
+        if !held && !watched {
+            return Reply::Refused(Refusal::NotSharing { name: name.clone() });
+        }
+        self.fellow_gone(me, name);
+        self.note_unheld(name, now);
+        Reply::Unregistered {
+            name: name.clone(),
+            for_everyone: false,
+        }
+    }
+
+    /// The name stops meaning its file: every holder and watcher but `except` is told
+    /// why, and the entry is returned. The caller updates the store.
+    fn end_name(
+        &mut self,
+        name: &FileName,
+        why: &Gone,
+        except: Option<&UserName>,
+    ) -> Option<FileEntry> {
+        let entry = self.files.remove(name)?;
+        if let Some(since) = entry.unheld_since {
+            self.unheld.remove(&(since, name.clone()));
+        }
+        let told: BTreeSet<&UserName> = entry
+            .holders
+            .keys()
+            .chain(entry.watchers.iter())
+            .filter(|u| Some(*u) != except)
+            .collect();
+        if !told.is_empty() {
+            let event = ServerMsg::Event(Event::FileGone {
+                name: name.clone(),
+                why: why.clone(),
+            });
+            if let Some(frame) = crate::state::encode(&event) {
+                for u in told {
+                    self.push_frame(u, &frame);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// One name less counts toward `owner`'s quota.
+    fn disown(&mut self, owner: Option<&UserName>) {
+        if let Some(n) = owner.and_then(|o| self.owned.get_mut(o)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// If nobody holds `name` now, it starts counting toward its release (durably, so a
+    /// restart does not reset the count).
+    fn note_unheld(&mut self, name: &FileName, now: Millis) {
+        let Some(entry) = self.files.get_mut(name) else {
+            return;
+        };
+        if !entry.holders.is_empty() || entry.unheld_since.is_some() {
+            return;
+        }
+        entry.unheld_since = Some(now);
+        self.unheld.insert((now, name.clone()));
+        if let Err(e) = self.store.set_unheld(name, Some(now)) {
+            tracing::error!(error = %e, "could not store when a file went unheld");
+        }
+    }
+
+    /// Someone holds `name` again: it no longer counts toward its release.
+    fn note_held(&mut self, name: &FileName) {
+        let Some(entry) = self.files.get_mut(name) else {
+            return;
+        };
+        let Some(since) = entry.unheld_since.take() else {
+            return;
+        };
+        self.unheld.remove(&(since, name.clone()));
+        if let Err(e) = self.store.set_unheld(name, None) {
+            tracing::error!(error = %e, "could not store that a file is held");
+        }
+    }
+
+    /// Releases names nobody has held for `release_after` (oldest first, a bounded step a
+    /// second): anyone may register them again. Their watchers are told.
+    pub(crate) fn release_unheld(&mut self, now: Millis) {
+        if now < self.next_release {
+            return;
+        }
+        self.next_release = now.plus(std::time::Duration::from_secs(1));
+        let after = self.rules.release_after;
+        let due: Vec<FileName> = self
+            .unheld
+            .iter()
+            .take_while(|(since, _)| since.plus(after) <= now)
+            .take(RELEASE_STEP)
+            .map(|(_, name)| name.clone())
+            .collect();
+        let why = Gone::Released {
+            after_secs: after.as_secs(),
+        };
+        for name in due {
+            if let Err(e) = self.store.delete_file(&name) {
+                tracing::error!(error = %e, "could not release a file name");
+                return;
+            }
+            tracing::debug!(%name, "released: nobody held it");
+            if let Some(gone) = self.end_name(&name, &why, None) {
+                self.disown(gone.owner.as_ref());
+            }
         }
     }
 
@@ -119,6 +307,7 @@ impl Tracker {
         let held = entry.holders.entry(me.clone()).or_default();
         let new: Vec<u32> = chunks.into_iter().filter(|&c| held.insert(c)).collect();
         self.involve(me, name);
+        self.note_held(name);
         if new.is_empty() {
             return;
         }
@@ -174,7 +363,7 @@ impl Tracker {
     }
 
     /// `me` no longer holds anything of `name`.
-    pub(crate) fn withdraw(&mut self, me: &UserName, name: &FileName) -> Reply {
+    pub(crate) fn withdraw(&mut self, me: &UserName, name: &FileName, now: Millis) -> Reply {
         let Some(entry) = self.files.get_mut(name) else {
             return unknown(name);
         };
@@ -185,6 +374,7 @@ impl Tracker {
             };
             self.tell_watchers(me, name, event);
         }
+        self.note_unheld(name, now);
         Reply::Noted
     }
 
@@ -332,7 +522,7 @@ impl Tracker {
     }
 
     /// The user's session ended: they can no longer serve anything, nor watch.
-    pub(crate) fn forget_holdings(&mut self, user: &UserName) {
+    pub(crate) fn forget_holdings(&mut self, user: &UserName, now: Millis) {
         // Only the files the user was involved in: a logout costs what the user did,
         // not the size of the registry.
         let mut held = Vec::new();
@@ -351,6 +541,7 @@ impl Tracker {
                 user: user.clone(),
             };
             self.tell_watchers(user, &name, event);
+            self.note_unheld(&name, now);
         }
     }
 }
@@ -397,7 +588,8 @@ mod tests {
             Reply::Registered {
                 name: f("a.bin"),
                 size: 25,
-                chunks: 3
+                chunks: 3,
+                replaced: false,
             }
         );
         // Same content again: yoda becomes a holder too.
@@ -817,5 +1009,171 @@ mod tests {
             req(&mut t2, &hans, register(meta("one-more", 1), &[0]), more),
             too_many
         );
+    }
+
+    fn gone(why: Gone) -> Event {
+        Event::FileGone {
+            name: f("a.bin"),
+            why,
+        }
+    }
+
+    #[test]
+    fn the_owner_replaces_a_name_and_everyone_on_the_old_version_is_told() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut yoda = login_p2p(&mut t, "yoda", T0, 4002);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4003);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        req(&mut t, &yoda, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        let locate = Request::Locate {
+            name: f("a.bin"),
+            from: None,
+        };
+        req(&mut t, &luke, locate, T0);
+        yoda.events();
+        luke.events();
+        // Only the owner may: yoda's edited copy is a conflict.
+        assert!(matches!(
+            req(&mut t, &yoda, register(meta("a.bin", 9), &[0, 1, 2]), T0),
+            Reply::Refused(Refusal::FileConflict { .. })
+        ));
+        assert_eq!(
+            req(&mut t, &hans, register(meta("a.bin", 9), &[0, 1, 2]), T0),
+            Reply::Registered {
+                name: f("a.bin"),
+                size: 25,
+                chunks: 3,
+                replaced: true,
+            }
+        );
+        let told = gone(Gone::Replaced { by: u("hans") });
+        assert_eq!(yoda.events(), std::slice::from_ref(&told));
+        assert_eq!(luke.events(), [told]);
+        // The name now means the new version, held by hans alone.
+        assert_eq!(
+            req(&mut t, &luke, Request::SearchFile { name: f("a.bin") }, T0),
+            Reply::FileHolders {
+                name: f("a.bin"),
+                users: vec![u("hans")],
+                more: 0,
+            }
+        );
+        // yoda's old copy is refused at its next announcement.
+        let announce = |m| Request::Announce {
+            meta: m,
+            have: vec![0, 1, 2],
+        };
+        assert!(matches!(
+            req(&mut t, &yoda, announce(meta("a.bin", 1)), T0),
+            Reply::Refused(Refusal::FileConflict { .. })
+        ));
+        assert_eq!(
+            req(&mut t, &yoda, announce(meta("a.bin", 9)), T0),
+            Reply::Noted
+        );
+    }
+
+    #[test]
+    fn unregister_withdraws_for_everyone_only_from_the_owner() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut yoda = login_p2p(&mut t, "yoda", T0, 4002);
+        let luke = login_p2p(&mut t, "luke", T0, 4003);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        req(&mut t, &yoda, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        let unregister = || Request::Unregister { name: f("a.bin") };
+        assert_eq!(
+            req(&mut t, &luke, unregister(), T0),
+            Reply::Refused(Refusal::NotSharing { name: f("a.bin") })
+        );
+        // yoda stops sharing its copy; the name stays.
+        assert_eq!(
+            req(&mut t, &yoda, unregister(), T0),
+            Reply::Unregistered {
+                name: f("a.bin"),
+                for_everyone: false
+            }
+        );
+        let holders =
+            |t: &mut Tracker| match req(t, &luke, Request::SearchFile { name: f("a.bin") }, T0) {
+                Reply::FileHolders { users, .. } => users,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(holders(&mut t), [u("hans")]);
+        // yoda holds it again, then hans withdraws the name: yoda is told, and anyone may
+        // register other content under it; hans's quota has the name back.
+        req(&mut t, &yoda, register(meta("a.bin", 1), &[0]), T0);
+        yoda.events();
+        assert_eq!(
+            req(&mut t, &hans, unregister(), T0),
+            Reply::Unregistered {
+                name: f("a.bin"),
+                for_everyone: true
+            }
+        );
+        assert_eq!(yoda.events(), [gone(Gone::Withdrawn { by: u("hans") })]);
+        assert_eq!(holders(&mut t), Vec::<UserName>::new());
+        assert_eq!(t.owned[&u("hans")], 0);
+        assert!(matches!(
+            req(&mut t, &luke, register(meta("a.bin", 9), &[0]), T0),
+            Reply::Registered {
+                replaced: false,
+                ..
+            }
+        ));
+        // Withdrawn durably: gone after a restart too.
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        let t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        assert_eq!(t2.files[&f("a.bin")].meta, meta("a.bin", 9));
+    }
+
+    #[test]
+    fn a_name_nobody_holds_for_the_release_time_is_released_even_across_a_restart() {
+        use crate::clock::Millis;
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
+        req(&mut t, &hans, register(meta("b.bin", 1), &[0, 1, 2]), T0);
+        let at = |ms: u64| Millis(T0.0 + ms);
+        let hour = RELEASE_AFTER.as_millis() as u64;
+        // hans leaves at +1 s; comes back at +40 min holding b.bin only.
+        req(&mut t, &hans, Request::Logout, at(1_000));
+        let hans = login_p2p(&mut t, "hans", at(2_400_000), 4001);
+        let announce = Request::Announce {
+            meta: meta("b.bin", 1),
+            have: vec![0],
+        };
+        assert_eq!(req(&mut t, &hans, announce, at(2_400_000)), Reply::Noted);
+        // The tracker restarts at +50 min: a.bin's time without a holder is kept (b.bin,
+        // held when it stopped, counts from the restart).
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        let mut t = Tracker::new(t.creds.clone(), store, t.rules, at(3_000_000)).unwrap();
+        let mut luke = login_p2p(&mut t, "luke", at(3_000_000), 4003);
+        let locate = Request::Locate {
+            name: f("a.bin"),
+            from: None,
+        };
+        req(&mut t, &luke, locate, at(3_000_000));
+        luke.events();
+        // (luke stays active; the sweep looks once a second)
+        req(&mut t, &luke, Request::Activity, at(hour));
+        t.expire(at(hour));
+        assert!(t.files.contains_key(&f("a.bin")));
+        t.expire(at(1_000 + hour));
+        assert!(!t.files.contains_key(&f("a.bin")), "released");
+        assert_eq!(
+            luke.events(),
+            [gone(Gone::Released {
+                after_secs: RELEASE_AFTER.as_secs()
+            })]
+        );
+        assert!(t.files.contains_key(&f("b.bin")));
+        t.expire(at(3_000_000 + hour));
+        assert!(!t.files.contains_key(&f("b.bin")), "released");
+        assert_eq!(t.owned[&u("hans")], 0);
+        // Released names are gone from the store.
+        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
+        assert!(store.files(at(3_000_000 + hour)).unwrap().is_empty());
     }
 }

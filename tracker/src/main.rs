@@ -1,5 +1,5 @@
 //! `tracker <SERVER_PORT> <BLOCK_DURATION> <TIMEOUT> [--credentials FILE] [--state PATH]
-//! [--bind ADDR] [-d]`
+//! [--release-after SECS] [--bind ADDR] [-d]`
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +31,10 @@ struct Args {
     /// SQLite database holding offline messages, block lists and login history.
     #[arg(long, default_value = "tracker.db")]
     state: PathBuf,
+    /// Seconds a registered file name may go without anyone holding it before it is
+    /// released (anyone may then register other content under it). Default: 30 days.
+    #[arg(long, default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    release_after: u64,
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     let rules = Rules {
         block_duration: Duration::from_secs(args.block_duration),
         timeout: Duration::from_secs(args.timeout),
+        release_after: Duration::from_secs(args.release_after),
     };
     let checkpointer = store
         .hand_checkpoints_to(&args.state)

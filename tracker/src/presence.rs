@@ -50,7 +50,7 @@ impl Tracker {
         }
         s.outbox.close();
         tracing::debug!(%user, "logged out");
-        self.forget_holdings(user);
+        self.forget_holdings(user, now);
         self.notify_presence(user, Event::LoggedOut { user: user.clone() });
     }
 
@@ -76,6 +76,7 @@ impl Tracker {
         }
         self.settle(now);
         self.prune_history(now);
+        self.release_unheld(now);
         idle.into_iter().map(|(u, _)| u).collect()
     }
 

@@ -66,7 +66,9 @@ impl Kind {
             Request::Locate { .. } => Kind::Locate,
             Request::SearchFile { .. } | Request::SearchChunk { .. } => Kind::Search,
             Request::WhoElse | Request::WhoElseSince { .. } => Kind::Listing,
-            Request::Register { .. } => Kind::Register,
+            Request::Register { .. } | Request::Announce { .. } | Request::Unregister { .. } => {
+                Kind::Register
+            }
             Request::Block { .. } | Request::Unblock { .. } => Kind::Blocking,
             Request::HaveChunk { .. } | Request::Unwatch { .. } | Request::Withdraw { .. } => {
                 Kind::Announce

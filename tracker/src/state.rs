@@ -10,7 +10,7 @@
 //! "recipient is offline" and "recipient just loaded its backlog". The lock is never held
 //! across an `.await`; online relay touches no disk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub type ConnId = u64;
 pub struct Rules {
     pub block_duration: Duration,
     pub timeout: Duration,
+    /// A registered name nobody has held for this long is released (`--release-after`).
+    pub release_after: Duration,
 }
 
 /// A logged-in user.
@@ -64,6 +66,10 @@ pub struct Tracker {
     pub(crate) files: HashMap<wire::FileName, crate::files::FileEntry>,
     /// How many names each user has registered (see `files::MAX_FILES_PER_USER`).
     pub(crate) owned: HashMap<UserName, u32>,
+    /// Names nobody holds, by since when: the oldest are released first (`files`).
+    pub(crate) unheld: BTreeSet<(Millis, wire::FileName)>,
+    /// When unheld names are next looked at for release (`files`).
+    pub(crate) next_release: Millis,
     /// Online user → the files they hold or watch, so a logout touches only those.
     pub(crate) involved: HashMap<UserName, HashSet<wire::FileName>>,
     /// Offline messages waiting per recipient, as far as counted (`chat`).
@@ -89,11 +95,16 @@ impl Tracker {
         }
         let mut files = HashMap::new();
         let mut owned: HashMap<UserName, u32> = HashMap::new();
-        for (meta, owner) in store.files()? {
-            if let Some(o) = &owner {
+        let mut unheld = BTreeSet::new();
+        for f in store.files(now)? {
+            if let Some(o) = &f.owner {
                 *owned.entry(o.clone()).or_default() += 1;
             }
-            files.insert(meta.name().clone(), crate::files::FileEntry::new(meta));
+            let name = f.meta.name().clone();
+            unheld.insert((f.unheld_since, name.clone()));
+            let mut entry = crate::files::FileEntry::new(f.meta, f.owner);
+            entry.unheld_since = Some(f.unheld_since);
+            files.insert(name, entry);
         }
         let mut blocks: HashMap<UserName, HashSet<UserName>> = HashMap::new();
         for (a, b) in store.blocks()? {
@@ -109,6 +120,8 @@ impl Tracker {
             lagging: Vec::new(),
             files,
             owned,
+            unheld,
+            next_release: now,
             involved: HashMap::new(),
             mailbox: HashMap::new(),
             next_prune: now,
@@ -257,13 +270,15 @@ impl Tracker {
             Request::Unblock { user } => self.unblock(me, &user),
             Request::StartPrivate { user } => self.start_private(me, &user),
             Request::CheckPeer { user } => self.check_peer(me, &user),
-            Request::Register { meta, have } => self.register(me, meta, have),
+            Request::Register { meta, have } => self.register(me, meta, have, now),
+            Request::Announce { meta, have } => self.announce(me, meta, have, now),
+            Request::Unregister { name } => self.unregister(me, &name, now),
             Request::HaveChunk { name, chunk } => self.have_chunk(me, &name, chunk),
             Request::SearchFile { name } => self.search_file(me, &name),
             Request::SearchChunk { name, chunks } => self.search_chunk(me, &name, &chunks),
             Request::Locate { name, from } => self.locate(me, &name, from.as_ref()),
             Request::Unwatch { name } => self.unwatch(me, &name),
-            Request::Withdraw { name } => self.withdraw(me, &name),
+            Request::Withdraw { name } => self.withdraw(me, &name, now),
             Request::Activity => Reply::Active,
             Request::Logout => {
                 self.end_session(me, conn, now);
@@ -286,6 +301,8 @@ pub(crate) mod testkit {
     use wire::{Event, LoginResult, Password, Reply, Request};
 
     pub const T0: Millis = Millis(1_700_000_000_000);
+    /// How long a name may go unheld in unit tests.
+    pub const RELEASE_AFTER: Duration = Duration::from_secs(3600);
 
     pub fn u(s: &str) -> UserName {
         UserName::new(s).unwrap()
@@ -299,6 +316,7 @@ pub(crate) mod testkit {
         let rules = Rules {
             block_duration: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
+            release_after: RELEASE_AFTER,
         };
         Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
     }
@@ -312,6 +330,7 @@ pub(crate) mod testkit {
         let rules = Rules {
             block_duration: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
+            release_after: RELEASE_AFTER,
         };
         let creds = Credentials::parse(&creds).unwrap();
         Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use wire::{FileMeta, OfflineMessage, Text, UserName};
+use wire::{FileMeta, FileName, OfflineMessage, Text, UserName};
 
 use crate::clock::Millis;
 
@@ -84,6 +84,17 @@ CREATE TABLE IF NOT EXISTS files_v4 (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO files_v4 (name, meta, owner) SELECT name, meta, NULL FROM files_v3;
 DROP TABLE files_v3;
+-- v5 adds since when nobody has held each name (milliseconds; NULL: someone held it when
+-- the tracker last ran). A name unheld for `--release-after` is released.
+CREATE TABLE IF NOT EXISTS files_v5 (
+    name      TEXT PRIMARY KEY,
+    meta      BLOB NOT NULL,
+    owner     TEXT,
+    unheld_at INTEGER
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO files_v5 (name, meta, owner, unheld_at)
+    SELECT name, meta, owner, NULL FROM files_v4;
+DROP TABLE files_v4;
 CREATE TABLE IF NOT EXISTS lockouts (
     user  TEXT PRIMARY KEY,
     until INTEGER NOT NULL
@@ -94,6 +105,14 @@ CREATE TABLE IF NOT EXISTS lockouts (
 /// [`Store::hand_checkpoints_to`].
 pub struct Checkpointer {
     db: Connection,
+}
+
+/// A registered file as stored.
+#[derive(Debug)]
+pub struct StoredFile {
+    pub meta: FileMeta,
+    pub owner: Option<UserName>,
+    pub unheld_since: Millis,
 }
 
 impl Checkpointer {
@@ -319,29 +338,61 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a newly registered file. Its description is stored as MessagePack, the same
-    /// encoding (and validation on the way back) as on the wire.
+    /// Records a newly registered (or replaced) file, held by its owner. Its description
+    /// is stored as MessagePack, the same encoding (and validation on the way back) as on
+    /// the wire.
     pub fn put_file(&self, meta: &FileMeta, owner: &UserName) -> Result<(), StoreError> {
         let blob = rmp_serde::to_vec(meta)?;
         self.db
             .prepare_cached(
-                "INSERT OR REPLACE INTO files_v4 (name, meta, owner) VALUES (?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO files_v5 (name, meta, owner, unheld_at) \
+                 VALUES (?1, ?2, ?3, NULL)",
             )?
             .execute(params![meta.name().as_str(), blob, owner.as_str()])?;
         Ok(())
     }
 
-    /// Every registered file and who registered it (unknown for names from before v4).
-    pub fn files(&self) -> Result<Vec<(FileMeta, Option<UserName>)>, StoreError> {
-        let mut stmt = self.db.prepare("SELECT meta, owner FROM files_v4")?;
+    /// Since when nobody holds `name` (`None`: someone does now).
+    pub fn set_unheld(&self, name: &FileName, since: Option<Millis>) -> Result<(), StoreError> {
+        self.db
+            .prepare_cached("UPDATE files_v5 SET unheld_at = ?2 WHERE name = ?1")?
+            .execute(params![name.as_str(), since.map(|m| m.0 as i64)])?;
+        Ok(())
+    }
+
+    /// The name is withdrawn or released.
+    pub fn delete_file(&self, name: &FileName) -> Result<(), StoreError> {
+        self.db
+            .prepare_cached("DELETE FROM files_v5 WHERE name = ?1")?
+            .execute(params![name.as_str()])?;
+        Ok(())
+    }
+
+    /// Every registered file, who registered it (unknown for names from before v4), and
+    /// since when nobody holds it. Names held when the tracker last stopped (or crashed)
+    /// are unheld from `now`: nobody holds anything before logging in again.
+    pub fn files(&self, now: Millis) -> Result<Vec<StoredFile>, StoreError> {
+        self.db
+            .prepare_cached("UPDATE files_v5 SET unheld_at = ?1 WHERE unheld_at IS NULL")?
+            .execute(params![now.0 as i64])?;
+        let mut stmt = self
+            .db
+            .prepare("SELECT meta, owner, unheld_at FROM files_v5")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<String>>(1)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for r in rows {
-            let (blob, owner) = r?;
-            let owner = owner.and_then(|o| UserName::new(o).ok());
-            out.push((rmp_serde::from_slice(&blob)?, owner));
+            let (blob, owner, unheld) = r?;
+            out.push(StoredFile {
+                meta: rmp_serde::from_slice(&blob)?,
+                owner: owner.and_then(|o| UserName::new(o).ok()),
+                unheld_since: Millis(unheld.max(0) as u64),
+            });
         }
         Ok(out)
     }

@@ -18,8 +18,10 @@ pub const MAX_FILE_NAME: usize = 255 - ".leaves".len();
 /// whatever the chunk size.
 pub const BLOCK_LEN: usize = 256 * 1024;
 
-/// A plain file name: no path separators, not `.` or `..`, no whitespace or control
-/// characters, not the client's own state folder. Safe to join onto a folder path.
+/// A plain file name: no path separators, not `.` or `..`, no control characters, not the
+/// client's own state folder. Safe to join onto a folder path. Spaces are allowed inside
+/// (`my notes.txt`; the client reads such a name in double quotes) but not at either end,
+/// where nobody could see them in a listing.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FileName(String);
@@ -30,7 +32,10 @@ pub const STATE_DIR: &str = ".swarmchat";
 impl FileName {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
-        check(&s, "file name", MAX_FILE_NAME, false)?;
+        check(&s, "file name", MAX_FILE_NAME, true)?;
+        if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+            return Err(IdError::Padded { what: "file name" });
+        }
         if s.contains(['/', '\\']) || s == "." || s == ".." || s == STATE_DIR {
             return Err(IdError::NotPlain);
         }
@@ -314,6 +319,15 @@ mod tests {
     fn file_names_are_plain() {
         assert!(FileName::new("movie.mkv").is_ok());
         assert!(FileName::new(".hidden").is_ok());
+        assert!(FileName::new("my  notes.txt").is_ok());
+        assert_eq!(
+            FileName::new(" lead"),
+            Err(IdError::Padded { what: "file name" })
+        );
+        assert_eq!(
+            FileName::new("trail\u{a0}"),
+            Err(IdError::Padded { what: "file name" })
+        );
         for bad in [
             "",
             "a/b",
@@ -321,7 +335,7 @@ mod tests {
             ".",
             "a\\b",
             "../etc/passwd",
-            "with space",
+            "tab\there",
             ".swarmchat",
             "\u{7}",
         ] {

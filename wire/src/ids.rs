@@ -23,6 +23,8 @@ pub enum IdError {
     TooLong { what: &'static str, max: usize },
     #[error("{what} contains whitespace")]
     Whitespace { what: &'static str },
+    #[error("{what} starts or ends with a space")]
+    Padded { what: &'static str },
     #[error("{what} contains a control character")]
     Control { what: &'static str },
     #[error("file names must be plain names: no path separators, not . or ..")]

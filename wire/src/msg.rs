@@ -71,11 +71,27 @@ pub enum Request {
     StartPrivate {
         user: UserName,
     },
-    /// Share a file, or announce the chunks we hold of one (at login, to resume). Creates
-    /// the registry entry if the name is new; otherwise `meta` must match it exactly.
+    /// Share a file (the user typed `register`). Creates the registry entry if the name is
+    /// new. A name the sender registered before takes the new description (`Registered`
+    /// with `replaced`; holders and watchers of the old one are sent `FileGone`); anyone
+    /// else's `meta` must match the registered one exactly.
     Register {
         meta: FileMeta,
         have: Vec<u32>,
+    },
+    /// The chunks we hold of a file registered earlier (at login, to go on sharing and to
+    /// resume). Never creates or changes an entry: a name withdrawn, replaced or released
+    /// meanwhile is refused (`UnknownFile`, `FileConflict`), and the client stops sharing
+    /// its copy. Answered `Noted`.
+    Announce {
+        meta: FileMeta,
+        have: Vec<u32>,
+    },
+    /// Stop sharing `name`. From the user who registered it, the name is withdrawn for
+    /// everyone (holders and watchers are sent `FileGone`); from anyone else, only their
+    /// own holdings end. Answered `Unregistered`, or refused `NotSharing`.
+    Unregister {
+        name: FileName,
     },
     /// We now hold (verified) this chunk.
     HaveChunk {
@@ -209,8 +225,15 @@ pub enum Reply {
         name: FileName,
         size: u64,
         chunks: u32,
+        /// It replaced the sender's earlier description of that name.
+        replaced: bool,
     },
-    /// Answer to `HaveChunk`, `Unwatch` and `Withdraw`.
+    /// Answer to `Unregister`; `for_everyone`: the name itself was withdrawn.
+    Unregistered {
+        name: FileName,
+        for_everyone: bool,
+    },
+    /// Answer to `HaveChunk`, `Unwatch`, `Withdraw` and `Announce`.
     Noted,
     /// Online users holding at least one chunk (empty: not available); at most
     /// [`MAX_LISTED`], `more` left out.
@@ -277,6 +300,8 @@ pub enum Refusal {
     TooFast { retry_ms: u32 },
     /// The sender has already registered `limit` file names, the most one user may.
     TooManyFiles { limit: u32 },
+    /// `Unregister` of a file the sender neither registered, holds nor downloads.
+    NotSharing { name: FileName },
     /// The recipient is online but has not taken what is already waiting for them (a slow
     /// link, or a flood from others); the message was not delivered.
     RecipientBusy { user: UserName },
@@ -319,6 +344,23 @@ pub enum Event {
         name: FileName,
         user: UserName,
     },
+    /// To the holders and watchers of `name`: the name no longer means what they hold or
+    /// download. Their copies are no longer shared.
+    FileGone {
+        name: FileName,
+        why: Gone,
+    },
+}
+
+/// Why a registered name stopped meaning the file it described.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Gone {
+    /// The user who registered it unregistered it.
+    Withdrawn { by: UserName },
+    /// The user who registered it registered different content under the name.
+    Replaced { by: UserName },
+    /// Nobody held any of it for `after_secs` (the tracker's `--release-after`).
+    Released { after_secs: u64 },
 }
 
 /// One peer to download from.

@@ -764,7 +764,8 @@ impl Driver {
                     String::new()
                 };
                 vec![format!(
-                    "Cancelled download of {name}: {kept} of {count} chunks{others} kept; download {name} resumes it"
+                    "Cancelled download of {name}: {kept} of {count} chunks{others} kept; download {} resumes it",
+                    crate::command::typed(name)
                 )]
             }
             (End::Failed(e), _) => vec![format!("Error. {e}")],
