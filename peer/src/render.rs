@@ -236,15 +236,15 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
         Refusal::Offline { user } => format!("Error. {user} is offline"),
         Refusal::UnknownFile { .. } if asked == Asked::SearchChunk => "Not available".into(),
         Refusal::UnknownFile { name } => format!("Error. No file named {name} is registered"),
+        Refusal::FileConflict { name, .. } if asked == Asked::Recheck => format!(
+            "{name} changed since you downloaded it, and only the user who registered it may \
+             register a new version: no longer sharing it"
+        ),
         Refusal::FileConflict {
             name,
             same_content: false,
             ..
         } => format!("Error. A different file named {name} is already registered"),
-        Refusal::FileConflict { name, .. } if asked == Asked::Recheck => format!(
-            "{name} changed since you downloaded it, and only the user who registered it may \
-             register a new version: no longer sharing it"
-        ),
         Refusal::FileConflict { name, chunks, .. } => format!(
             "Error. {name} is already registered in {chunks} chunks; use register {} {chunks}",
             typed(name)
@@ -395,14 +395,18 @@ pub fn file_gone(name: &FileName, why: &Gone, downloading: bool) -> String {
             human_duration(*after_secs)
         ),
     };
-    let again = match why {
-        Gone::Replaced { .. } => format!("; download {} gets the new one", typed(name)),
-        _ => String::new(),
-    };
-    if downloading {
-        format!("{what}: its download stopped{again}")
-    } else {
-        format!("{what}: your copy stays in your folder but is no longer shared{again}")
+    let t = typed(name);
+    match (why, downloading) {
+        (Gone::Replaced { .. }, true) => {
+            format!("{what}: its download stopped; download {t} gets the new one")
+        }
+        (_, true) => format!("{what}: its download stopped"),
+        // The old copy is in the way of a download of the new one, and may be precious.
+        (Gone::Replaced { .. }, false) => format!(
+            "{what}: your copy stays in your folder but is no longer shared; move it aside, \
+             then download {t} gets the new one"
+        ),
+        (_, false) => format!("{what}: your copy stays in your folder but is no longer shared"),
     }
 }
 
@@ -415,8 +419,8 @@ pub fn announce_refused(name: &FileName, why: &Refusal) -> Option<String> {
              held by nobody for long): your copy is not shared; register {t} shares it again"
         )),
         Refusal::FileConflict { .. } => Some(format!(
-            "{name} now names a different file: your copy is not shared; download {t} gets \
-             the one registered now"
+            "{name} now names a different file: your copy is not shared; move it aside, then \
+             download {t} gets the one registered now"
         )),
         _ => None,
     }

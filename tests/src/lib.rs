@@ -94,6 +94,7 @@ pub struct Tracker {
     pub dir: tempfile::TempDir,
     stderr: Lines,
     args: (u64, u64),
+    extra: Vec<String>,
 }
 
 impl Tracker {
@@ -130,6 +131,22 @@ impl Tracker {
         Self::launch(Place::local(), local, dir, block_duration, timeout, "debug")
     }
 
+    /// `start`, with more command-line options (`--release-after 1`).
+    pub fn start_args(block_duration: u64, timeout: u64, extra: &[&str]) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
+        let local = Ipv4Addr::LOCALHOST.into();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch_with(
+            Place::local(),
+            local,
+            dir,
+            (block_duration, timeout),
+            "debug",
+            extra,
+        )
+    }
+
     fn launch(
         place: Place,
         bind: IpAddr,
@@ -138,10 +155,22 @@ impl Tracker {
         timeout: u64,
         log: &str,
     ) -> Tracker {
+        Self::launch_with(place, bind, dir, (block_duration, timeout), log, Vec::new())
+    }
+
+    fn launch_with(
+        place: Place,
+        bind: IpAddr,
+        dir: tempfile::TempDir,
+        (block_duration, timeout): (u64, u64),
+        log: &str,
+        extra: Vec<String>,
+    ) -> Tracker {
         let mut child = place
             .command(bin("tracker"))
             .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
             .args(["--bind", &bind.to_string()])
+            .args(&extra)
             .current_dir(dir.path())
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
@@ -171,6 +200,7 @@ impl Tracker {
             dir,
             stderr,
             args: (block_duration, timeout),
+            extra,
         }
     }
 
@@ -211,8 +241,9 @@ impl Tracker {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let (block, timeout) = self.args;
-        Tracker::start_in(dir, block, timeout)
+        let extra = std::mem::take(&mut self.extra);
+        let local = Ipv4Addr::LOCALHOST.into();
+        Tracker::launch_with(Place::local(), local, dir, self.args, "debug", extra)
     }
 
     pub fn log(&self) -> String {

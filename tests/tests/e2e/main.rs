@@ -8,6 +8,7 @@ mod hardening;
 mod lab;
 mod newuser;
 mod private;
+mod registry;
 mod robustness;
 mod swarm;
 mod terminal;
