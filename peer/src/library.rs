@@ -422,6 +422,11 @@ impl Library {
         self.lock().get(name).map(|m| m.meta.clone())
     }
 
+    /// Whether we hold all of `name` (`None`: nothing of it).
+    pub fn is_complete(&self, name: &FileName) -> Option<bool> {
+        self.lock().get(name).map(|m| m.complete)
+    }
+
     /// Chunks of `name` we hold.
     pub fn have(&self, name: &FileName) -> BTreeSet<u32> {
         self.lock()

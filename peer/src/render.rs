@@ -385,8 +385,17 @@ pub fn event(e: &Event) -> Vec<String> {
     }
 }
 
+/// What we had of a name that went away (`Event::FileGone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HadOf {
+    Downloading,
+    /// Chunks of a download that is not running.
+    Part,
+    Whole,
+}
+
 /// A name we hold or download no longer means that file (`Event::FileGone`).
-pub fn file_gone(name: &FileName, why: &Gone, downloading: bool) -> String {
+pub fn file_gone(name: &FileName, why: &Gone, had: HadOf) -> String {
     let what = match why {
         Gone::Withdrawn { by } => format!("{by} withdrew {name}"),
         Gone::Replaced { by } => format!("{by} replaced {name} with a new version"),
@@ -396,17 +405,23 @@ pub fn file_gone(name: &FileName, why: &Gone, downloading: bool) -> String {
         ),
     };
     let t = typed(name);
-    match (why, downloading) {
-        (Gone::Replaced { .. }, true) => {
+    match (why, had) {
+        (Gone::Replaced { .. }, HadOf::Downloading) => {
             format!("{what}: its download stopped; download {t} gets the new one")
         }
-        (_, true) => format!("{what}: its download stopped"),
+        (_, HadOf::Downloading) => format!("{what}: its download stopped"),
+        (Gone::Replaced { .. }, HadOf::Part) => {
+            format!("{what}: the part of it you had was dropped; download {t} gets the new one")
+        }
+        (_, HadOf::Part) => format!("{what}: the part of it you had was dropped"),
         // The old copy is in the way of a download of the new one, and may be precious.
-        (Gone::Replaced { .. }, false) => format!(
+        (Gone::Replaced { .. }, HadOf::Whole) => format!(
             "{what}: your copy stays in your folder but is no longer shared; move it aside, \
              then download {t} gets the new one"
         ),
-        (_, false) => format!("{what}: your copy stays in your folder but is no longer shared"),
+        (_, HadOf::Whole) => {
+            format!("{what}: your copy stays in your folder but is no longer shared")
+        }
     }
 }
 

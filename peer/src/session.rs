@@ -445,8 +445,17 @@ impl Session {
     /// `name` no longer means what we hold or download (`Event::FileGone`): stop, and
     /// forget what we had of it (the file in the folder stays).
     fn file_gone(&mut self, name: FileName, why: &wire::Gone) {
-        let downloading = self.transfers.contains_key(&name);
-        self.out.line(render::file_gone(&name, why, downloading));
+        let had = if self.transfers.contains_key(&name) {
+            render::HadOf::Downloading
+        } else {
+            match self.lib.is_complete(&name) {
+                Some(true) => render::HadOf::Whole,
+                Some(false) => render::HadOf::Part,
+                // Nothing here (a watch that ended as this came): nothing to say.
+                None => return,
+            }
+        };
+        self.out.line(render::file_gone(&name, why, had));
         if let Some(h) = self.transfers.get(&name) {
             let _ = h.control.send(Control::Cancel);
             if self.locating.remove(&name).is_some() {

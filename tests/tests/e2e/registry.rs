@@ -221,3 +221,40 @@ fn a_name_nobody_holds_is_released_after_the_configured_time() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_file_edited_while_shared_is_never_served_stale_and_its_new_version_replaces_it() {
+    let t = Tracker::start(60, 120);
+    let mut hans = t.login("hans");
+    write(&hans.dir, "f.bin", 40_000, 1);
+    hans.send("register f.bin");
+    hans.expect("f.bin registered");
+    // hans edits it in place, same size (the modification time tells).
+    let new = write(&hans.dir, "f.bin", 40_000, 2);
+    std::fs::File::options()
+        .write(true)
+        .open(hans.dir.join("f.bin"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(10))
+        .unwrap();
+    let mut yoda = t.login("yoda");
+    yoda.send("download f.bin");
+    let path = hans.dir.join("f.bin");
+    hans.expect(&format!(
+        "{} changed on disk; reading it again",
+        path.display()
+    ));
+    hans.expect("f.bin registered (39.1 KiB, 10 chunks); it replaces your earlier version");
+    yoda.expect(
+        "hans replaced f.bin with a new version: its download stopped; download f.bin gets \
+         the new one",
+    );
+    // The stopped download is gone from `transfers` once it has wound down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !yoda.run("transfers").iter().any(|l| l == "No downloads") {
+        assert!(Instant::now() < deadline, "the download never stopped");
+    }
+    yoda.send("download f.bin");
+    yoda.expect("Downloaded f.bin (39.1 KiB) from hans");
+    assert_eq!(std::fs::read(yoda.dir.join("f.bin")).unwrap(), new);
+}
