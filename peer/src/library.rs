@@ -117,6 +117,11 @@ struct Manifest {
     /// The complete file as it was when registered or finished.
     #[serde(default)]
     stamp: Option<Stamp>,
+    /// Shared with `register` here (not downloaded): when it changes on disk it is read
+    /// again and registered anew, as the user would; a downloaded copy that changes is
+    /// only no longer shared.
+    #[serde(default)]
+    registered: bool,
     /// Per chunk, its block hashes once known (checked against its root).
     #[serde(skip)]
     leaves: Vec<Option<Leaves>>,
@@ -299,7 +304,8 @@ impl Library {
                 // A manifest from before stamps were kept trusts the file as it is now.
                 let now = Stamp::of(&on_disk);
                 if *m.stamp.get_or_insert(now) != now {
-                    found.push(gone("changed on disk", Some(m.meta.clone())));
+                    let changed = m.registered.then(|| m.meta.clone());
+                    found.push(gone("changed on disk", changed));
                     continue;
                 }
             }
@@ -340,17 +346,19 @@ impl Library {
     /// and reported (see [`Library::withdrawals`]), and `false` returned. Blocking (a
     /// `stat`).
     pub fn still_there(&self, name: &FileName) -> bool {
-        let Some((complete, stamp, meta)) = self
+        let Some((complete, stamp, meta, registered)) = self
             .lock()
             .get(name)
-            .map(|m| (m.complete, m.stamp, m.meta.clone()))
+            .map(|m| (m.complete, m.stamp, m.meta.clone(), m.registered))
         else {
             return false;
         };
         let (why, changed) = if complete {
             match Stamp::of_path(&self.path_of(name)) {
                 Err(_) => (Some("was deleted"), None),
-                Ok(now) if Some(now) != stamp => (Some("changed on disk"), Some(meta)),
+                Ok(now) if Some(now) != stamp => {
+                    (Some("changed on disk"), registered.then(|| meta.clone()))
+                }
                 Ok(_) => (None, None),
             }
         } else {
@@ -507,6 +515,7 @@ impl Library {
             have: (0..d.meta.chunk_count()).collect(),
             complete: true,
             stamp: Some(d.stamp),
+            registered: true,
             leaves: d.leaves.into_iter().map(Some).collect(),
             blocks: BTreeMap::new(),
             meta: d.meta,
@@ -686,6 +695,7 @@ impl Library {
             have: BTreeSet::new(),
             complete: false,
             stamp: None,
+            registered: false,
             leaves: vec![None; meta.chunk_count() as usize],
             blocks: BTreeMap::new(),
         };

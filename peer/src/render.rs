@@ -237,8 +237,8 @@ fn refusal(asked: Asked, why: &Refusal) -> String {
         Refusal::UnknownFile { .. } if asked == Asked::SearchChunk => "Not available".into(),
         Refusal::UnknownFile { name } => format!("Error. No file named {name} is registered"),
         Refusal::FileConflict { name, .. } if asked == Asked::Recheck => format!(
-            "{name} changed since you downloaded it, and only the user who registered it may \
-             register a new version: no longer sharing it"
+            "{name} changed on disk, and only the user who registered it first may register \
+             a new version: no longer sharing it"
         ),
         Refusal::FileConflict {
             name,

@@ -180,11 +180,13 @@ fn a_file_changed_while_the_client_was_off_is_read_again_at_login() {
         "b.bin has the same contents; still sharing it".into(),
     ]);
     hans.sync(); // its announcement of b.bin is in
+                 // A downloaded copy that changed is not the user's to register: only no longer shared.
     let mut yoda = t.login_in("yoda", yoda_dir.path());
-    yoda.expect(
-        "b.bin changed since you downloaded it, and only the user who registered it may \
-         register a new version: no longer sharing it",
-    );
+    let yoda_b = yoda_dir.path().join("b.bin");
+    yoda.expect(&format!(
+        "{} changed on disk; no longer sharing it",
+        yoda_b.display()
+    ));
     let mut luke = t.login("luke");
     assert_eq!(luke.run("searchFile b.bin"), ["Available", "hans"]);
     luke.send("download a.bin");
