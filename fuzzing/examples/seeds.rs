@@ -61,6 +61,13 @@ fn main() {
             name: f.clone(),
             from: None,
         },
+        Request::Announce {
+            meta: meta.clone(),
+            have: vec![1],
+        },
+        Request::Unregister { name: f.clone() },
+        Request::Withdraw { name: f.clone() },
+        Request::CheckPeer { user: u("yoda") },
         Request::Activity,
         Request::Logout,
     ];
@@ -102,6 +109,25 @@ fn main() {
             text: text.clone(),
         }),
         ServerMsg::Event(Event::LoggedIn { user: u("luke") }),
+        ServerMsg::Reply(Reply::Registered {
+            name: f.clone(),
+            size: 25,
+            chunks: 3,
+            replaced: true,
+        }),
+        ServerMsg::Reply(Reply::Unregistered {
+            name: f.clone(),
+            for_everyone: true,
+        }),
+        ServerMsg::Reply(Reply::Refused(Refusal::NotSharing { name: f.clone() })),
+        ServerMsg::Event(Event::FileGone {
+            name: f.clone(),
+            why: Gone::Replaced { by: u("yoda") },
+        }),
+        ServerMsg::Event(Event::FileGone {
+            name: f.clone(),
+            why: Gone::Released { after_secs: 60 },
+        }),
     ];
     write("client_frames", "session", &frames(&server));
 
@@ -159,6 +185,11 @@ fn main() {
         "fetchchunk yoda notes.txt 2",
         "cancel notes.txt",
         "logout",
+        r#"register "my notes.txt" 4"#,
+        r#"download "say \"hi\" now""#,
+        r#"private hans download "a b.txt" 2"#,
+        "unregister notes.txt",
+        "searchChunk my notes.txt 1 2",
     ]
     .iter()
     .enumerate()

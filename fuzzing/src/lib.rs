@@ -89,9 +89,26 @@ pub fn credentials(data: &[u8]) {
 
 /// A typed command line.
 pub fn command(data: &[u8]) {
-    if let Ok(line) = std::str::from_utf8(data) {
-        let _ = peer::command::Command::parse(line);
-    }
+    use peer::command::{typed, Command};
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    // A file name parsed from any line, typed back as the client suggests typing it,
+    // parses to the same name.
+    let name = match Command::parse(line) {
+        Ok(
+            Command::Register { name, .. }
+            | Command::SearchFile { name }
+            | Command::SearchChunk { name, .. }
+            | Command::Download { name }
+            | Command::FetchChunk { name, .. }
+            | Command::Cancel { name }
+            | Command::Unregister { name },
+        ) => name,
+        _ => return,
+    };
+    let again = Command::parse(&format!("download {}", typed(&name)));
+    assert_eq!(again, Ok(Command::Download { name }));
 }
 
 /// A target's check.

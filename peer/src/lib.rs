@@ -5,6 +5,7 @@
 //! tickets, one task per connection), `render` (every
 //! text the user sees for what the tracker says), `session` (login and the command loop).
 
+pub mod announce;
 pub mod command;
 pub mod download;
 pub mod hash;

@@ -16,6 +16,7 @@ use wire::{
     UserCheck, UserName,
 };
 
+use crate::announce::{Announcer, Answered};
 use crate::command::{help_text, Command};
 use crate::download::{self, Control, Handle, Inbox, JobEvent, Plan};
 use crate::library::{Library, Withdrawn};
@@ -110,6 +111,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
                 uploads,
                 limits,
                 withdrawals,
+                announcer: Announcer::default(),
                 rechecking: HashMap::new(),
                 unshare_when_done: HashSet::new(),
                 sigint,
@@ -248,6 +250,14 @@ async fn interrupted(sigint: &mut Option<Signal>) {
     }
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn unexpected(out: &Printer, msg: &ServerMsg) -> Refused {
     out.line(format!(
         "Error. {}",
@@ -308,6 +318,8 @@ struct Session {
     limits: Limits,
     /// Files found vanished or changed on disk: withdrawn from the tracker.
     withdrawals: mpsc::UnboundedReceiver<Withdrawn>,
+    /// What we hold, told to the tracker at the pace it accepts.
+    announcer: Announcer,
     /// Files found changed, being read again, with the description they had.
     rechecking: HashMap<FileName, wire::FileMeta>,
     /// Downloads stopped because their name went away: forgotten once they have stopped.
@@ -326,8 +338,15 @@ impl Session {
     /// own downloads resume where they stopped.
     async fn announce(&mut self) -> Result<(), LinkError> {
         for (meta, have) in self.lib.holdings() {
-            self.send(Asked::Announce, Request::Announce { meta, have })
-                .await?;
+            self.announcer.add(meta, have);
+        }
+        self.send_announcements().await
+    }
+
+    /// Sends what the announcer lets go now.
+    async fn send_announcements(&mut self) -> Result<(), LinkError> {
+        for req in self.announcer.ready(Instant::now()) {
+            self.send(Asked::Announce, req).await?;
         }
         Ok(())
     }
@@ -388,6 +407,10 @@ impl Session {
                 }
                 Some(job) = self.jobs.recv() => {
                     self.on_job(job).await?;
+                    Next::Continue
+                }
+                () = sleep_until_some(self.announcer.paused_until()) => {
+                    self.send_announcements().await?;
                     Next::Continue
                 }
                 Some(gone) = self.withdrawals.recv() => {
@@ -539,8 +562,8 @@ impl Session {
                     self.out
                         .line(format!("{name} has the same contents; still sharing it"));
                     let have = (0..meta.chunk_count()).collect();
-                    self.send(Asked::Announce, Request::Announce { meta, have })
-                        .await?;
+                    self.announcer.add(meta, have);
+                    self.send_announcements().await?;
                 }
                 (Ok(described), rechecking) => {
                     let meta = described.meta.clone();
@@ -792,7 +815,10 @@ impl Session {
                     return Ok(Next::Continue);
                 }
                 if asked == Asked::Announce {
-                    self.announced(r);
+                    if let Answered::Done(r) = self.announcer.answered(r, Instant::now()) {
+                        self.announced(r);
+                    }
+                    self.send_announcements().await?;
                     return Ok(Next::Continue);
                 }
                 // Announcements the user did not type are silent unless refused.

@@ -5,7 +5,7 @@
 //! (`server`), so asking at full speed costs the tracker what asking at the limit does.
 //!
 //! The bursts cover what a person (or the client on their behalf) does at once: a client
-//! registers every file it holds at login, and a download asks to be introduced to each
+//! announces every file it holds at login, and a download asks to be introduced to each
 //! holder it hears of; the rates are far above typing speed. Direct messages are the
 //! tracker's main work: a sender may send 10,000 at once (a script sending a backlog; the
 //! 10,000-message senders of `bench/relay` fit in it) and then 1,000 a second. The
@@ -34,8 +34,9 @@ pub const LISTING: Rate = Rate::per_ms(20, 200);
 pub const REGISTER: Rate = Rate::per_ms(300, 50);
 /// `block` and `unblock`: each is a write to the database.
 pub const BLOCKING: Rate = Rate::per_ms(20, 100);
-/// A downloader's announcements (`HaveChunk`, `Unwatch`, `Withdraw`): at most a file's
-/// 256 chunks at once.
+/// Announcements (`HaveChunk`, `Unwatch`, `Withdraw`, and `Announce` at login): a file's
+/// 256 chunks at once, and a client's whole folder within a second or two (it paces
+/// itself by the `TooFast` answers).
 pub const ANNOUNCE: Rate = Rate::per_ms(512, 1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +67,13 @@ impl Kind {
             Request::Locate { .. } => Kind::Locate,
             Request::SearchFile { .. } | Request::SearchChunk { .. } => Kind::Search,
             Request::WhoElse | Request::WhoElseSince { .. } => Kind::Listing,
-            Request::Register { .. } | Request::Announce { .. } | Request::Unregister { .. } => {
-                Kind::Register
-            }
+            Request::Register { .. } | Request::Unregister { .. } => Kind::Register,
             Request::Block { .. } | Request::Unblock { .. } => Kind::Blocking,
-            Request::HaveChunk { .. } | Request::Unwatch { .. } | Request::Withdraw { .. } => {
-                Kind::Announce
-            }
+            // `Announce` joins holdings as `HaveChunk` does, a file at a time.
+            Request::HaveChunk { .. }
+            | Request::Unwatch { .. }
+            | Request::Withdraw { .. }
+            | Request::Announce { .. } => Kind::Announce,
             Request::Activity | Request::Logout => return None,
         })
     }

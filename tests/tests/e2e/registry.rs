@@ -260,3 +260,47 @@ fn a_file_edited_while_shared_is_never_served_stale_and_its_new_version_replaces
     yoda.expect("Downloaded f.bin (39.1 KiB) from hans");
     assert_eq!(std::fs::read(yoda.dir.join("f.bin")).unwrap(), new);
 }
+
+/// More files than the tracker takes announcements of at once (512): the client paces its
+/// login announcements by the tracker's answers, so every file is shared again and the
+/// user sees no error.
+#[test]
+fn a_client_sharing_more_files_than_one_burst_announces_them_all_at_login() {
+    const FILES: usize = 520;
+    let t = Tracker::start(60, 120);
+    let dir = tempfile::tempdir().unwrap();
+    let mut hans = t.login_in("hans", dir.path());
+    for i in 0..FILES {
+        std::fs::write(dir.path().join(format!("f{i:03}")), [i as u8; 3]).unwrap();
+    }
+    // `register` itself is limited to 300 at once (each read on a thread of its own, so
+    // they answer in any order), then one per 50 ms.
+    for i in 0..300 {
+        hans.send(&format!("register f{i:03}"));
+    }
+    let all: Vec<String> = (0..300).map(|i| format!("f{i:03} registered")).collect();
+    hans.expect_all(&all);
+    for i in 300..FILES {
+        std::thread::sleep(Duration::from_millis(60));
+        hans.send(&format!("register f{i:03}"));
+        hans.expect(&format!("f{i:03} registered"));
+    }
+    hans.send("logout");
+    assert!(hans.wait_exit().success());
+    let mut hans = t.login_in("hans", dir.path());
+    let mut luke = t.login("luke");
+    // Told on two connections: wait until the last one is announced, then check both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while luke.run(&format!("searchFile f{:03}", FILES - 1)) != ["Available", "hans"] {
+        assert!(Instant::now() < deadline, "never announced");
+        // (Within luke's own limits on searches.)
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(luke.run("searchFile f000"), ["Available", "hans"]);
+    let after_login: Vec<String> = hans
+        .sync()
+        .into_iter()
+        .filter(|l| l.starts_with("Error"))
+        .collect();
+    assert_eq!(after_login, Vec::<String>::new());
+}
