@@ -283,16 +283,13 @@ impl Library {
                 state.join(format!("{}.part", m.meta.name()))
             };
             let name = m.meta.name().clone();
-            let gone = |why, changed| {
-                // What we knew of it no longer holds: forget it, and say so once.
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(leaves_path(&state, &name));
-                Withdrawn {
-                    name: name.clone(),
-                    why,
-                    changed,
-                    announced: false,
-                }
+            // What we knew of it no longer holds. Its state files stay until the session
+            // has told the user (`forget_state`): a login that fails first loses nothing.
+            let gone = |why, changed| Withdrawn {
+                name: name.clone(),
+                why,
+                changed,
+                announced: false,
             };
             let Ok(on_disk) = std::fs::metadata(&data) else {
                 if m.complete {
@@ -379,6 +376,16 @@ impl Library {
             }
         }
         false
+    }
+
+    /// Removes the state files of a file found gone or changed at start (reported by
+    /// [`Library::withdrawals`], not loaded), once the user has been told.
+    pub fn forget_state(&self, name: &FileName) {
+        if self.lock().contains_key(name) {
+            return; // registered or downloaded again meanwhile: its state is live
+        }
+        let _ = std::fs::remove_file(self.manifest_path(name));
+        let _ = std::fs::remove_file(self.leaves_path(name));
     }
 
     /// Drops everything we knew of `name` (its partial download too) but the file itself:
@@ -1007,20 +1014,28 @@ mod tests {
         f.write_all_at(b"again!", 0).unwrap();
         f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(9))
             .unwrap();
-        let lib = Library::open(dir.path()).unwrap();
-        assert!(lib.holdings().is_empty());
-        let mut rx = lib.withdrawals();
-        let found: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let found_at_start = || {
+            let lib = Library::open(dir.path()).unwrap();
+            assert!(lib.holdings().is_empty());
+            let mut rx = lib.withdrawals();
+            let found: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+            (lib, found)
+        };
+        let (lib, found) = found_at_start();
         assert_eq!(found.len(), 1);
         assert_eq!(
             (found[0].why, found[0].announced),
             ("changed on disk", false)
         );
         assert!(found[0].changed.is_some());
+        // Not told yet (a login that failed, say): found again at the next start.
         drop(lib);
-        let lib = Library::open(dir.path()).unwrap();
-        assert!(lib.holdings().is_empty());
-        assert!(lib.withdrawals().try_recv().is_err(), "told once");
+        let (lib, found) = found_at_start();
+        assert_eq!(found.len(), 1);
+        // Told: forgotten for good.
+        lib.forget_state(&name("b.bin"));
+        drop(lib);
+        assert!(found_at_start().1.is_empty(), "told once");
     }
 
     /// A file of 5 blocks in 2 chunks of 3 blocks each, the last of each chunk short.

@@ -437,6 +437,9 @@ impl Session {
                 },
             )
             .await?;
+        } else {
+            // Found at start: its state files go now that the user is told.
+            self.lib.forget_state(&gone.name);
         }
         let Some(old) = gone.changed else {
             self.out.line(format!(
