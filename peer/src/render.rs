@@ -425,19 +425,20 @@ pub fn file_gone(name: &FileName, why: &Gone, had: HadOf) -> String {
     }
 }
 
-/// A file announced at login is no longer registered as we hold it.
-pub fn announce_refused(name: &FileName, why: &Refusal) -> Option<String> {
+/// A file announced at login is no longer registered as we hold it: the name is gone, or
+/// (`now_different`) it names other contents.
+pub fn announce_refused(name: &FileName, now_different: bool) -> String {
     let t = typed(name);
-    match why {
-        Refusal::UnknownFile { .. } => Some(format!(
-            "{name} is no longer registered (withdrawn by the user who registered it, or \
-             held by nobody for long): your copy is not shared; register {t} shares it again"
-        )),
-        Refusal::FileConflict { .. } => Some(format!(
+    if now_different {
+        format!(
             "{name} now names a different file: your copy is not shared; move it aside, then \
              download {t} gets the one registered now"
-        )),
-        _ => None,
+        )
+    } else {
+        format!(
+            "{name} is no longer registered (withdrawn by the user who registered it, or \
+             held by nobody for long): your copy is not shared; register {t} shares it again"
+        )
     }
 }
 

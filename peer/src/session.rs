@@ -938,15 +938,13 @@ impl Session {
     /// what we hold is forgotten here too, and the user told.
     fn announced(&mut self, r: Reply) {
         let Reply::Refused(why) = r else { return };
-        match &why {
-            Refusal::UnknownFile { name } | Refusal::FileConflict { name, .. } => {
-                if let Some(line) = render::announce_refused(name, &why) {
-                    self.out.line(line);
-                }
-                self.lib.unshare(name);
-            }
-            _ => self.print(render::reply(Asked::Announce, &Reply::Refused(why))),
-        }
+        let (name, now_different) = match &why {
+            Refusal::UnknownFile { name } => (name, false),
+            Refusal::FileConflict { name, .. } => (name, true),
+            _ => return self.print(render::reply(Asked::Announce, &Reply::Refused(why))),
+        };
+        self.out.line(render::announce_refused(name, now_different));
+        self.lib.unshare(name);
     }
 
     /// The tracker answered an introduction a download asked for.

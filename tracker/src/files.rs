@@ -65,6 +65,15 @@ fn bad_chunk(chunk: u32, count: u32) -> Reply {
     Reply::Refused(Refusal::BadChunk { chunk, count })
 }
 
+/// Every chunk number in `chunks` names one of a file's `count` chunks; else the refusal
+/// for the first that does not.
+fn in_range(chunks: &[u32], count: u32) -> Result<(), Reply> {
+    match chunks.iter().find(|&&c| c >= count) {
+        Some(&bad) => Err(bad_chunk(bad, count)),
+        None => Ok(()),
+    }
+}
+
 fn conflict(registered: &FileMeta, meta: &FileMeta) -> Reply {
     Reply::Refused(Refusal::FileConflict {
         name: meta.name().clone(),
@@ -87,8 +96,8 @@ impl Tracker {
         now: Millis,
     ) -> Reply {
         let count = meta.chunk_count();
-        if let Some(&bad) = have.iter().find(|&&c| c >= count) {
-            return bad_chunk(bad, count);
+        if let Err(refused) = in_range(&have, count) {
+            return refused;
         }
         let name = meta.name().clone();
         let mut replaced = false;
@@ -146,8 +155,8 @@ impl Tracker {
             Some(_) => {}
         }
         let count = meta.chunk_count();
-        if let Some(&bad) = have.iter().find(|&&c| c >= count) {
-            return bad_chunk(bad, count);
+        if let Err(refused) = in_range(&have, count) {
+            return refused;
         }
         self.add_holdings(me, &name, have);
         self.note_unheld(&name, now);
@@ -407,8 +416,8 @@ impl Tracker {
             return unknown(name);
         };
         let count = entry.meta.chunk_count();
-        if let Some(&bad) = chunks.iter().find(|&&c| c >= count) {
-            return bad_chunk(bad, count);
+        if let Err(refused) = in_range(chunks, count) {
+            return refused;
         }
         // Each chunk once: a request naming one chunk thousands of times costs no more
         // than naming it once (the list is at most a frame, but the reply was per entry).
