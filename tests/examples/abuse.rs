@@ -13,7 +13,8 @@
 //! (1000) after the tracker closed it (0: a connect flood as fast as this machine goes);
 //! `--calm S` (10) and `--storm S` (30)
 //! seconds measured without and with the attack; `--spam KIND,...` (all) which kinds of
-//! request are sent flat out, or `none`.
+//! request are sent flat out, or `none`; `--attacker idle|nice` (idle) how the attackers
+//! are kept off the CPU the tracker and the chatters want (see `main`).
 //!
 //! Topology: lab host 0 runs the tracker; host 1 the well-behaved users (this program
 //! again, `role good`), host 2 the attackers (`role attack`), each user on its own
@@ -72,6 +73,16 @@ struct Args {
     storm: u64,
     /// Which kinds of request are spammed (all by default).
     spam: Vec<&'static str>,
+    attacker: Priority,
+}
+
+/// How the attackers are kept from competing with the tracker for this machine's CPU.
+#[derive(Clone, Copy)]
+enum Priority {
+    /// SCHED_IDLE (`chrt --idle 0`): they run only when nothing else wants the core.
+    Idle,
+    /// `nice -n 19`.
+    Nice,
 }
 
 fn args(v: &[String]) -> Args {
@@ -84,8 +95,17 @@ fn args(v: &[String]) -> Args {
         calm: 10,
         storm: 30,
         spam: SPAM.to_vec(),
+        attacker: Priority::Idle,
     };
     for pair in v.chunks(2) {
+        if pair[0] == "--attacker" {
+            a.attacker = match pair.get(1).map(String::as_str) {
+                Some("idle") => Priority::Idle,
+                Some("nice") => Priority::Nice,
+                _ => usage("--attacker takes idle or nice"),
+            };
+            continue;
+        }
         if pair[0] == "--spam" {
             let list = pair.get(1).map(String::as_str).unwrap_or("");
             a.spam = SPAM
@@ -122,7 +142,7 @@ fn args(v: &[String]) -> Args {
 fn usage(why: &str) -> ! {
     eprintln!("bench/abuse: {why}");
     eprintln!(
-        "usage: bench/abuse [--good N] [--rate R] [--stalled K] [--flood F] [--flood-retry-ms MS] [--calm S] [--storm S] [--spam KIND,...|none]"
+        "usage: bench/abuse [--good N] [--rate R] [--stalled K] [--flood F] [--flood-retry-ms MS] [--calm S] [--storm S] [--spam KIND,...|none] [--attacker idle|nice]"
     );
     std::process::exit(2)
 }
@@ -396,8 +416,13 @@ struct FloodTally {
     /// Connections the tracker kept at least a second (admitted to wait for a login).
     held: AtomicU64,
     failed: AtomicU64,
+    /// Connection attempts given up after [`FLOOD_CONNECT`] without an answer.
+    unanswered: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
+
+/// How long a flood connection attempt waits for the tracker's answer.
+const FLOOD_CONNECT: Duration = Duration::from_secs(1);
 
 /// `role attack TRACKER FLOOD RETRY_MS FLOOD_IP SPAM_IP KIND,... STALLED_IP...`.
 fn role_attack(args: &[String]) {
@@ -440,7 +465,16 @@ fn role_attack(args: &[String]) {
             let t = flood_tally.clone();
             tokio::spawn(async move {
                 loop {
-                    match connect_from(flood_ip, tracker).await {
+                    // An attempt the tracker leaves unanswered (its kernel drops the SYNs
+                    // of a shunned address) is given up after a second and made again
+                    // from a new port: the flood keeps sending, it does not wait politely.
+                    let attempt =
+                        tokio::time::timeout(FLOOD_CONNECT, connect_from(flood_ip, tracker));
+                    let Ok(attempt) = attempt.await else {
+                        t.unanswered.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    match attempt {
                         Ok(mut s) => {
                             t.connected.fetch_add(1, Ordering::Relaxed);
                             let opened = Instant::now();
@@ -489,10 +523,11 @@ fn role_attack(args: &[String]) {
                     .count();
                 println!("stalled users={} cut_off={cut}", stalled.len());
                 println!(
-                    "flood connected={} held={} failed={} ({})",
+                    "flood connected={} held={} failed={} unanswered={} ({})",
                     flood_tally.connected.load(Ordering::Relaxed),
                     flood_tally.held.load(Ordering::Relaxed),
                     flood_tally.failed.load(Ordering::Relaxed),
+                    flood_tally.unanswered.load(Ordering::Relaxed),
                     flood_tally
                         .last_error
                         .lock()
@@ -618,15 +653,21 @@ struct Role {
 }
 
 impl Role {
-    /// `nice`: run at the lowest CPU priority (see `main`).
-    fn start(lab: &Lab, host: usize, nice: bool, args: &[String]) -> Role {
+    /// `low`: run at a low CPU priority (see `main`).
+    fn start(lab: &Lab, host: usize, low: Option<Priority>, args: &[String]) -> Role {
         let exe = std::env::current_exe().unwrap();
-        let mut command = if nice {
-            let mut c = lab.place(host).command("nice");
-            c.args(["-n", "19"]).arg(exe);
-            c
-        } else {
-            lab.place(host).command(exe)
+        let mut command = match low {
+            Some(Priority::Idle) => {
+                let mut c = lab.place(host).command("chrt");
+                c.args(["--idle", "0"]).arg(exe);
+                c
+            }
+            Some(Priority::Nice) => {
+                let mut c = lab.place(host).command("nice");
+                c.args(["-n", "19"]).arg(exe);
+                c
+            }
+            None => lab.place(host).command(exe),
         };
         let mut child = command
             .arg("role")
@@ -726,19 +767,24 @@ fn main() {
     creds.push_str("o0 pw\n");
     let t = Tracker::start_quiet_on(lab.place(0), lab.ip(0), &creds, 3600);
     println!(
-        "flood benchmark: {} users chatting ({} msg/s each, {} msg/s in all); attack: {} connections that never log in from one address (each reopened {} ms after it is closed), {} users who stop reading, one user flat out on each of {} kinds of request",
+        "flood benchmark: {} users chatting ({} msg/s each, {} msg/s in all); attack: {} connections that never log in from one address (each reopened {} ms after it is closed, or after {} s unanswered), {} users who stop reading, one user flat out on each of {} kinds of request; attackers at {}",
         a.good,
         a.rate,
         a.rate * a.good as u64,
         a.flood,
         a.retry_ms,
+        FLOOD_CONNECT.as_secs(),
         a.stalled,
-        a.spam.len()
+        a.spam.len(),
+        match a.attacker {
+            Priority::Idle => "SCHED_IDLE",
+            Priority::Nice => "nice 19",
+        }
     );
 
     let mut args = vec![t.addr.to_string(), a.rate.to_string()];
     args.extend(good_ips.iter().map(|ip| ip.to_string()));
-    let mut good = Role::start(&lab, 1, false, &[vec!["good".to_string()], args].concat());
+    let mut good = Role::start(&lab, 1, None, &[vec!["good".to_string()], args].concat());
     assert_eq!(good.line(Duration::from_secs(120)), "ready");
     std::thread::sleep(Duration::from_secs(2));
     good.say("report warm-up");
@@ -766,10 +812,13 @@ fn main() {
     ];
     args.extend(attack_ips[..a.stalled].iter().map(|ip| ip.to_string()));
     let started = Instant::now();
-    // The attackers stand in for other machines: at the lowest CPU priority, so what they
+    // The attackers stand in for other machines: at a low CPU priority, so what they
     // spend themselves on this one machine does not count against the tracker (which
-    // still pays for everything they send it).
-    let mut attack = Role::start(&lab, 2, true, &args);
+    // still pays for everything they send it). SCHED_IDLE by default: a nice-19 task
+    // that is running keeps the core until its slice ends (EEVDF), so a woken tracker or
+    // chatter waited behind it for up to a few ms: the attacker's own CPU, not the
+    // tracker's work, was then most of the p99 (`--attacker nice` shows it).
+    let mut attack = Role::start(&lab, 2, Some(a.attacker), &args);
     assert_eq!(attack.line(Duration::from_secs(120)), "ready");
     let attack_login = started.elapsed().as_secs_f64();
     // The attackers' first bursts (each bucket starts full) land in these seconds; the

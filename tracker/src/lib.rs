@@ -19,6 +19,7 @@ mod private;
 pub mod quota;
 pub mod rate;
 pub mod server;
+pub mod shun;
 pub mod state;
 pub mod store;
 

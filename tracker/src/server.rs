@@ -5,7 +5,8 @@
 //! `Shared::with`, which takes a plain closure).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
 use crate::clock::Clock;
 use crate::gate::Gate;
 use crate::outbox::Outbox;
+use crate::shun::SynFilter;
 use crate::state::{ConnId, Tracker};
 
 /// Simultaneous connections; one more waits in the kernel's backlog until one closes.
@@ -136,6 +138,7 @@ fn turn_away(stream: std::net::TcpStream) {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let ipv6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
     let acceptor = match Acceptor::new(listener) {
         Ok(a) => a,
         Err(e) => {
@@ -143,6 +146,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
     };
+    let mut filter = SynFilter::new(ipv6);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut next_id: ConnId = 0;
     let mut backoff = Duration::from_millis(10);
@@ -153,7 +157,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .acquire_owned()
             .await
             .expect("semaphore never closed");
-        let (stream, addr) = match acceptor.accept().await {
+        let shun_end = shared.gate(|g, _| g.next_shun_end());
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = sleep_until_millis(&shared, shun_end.unwrap_or_default()), if shun_end.is_some() => {
+                let change = shared.gate(|g, now| {
+                    g.expire_shuns(now);
+                    g.shun_change()
+                });
+                apply_shuns(&acceptor, &mut filter, change);
+                continue;
+            }
+        };
+        let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Typically EMFILE: wait for connections to close rather than spin.
@@ -166,12 +182,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         backoff = Duration::from_millis(10);
         next_id += 1;
         let id = next_id;
-        if let Err(why) = shared.gate(|g, now| g.admit(addr.ip(), now)) {
+        // A dual-stack listener sees IPv4 clients as mapped addresses: one address, one count.
+        let ip = addr.ip().to_canonical();
+        let (admitted, change) = shared.gate(|g, now| (g.admit(ip, now), g.shun_change()));
+        apply_shuns(&acceptor, &mut filter, change);
+        if let Err(why) = admitted {
             // Closed at once: the client says the server closed the connection.
             debug!(%addr, ?why, "turned away");
             turn_away(stream);
             continue;
         }
+        filter.clear_inherited(stream.as_fd());
         let stream = match stream
             .set_nonblocking(true)
             .and_then(|()| TcpStream::from_std(stream))
@@ -179,19 +200,35 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot take an accepted connection");
-                shared.gate(|g, _| g.left_prelogin(addr.ip()));
+                shared.gate(|g, _| g.left_prelogin(ip));
                 continue;
             }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Err(why) = connection(id, stream, addr, &shared).await {
+            if let Err(why) = connection(id, stream, addr, ip, &shared).await {
                 debug!(conn = id, %addr, "dropped: {why}");
             }
             drop(permit);
         });
     }
+}
+
+/// Puts a change in the shunned addresses into the listener's filter.
+fn apply_shuns(acceptor: &Acceptor, filter: &mut SynFilter, change: Option<Vec<IpAddr>>) {
+    let Some(shunned) = change else { return };
+    match filter.set(acceptor.0.get_ref().as_fd(), &shunned) {
+        Ok(()) => debug!(?shunned, "shunned addresses"),
+        // The gate still turns them away, one accept and reset each.
+        Err(e) => warn!(error = %e, "cannot filter shunned addresses"),
+    }
+}
+
+/// Sleeps until the tracker's clock reads `at`.
+async fn sleep_until_millis(shared: &Shared, at: crate::clock::Millis) {
+    let now = shared.clock.now();
+    tokio::time::sleep(Duration::from_millis(at.0.saturating_sub(now.0))).await;
 }
 
 /// Logs out idle users. Sleeps until the earliest possible expiry (or 1 s if nobody is
@@ -308,13 +345,11 @@ async fn connection(
     id: ConnId,
     stream: TcpStream,
     addr: SocketAddr,
+    ip: IpAddr,
     shared: &Shared,
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
-    let waiting = Prelogin {
-        shared,
-        ip: addr.ip(),
-    };
+    let waiting = Prelogin { shared, ip };
     let (r, w) = stream.into_split();
     let mut conn = Conn {
         id,
@@ -338,7 +373,7 @@ async fn connection(
         _ => return Err(Dropped::Unexpected("first frame must be Hello")),
     }
 
-    let user = match tokio::time::timeout(LOGIN_DEADLINE, login(&mut conn, addr, shared)).await {
+    let user = match tokio::time::timeout(LOGIN_DEADLINE, login(&mut conn, ip, shared)).await {
         Ok(user) => user?,
         Err(_) => return Err(Dropped::LoginDeadline),
     };
@@ -359,7 +394,7 @@ async fn connection(
 /// Counts its connection as waiting to log in (per address, see `gate`) until dropped.
 struct Prelogin<'a> {
     shared: &'a Shared,
-    ip: std::net::IpAddr,
+    ip: IpAddr,
 }
 
 impl Drop for Prelogin<'_> {
@@ -392,7 +427,7 @@ async fn next_login_frame(reader: &mut Reader, wait: Duration) -> Result<ClientM
     }
 }
 
-async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<UserName, Dropped> {
+async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName, Dropped> {
     for _ in 0..MAX_LOGIN_FRAMES {
         match next_login_frame(&mut conn.reader, LOGIN_IDLE).await? {
             ClientMsg::CheckUser { user } => {
@@ -405,17 +440,17 @@ async fn login(conn: &mut Conn, addr: SocketAddr, shared: &Shared) -> Result<Use
                 password,
                 p2p_port,
             } => {
-                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(addr.ip(), now)) {
+                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
                     let result = LoginResult::Throttled { retry_secs };
                     conn.reply(&ServerMsg::Login(result))?;
                     conn.write_out().await?;
                     return Err(Dropped::Refused(result));
                 }
                 let (id, outbox) = (conn.id, conn.outbox.clone());
-                let result = shared
-                    .with(|t, now| t.login(&user, &password, now, id, outbox, addr.ip(), p2p_port));
+                let result =
+                    shared.with(|t, now| t.login(&user, &password, now, id, outbox, ip, p2p_port));
                 if matches!(result, LoginResult::BadPassword | LoginResult::LockedNow) {
-                    shared.gate(|g, now| g.failed(addr.ip(), now));
+                    shared.gate(|g, now| g.failed(ip, now));
                 }
                 // A welcome was queued by `login` itself, ahead of the session's backlog;
                 // it is written once the session's guard exists.

@@ -411,3 +411,51 @@ fn one_address_cannot_hold_the_trackers_connections_waiting_to_log_in() {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// A connect flood from one address is shunned: past its limits and 64 turn-aways, the
+/// tracker's kernel drops that address's connection attempts (no accept, no reset), so a
+/// client there is told the server is not answering, while a user on another address
+/// logs in as usual.
+#[test]
+fn a_connect_flood_gets_its_address_shunned_and_nobody_else() {
+    let n = net(&[Link::FREE, Link::FREE]);
+    let (ip, port) = (n.tracker.addr.ip(), n.tracker.addr.port());
+    // Connections opened and closed at once, as fast as a shell goes, until one goes
+    // unanswered (timeout's status 124).
+    let script = format!(
+        "for i in $(seq 400); do timeout 0.5 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null; \
+         if [ $? = 124 ]; then echo unanswered after $i; exit 0; fi; done; echo always answered"
+    );
+    let out = n
+        .lab
+        .place(1)
+        .command("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let after: u32 = said
+        .trim()
+        .strip_prefix("unanswered after ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the flood was never shunned: {said}"));
+    // 32 admitted, 64 turned away, then shunned (a token or two more refill meanwhile).
+    let least = tracker::gate::NEW_CONNECTIONS.burst + tracker::gate::TURNED_AWAY.burst;
+    assert!(
+        (least..least + 40).contains(&after),
+        "shunned after {after}"
+    );
+
+    // Someone on another address logs in as usual, at once.
+    let started = Instant::now();
+    let _hans = n.peer(2, "hans", &[]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A client on the shunned address is told the server does not answer.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let mut shunned = Peer::start_on(&n.lab.place(1), n.tracker.addr, dir, Some(tmp), &[]);
+    let line = shunned.expect_any(&["Error.", "Username"], Duration::from_secs(20));
+    assert!(line.contains("is not answering"), "{line}");
+    assert!(!shunned.wait_exit().success());
+}
