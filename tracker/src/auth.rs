@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
 
 use crate::clock::Millis;
+use crate::credentials::Secret;
 use crate::lockout::Strike;
 use crate::outbox::Outbox;
 use crate::state::{ConnId, Session, Tracker};
@@ -25,18 +26,55 @@ impl Tracker {
         }
     }
 
-    /// Tries to log `user` in on connection `conn`, whose frames go to `outbox`. On success
-    /// the `Welcome` is queued there first, ahead of the backlog and presence that follow;
-    /// any other answer is the caller's to send.
-    ///
-    /// Order matters: a locked account is refused before the password is looked at (so
-    /// guessing during a lock tells nothing), and "already logged in" is only said to someone
-    /// who knows the password (so it does not reveal presence to strangers).
+    /// Tries to log `user` in on connection `conn`, whose frames go to `outbox`, checking
+    /// the password inline ([`Tracker::login_check`], [`Secret::verify`],
+    /// [`Tracker::login_verified`] in one go). The server does the three apart, so a
+    /// hashed password is checked off its async threads and outside the state lock.
     #[allow(clippy::too_many_arguments)]
     pub fn login(
         &mut self,
         user: &UserName,
         password: &Password,
+        now: Millis,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        ip: IpAddr,
+        p2p_port: u16,
+    ) -> LoginResult {
+        match self.login_check(user, now) {
+            Err(refused) => refused,
+            Ok(secret) => {
+                let ok = secret.verify(password);
+                self.login_verified(user, ok, now, conn, outbox, ip, p2p_port)
+            }
+        }
+    }
+
+    /// Before a password is looked at: the secret to check it against, or the answer.
+    /// A locked account is refused before the password is looked at (so guessing during a
+    /// lock tells nothing).
+    pub fn login_check(&mut self, user: &UserName, now: Millis) -> Result<Secret, LoginResult> {
+        let Some(secret) = self.creds.secret(user) else {
+            return Err(LoginResult::BadPassword);
+        };
+        if self.lockouts.is_locked(user, now) {
+            return Err(LoginResult::Locked);
+        }
+        Ok(secret)
+    }
+
+    /// Once the password was checked (`ok`): the 3-strike rule, one session per user, and
+    /// on success the session, with the `Welcome` queued on `outbox` first, ahead of the
+    /// backlog and presence that follow; any other answer is the caller's to send.
+    ///
+    /// The lock is looked at again: other attempts may have locked the account while this
+    /// one's password was being checked. "Already logged in" is only said to someone who
+    /// knows the password (so it does not reveal presence to strangers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn login_verified(
+        &mut self,
+        user: &UserName,
+        ok: bool,
         now: Millis,
         conn: ConnId,
         outbox: Arc<Outbox>,
@@ -49,7 +87,7 @@ impl Tracker {
         if self.lockouts.is_locked(user, now) {
             return LoginResult::Locked;
         }
-        if !self.creds.verify(user, password) {
+        if !ok {
             return match self.lockouts.fail(user, now) {
                 Strike::TryAgain => LoginResult::BadPassword,
                 Strike::LockedUntil(until) => {

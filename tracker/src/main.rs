@@ -1,5 +1,5 @@
 //! `tracker <SERVER_PORT> <BLOCK_DURATION> <TIMEOUT> [--credentials FILE] [--state PATH]
-//! [--release-after SECS] [--bind ADDR] [-d]`
+//! [--release-after SECS] [--bind ADDR] [-d]`, or `tracker hash-credentials FILE`.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -43,7 +43,32 @@ struct Args {
     debug: bool,
 }
 
+/// Replaces every plain password in FILE by its Argon2id hash, in place and atomically;
+/// every user logs in with the same password as before.
+#[derive(Parser)]
+#[command(name = "tracker hash-credentials")]
+struct HashArgs {
+    /// The credentials file to rewrite.
+    file: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "hash-credentials")
+    {
+        let name = std::ffi::OsString::from("tracker hash-credentials");
+        let args = HashArgs::parse_from(std::iter::once(name).chain(std::env::args_os().skip(2)));
+        let done = tracker::credentials::hash_file(&args.file)?;
+        println!(
+            "{}: {} password{} hashed, {} already hashed",
+            args.file.display(),
+            done.hashed,
+            if done.hashed == 1 { "" } else { "s" },
+            done.kept
+        );
+        return Ok(());
+    }
     let args = Args::parse();
     if args.debug {
         tracing_subscriber::fmt()

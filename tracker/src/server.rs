@@ -4,6 +4,7 @@
 //! synchronous, and the guard is never held across an `.await` (the guard is confined to
 //! `Shared::with`, which takes a plain closure).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -16,13 +17,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 use wire::codec::WireCodec;
-use wire::{ClientMsg, LoginResult, ServerMsg, UserName, PROTOCOL_VERSION};
+use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
 
 use crate::clock::Clock;
+use crate::credentials::Secret;
 use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::shun::SynFilter;
@@ -67,15 +69,61 @@ pub struct Shared {
     /// Per-address admission before login; its own lock, never taken with `tracker`'s.
     gate: Mutex<Gate>,
     clock: Arc<dyn Clock>,
+    /// Users whose password is being checked: one check per user at a time, so parallel
+    /// guesses cannot all be checked before the first failure counts (3 strikes).
+    verifying: Mutex<HashSet<UserName>>,
+    verified: Notify,
+    /// Hashed passwords checked at once: each takes a core for ~30 ms and 19 MiB, so a
+    /// burst of logins queues here instead of taking every core from the relay.
+    hashing: Semaphore,
 }
 
 impl Shared {
     pub fn new(tracker: Tracker, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Arc::new(Self {
             tracker: Mutex::new(tracker),
             gate: Mutex::new(Gate::default()),
             clock,
+            verifying: Mutex::default(),
+            verified: Notify::new(),
+            hashing: Semaphore::new(cores.saturating_sub(1).max(1)),
         })
+    }
+
+    /// Waits until no other connection is checking `user`'s password, then holds the turn
+    /// until the returned guard drops.
+    async fn verify_turn(&self, user: &UserName) -> VerifyTurn<'_> {
+        loop {
+            // Registered before looking, so a turn ending in between is not missed.
+            let ended = self.verified.notified();
+            if self
+                .verifying
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(user.clone())
+            {
+                return VerifyTurn {
+                    shared: self,
+                    user: user.clone(),
+                };
+            }
+            ended.await;
+        }
+    }
+
+    /// Checks `password` against `secret`: inline when plain, on a blocking thread (one of
+    /// [`Shared::hashing`]) when hashed.
+    async fn verify(&self, secret: Secret, password: Password) -> bool {
+        if !secret.is_hashed() {
+            return secret.verify(&password);
+        }
+        let Ok(_slot) = self.hashing.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || secret.verify(&password))
+            .await
+            .unwrap_or(false)
     }
 
     /// Runs `f` on the per-address gate with the current time.
@@ -403,6 +451,23 @@ impl Drop for Prelogin<'_> {
     }
 }
 
+/// One connection's turn at checking a user's password (see [`Shared::verify_turn`]).
+struct VerifyTurn<'a> {
+    shared: &'a Shared,
+    user: UserName,
+}
+
+impl Drop for VerifyTurn<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .verifying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.user);
+        self.shared.verified.notify_waiters();
+    }
+}
+
 /// Logs its user out of the tracker when dropped, if the session is still this
 /// connection's (`disconnected` checks).
 struct SessionGuard<'a> {
@@ -447,8 +512,17 @@ async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName,
                     return Err(Dropped::Refused(result));
                 }
                 let (id, outbox) = (conn.id, conn.outbox.clone());
-                let result =
-                    shared.with(|t, now| t.login(&user, &password, now, id, outbox, ip, p2p_port));
+                let turn = shared.verify_turn(&user).await;
+                let result = match shared.with(|t, now| t.login_check(&user, now)) {
+                    Err(refused) => refused,
+                    Ok(secret) => {
+                        let ok = shared.verify(secret, password).await;
+                        shared.with(|t, now| {
+                            t.login_verified(&user, ok, now, id, outbox, ip, p2p_port)
+                        })
+                    }
+                };
+                drop(turn);
                 if matches!(result, LoginResult::BadPassword | LoginResult::LockedNow) {
                     shared.gate(|g, now| g.failed(ip, now));
                 }

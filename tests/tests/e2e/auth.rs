@@ -115,3 +115,102 @@ fn inactivity_timeout_logs_out_and_notifies_others() {
     );
     assert!(!busy.transcript().contains("You have been logged out"));
 }
+
+/// A tracker whose credentials file holds `text`, with a 60 s block.
+fn tracker_with(text: &str) -> Tracker {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("credentials.txt"), text).unwrap();
+    Tracker::start_in(dir, 60, 120)
+}
+
+/// Hashed (Argon2id PHC) and plain entries in one credentials file: both users log in
+/// with their passwords, and a wrong password for the hashed one is refused as usual.
+#[test]
+fn hashed_and_plain_credentials_both_log_in() {
+    let hashed = tracker::credentials::hash(&wire::Password::new("falcon").unwrap());
+    let t = tracker_with(&format!("hans {hashed}\nyoda wise\n"));
+    let mut yoda = t.login("yoda");
+    let mut p = t.peer();
+    p.expect("Username:");
+    p.send("hans");
+    p.expect("Password:");
+    p.send(&hashed); // the hash is not the password
+    p.expect("Invalid Password. Please try again");
+    p.expect("Password:");
+    p.send("falcon");
+    p.expect("Welcome to the greatest messaging application ever!");
+    yoda.expect("hans logged in");
+}
+
+/// Guesses sent at once on six connections for a hashed account (each check takes tens
+/// of ms off the async threads) still get three strikes, not six: two are told to try
+/// again, one locks the account, three find it locked.
+#[test]
+fn parallel_guesses_at_a_hashed_password_still_get_three_strikes() {
+    let hashed = tracker::credentials::hash(&wire::Password::new("wise").unwrap());
+    let t = tracker_with(&format!("yoda {hashed}\nhans falcon\n"));
+    let mut guessers: Vec<Peer> = (0..6).map(|_| t.peer()).collect();
+    for g in &mut guessers {
+        g.expect("Username:");
+        g.send("yoda");
+        g.expect("Password:");
+    }
+    for (i, g) in guessers.iter_mut().enumerate() {
+        g.send(&format!("guess{i}"));
+    }
+    let mut seen: Vec<String> = guessers
+        .iter_mut()
+        .map(|g| {
+            g.expect_any(
+                &["Please try again", "has been blocked", "is blocked"],
+                WAIT,
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "Invalid Password. Please try again",
+            "Invalid Password. Please try again",
+            "Invalid Password. Your account has been blocked. Please try again later",
+            "Your account is blocked due to multiple login failures. Please try again later",
+            "Your account is blocked due to multiple login failures. Please try again later",
+            "Your account is blocked due to multiple login failures. Please try again later",
+        ]
+    );
+}
+
+/// `tracker hash-credentials FILE` hashes every plain entry in place; after a restart on
+/// the rewritten file every fixture user logs in with the same password, and the file no
+/// longer holds any of them.
+#[test]
+fn hash_credentials_keeps_every_user_able_to_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.txt");
+    std::fs::write(&file, CREDENTIALS).unwrap();
+    let out = std::process::Command::new(bin("tracker"))
+        .args(["hash-credentials", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let users: Vec<&str> = CREDENTIALS
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(u, _)| u))
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "{}: {} passwords hashed, 0 already hashed",
+            file.display(),
+            users.len()
+        )
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    for u in &users {
+        assert!(!text.contains(&format!("{u} {}\n", password(u))), "{u}");
+    }
+    let t = Tracker::start_in(dir, 60, 120);
+    let online: Vec<Peer> = users.iter().map(|u| t.login(u)).collect();
+    assert_eq!(online.len(), users.len());
+}
