@@ -107,8 +107,7 @@ fn secret(field: &str) -> Result<Secret, String> {
     }
     // The parameters must be ones Argon2 accepts, or no password would ever match; and
     // ones a login can afford, or one line could make every check take a gigabyte.
-    let params =
-        argon2::Params::try_from(&h).map_err(|e| format!("bad Argon2 parameters: {e}"))?;
+    let params = argon2::Params::try_from(&h).map_err(|e| format!("bad Argon2 parameters: {e}"))?;
     if params.m_cost() > MAX_M_KIB || params.t_cost() > MAX_T || params.p_cost() > MAX_P {
         return Err(format!(
             "Argon2 parameters too costly for a login (at most m={MAX_M_KIB}, t={MAX_T}, p={MAX_P})"
