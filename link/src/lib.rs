@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod known;
 pub mod noise;
 pub mod tls;
+pub mod tls_server;
 
 pub use fingerprint::Fingerprint;
 

@@ -19,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 use crate::Fingerprint;
 
@@ -53,9 +53,18 @@ pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Result<Fingerprint, String> 
     Ok(Fingerprint::of_spki(ee.subject_public_key_info().as_ref()))
 }
 
+/// The fingerprint of the key in the first certificate of a PEM file.
+pub fn fingerprint_of_pem(pem: &[u8]) -> Result<Fingerprint, String> {
+    let first = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or("no certificate in it")?
+        .map_err(|e| format!("not a PEM certificate: {e:?}"))?;
+    fingerprint_of(&first)
+}
+
 /// The tracker's key and certificate, ready to accept connections.
 pub struct ServerIdentity {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     fingerprint: Fingerprint,
 }
 
@@ -118,17 +127,19 @@ impl ServerIdentity {
         // Clients connect once per session: resumption would only cost memory.
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        let config = Arc::new(config);
         Ok((
             ServerIdentity {
-                acceptor: TlsAcceptor::from(Arc::new(config)),
+                config,
                 fingerprint,
             },
             made,
         ))
     }
 
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// The configuration to accept connections with ([`crate::tls_server::ServerStream`]).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
@@ -365,7 +376,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                if let Ok(mut s) = identity.acceptor().accept(tcp).await {
+                let accepted = crate::tls_server::ServerStream::accept(identity.config(), tcp);
+                if let Ok(mut s) = accepted.await {
                     let mut buf = [0u8; 5];
                     if s.read_exact(&mut buf).await.is_ok() {
                         let _ = s.write_all(&buf).await;

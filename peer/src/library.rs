@@ -250,6 +250,12 @@ fn lock_folder(dir: &Path, state: &Path) -> Result<File, LibraryError> {
 impl Library {
     /// Opens (creating the state folder if needed) and reads every manifest. A manifest
     /// whose complete file has gone or changed size is forgotten.
+    /// The folder's `.swarmchat/`, where the client keeps its own state too (its key, the
+    /// trackers it knows).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn open(dir: &Path) -> Result<Library, LibraryError> {
         let state = dir.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(io(&state))?;

@@ -1,4 +1,5 @@
-//! `peer <SERVER_IP> <SERVER_PORT> [--dir DIR] [--up-limit RATE] [--down-limit RATE]`
+//! `peer <SERVER_IP> <SERVER_PORT> [--dir DIR] [--up-limit RATE] [--down-limit RATE]
+//! [--tracker-fingerprint SHA256:...] [--insecure-plaintext]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,15 @@ struct Args {
     /// Most bytes per second to download, across all transfers (e.g. 500K, 5M).
     #[arg(long, value_name = "RATE")]
     down_limit: Option<peer::ratelimit::Rate>,
+    /// Accept only a tracker whose key has this fingerprint (`tracker fingerprint` prints
+    /// it), instead of trusting the key it presents the first time.
+    #[arg(long, value_name = "SHA256:...")]
+    tracker_fingerprint: Option<link::Fingerprint>,
+    /// No encryption, to the tracker or to other peers: passwords, messages and files
+    /// cross the network in clear. Only against a tracker started with the same option,
+    /// for benchmarks and debugging on a trusted network.
+    #[arg(long, conflicts_with = "tracker_fingerprint")]
+    insecure_plaintext: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +63,15 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let limits = peer::session::Limits {
             down: args.down_limit,
             up: args.up_limit,
+        };
+        let server = peer::session::Server {
+            addr: server,
+            security: if args.insecure_plaintext {
+                link::Security::Plaintext
+            } else {
+                link::Security::Encrypted
+            },
+            pinned: args.tracker_fingerprint,
         };
         let code = peer::session::run(server, &args.dir, limits, &mut term).await;
         Ok(code)

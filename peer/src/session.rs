@@ -25,7 +25,9 @@ use crate::ratelimit::{Rate, RateLimiter};
 use crate::render::{self, Asked};
 use crate::serve::Uploads;
 use crate::terminal::{Input, Printer, Terminal};
-use crate::tracker_link::{LinkError, TrackerLink};
+use crate::tracker_link::{Dial, LinkError, TrackerLink};
+use link::known::KnownTrackers;
+use link::{Fingerprint, Security};
 
 /// A request unanswered this long: the user is told the server is not answering.
 const SILENT: Duration = Duration::from_secs(15);
@@ -39,9 +41,18 @@ pub struct Limits {
     pub up: Option<Rate>,
 }
 
+/// The tracker to connect to, and how (from the command line).
+#[derive(Debug, Clone, Copy)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub security: Security,
+    /// `--tracker-fingerprint`.
+    pub pinned: Option<Fingerprint>,
+}
+
 /// How the client ended: 0 after logout, end of input, Ctrl-C or a timeout; 1 when login
 /// was refused or the server went away.
-pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Terminal) -> ExitCode {
+pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal) -> ExitCode {
     let out = term.printer();
     let lib = match Library::open(dir) {
         Ok(l) => Arc::new(l),
@@ -49,6 +60,12 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
             out.line(format!("Error. {e}"));
             return ExitCode::FAILURE;
         }
+    };
+    let dial = Dial {
+        addr: server.addr,
+        security: server.security,
+        pinned: server.pinned,
+        known: KnownTrackers::at(lib.state_dir().join("known_trackers")),
     };
     // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
     // login and hands it (with a ticket) to whoever may connect.
@@ -69,8 +86,13 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
     tokio::spawn(p2p.clone().listen(listener));
     let withdrawals = lib.withdrawals();
 
-    let mut link = match TrackerLink::connect(server).await {
-        Ok(l) => l,
+    let mut link = match TrackerLink::connect(&dial).await {
+        Ok((l, first_use)) => {
+            if let Some(note) = first_use {
+                out.line(note.to_string());
+            }
+            l
+        }
         Err(e) => {
             out.line(format!("Error. {e}"));
             return ExitCode::FAILURE;
@@ -79,7 +101,7 @@ pub async fn run(server: SocketAddr, dir: &Path, limits: Limits, term: &mut Term
     // Ctrl-C outside the line editor (piped input, the password prompt) is a SIGINT: from
     // here on it is caught, and seen even when it comes between two reads.
     let mut sigint = signal(SignalKind::interrupt()).ok();
-    let code = match login(&mut link, term, &mut sigint, &out, p2p_port).await {
+    let code = match login(&mut link, &dial, term, &mut sigint, &out, p2p_port).await {
         Ok(Some(me)) => {
             p2p.set_me(me.clone());
             let (jobs_tx, jobs) = mpsc::unbounded_channel();
@@ -142,19 +164,22 @@ struct Refused(ExitCode);
 
 /// One login step: `msg` sent and its answer. A connection the tracker closed while the
 /// user was typing (it gives each login step a minute) is opened again once, silently.
-async fn ask(link: &mut TrackerLink, out: &Printer, msg: ClientMsg) -> Result<ServerMsg, Refused> {
+async fn ask(
+    link: &mut TrackerLink,
+    dial: &Dial,
+    out: &Printer,
+    msg: ClientMsg,
+) -> Result<ServerMsg, Refused> {
     let first = link.ask(msg.clone()).await;
     let again = match first {
         Ok(answer) => return Ok(answer),
-        Err(LinkError::Closed | LinkError::Frame(_)) => {
-            match TrackerLink::connect(link.addr()).await {
-                Ok(fresh) => {
-                    *link = fresh;
-                    link.ask(msg).await
-                }
-                Err(e) => Err(e),
+        Err(LinkError::Closed | LinkError::Frame(_)) => match TrackerLink::connect(dial).await {
+            Ok((fresh, _)) => {
+                *link = fresh;
+                link.ask(msg).await
             }
-        }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     again.map_err(|e| {
@@ -166,6 +191,7 @@ async fn ask(link: &mut TrackerLink, out: &Printer, msg: ClientMsg) -> Result<Se
 /// `Ok(None)`: the user closed the input before logging in.
 async fn login(
     link: &mut TrackerLink,
+    dial: &Dial,
     term: &mut Terminal,
     sigint: &mut Option<Signal>,
     out: &Printer,
@@ -179,7 +205,7 @@ async fn login(
             out.line(render::INVALID_USER);
             continue;
         };
-        match ask(link, out, ClientMsg::CheckUser { user: user.clone() }).await? {
+        match ask(link, dial, out, ClientMsg::CheckUser { user: user.clone() }).await? {
             ServerMsg::UserCheck(UserCheck::Known) => break user,
             ServerMsg::UserCheck(UserCheck::Unknown) => out.line(render::INVALID_USER),
             other => return Err(unexpected(out, &other)),
@@ -199,7 +225,7 @@ async fn login(
             password,
             p2p_port,
         };
-        let text = match ask(link, out, login).await? {
+        let text = match ask(link, dial, out, login).await? {
             ServerMsg::Login(LoginResult::Welcome) => {
                 out.line(render::WELCOME);
                 return Ok(Some(user));

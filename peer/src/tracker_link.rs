@@ -1,9 +1,17 @@
-//! The connection to the tracker: TCP + wire frames, version handshake.
+//! The connection to the tracker: TLS (or, with `--insecure-plaintext`, plain TCP) through
+//! `link`, wire frames, version handshake.
+//!
+//! The tracker's key is trusted on first use and remembered per address in the folder's
+//! `.swarmchat/known_trackers`, like SSH's `known_hosts`; a different key later is refused
+//! with what to do. `--tracker-fingerprint` pins one instead.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use link::known::{KnownError, KnownTrackers};
+use link::tls::KeyCheck;
+use link::{Fingerprint, Security, Stream};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use wire::codec::WireCodec;
@@ -30,6 +38,26 @@ pub enum LinkError {
     Frame(#[from] wire::FrameError),
     #[error("the server at {addr} is not answering (nothing for {} s)", .secs)]
     Silent { addr: SocketAddr, secs: u64 },
+    #[error("cannot open an encrypted connection to the server at {addr}: {source} (is it a tracker started with --insecure-plaintext? then start this client with it too)")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server at {addr} presented the key {presented}, not the key {expected} remembered in {}: someone may be intercepting the connection. If the server's key was changed on purpose, delete its line from that file and connect again", .file.display())]
+    KeyChanged {
+        addr: SocketAddr,
+        presented: Fingerprint,
+        expected: Fingerprint,
+        file: std::path::PathBuf,
+    },
+    #[error("the server at {addr} presented the key {presented}, not {expected} given with --tracker-fingerprint")]
+    NotPinned {
+        addr: SocketAddr,
+        presented: Fingerprint,
+        expected: Fingerprint,
+    },
+    #[error("{0}")]
+    Known(#[from] KnownError),
 }
 
 /// Connecting, and the server's answer to our `Hello`, within this.
@@ -37,19 +65,52 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// An answer to a login step within this.
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
 
+/// Where the tracker is and how to know it is the one meant.
+pub struct Dial {
+    pub addr: SocketAddr,
+    pub security: Security,
+    /// A key the user pinned on the command line, if any.
+    pub pinned: Option<Fingerprint>,
+    /// Keys remembered per address (trust on first use).
+    pub known: KnownTrackers,
+}
+
+/// A tracker met for the first time: its key, now remembered.
+#[derive(Debug, Clone)]
+pub struct FirstUse {
+    pub addr: SocketAddr,
+    pub key: Fingerprint,
+    pub file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for FirstUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "First connection to the server at {} from this folder: its key {} is now remembered (in {}); `tracker fingerprint` on the server prints the same if it is the one meant",
+            self.addr,
+            self.key,
+            self.file.display()
+        )
+    }
+}
+
 pub struct TrackerLink {
-    framed: Framed<TcpStream, WireCodec<ServerMsg, ClientMsg>>,
+    framed: Framed<Stream, WireCodec<ServerMsg, ClientMsg>>,
     addr: SocketAddr,
 }
 
 impl TrackerLink {
-    /// Connects and says `Hello`, within [`CONNECT_DEADLINE`] (a port that accepts and
-    /// never speaks is not a tracker).
-    pub async fn connect(addr: SocketAddr) -> Result<TrackerLink, LinkError> {
+    /// Connects, checks the tracker's key and says `Hello`, within [`CONNECT_DEADLINE`]
+    /// (a port that accepts and never speaks is not a tracker). A tracker met for the first
+    /// time (no pin) is remembered, and said so.
+    pub async fn connect(dial: &Dial) -> Result<(TrackerLink, Option<FirstUse>), LinkError> {
+        let addr = dial.addr;
         let silent = LinkError::Silent {
             addr,
             secs: CONNECT_DEADLINE.as_secs(),
         };
+        let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
         // A tracker turning a connection away resets it at once; the reset can arrive
         // while our connect is still finishing, or before our Hello is written.
         let reset = |kind: std::io::ErrorKind| {
@@ -58,13 +119,67 @@ impl TrackerLink {
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
             )
         };
-        let stream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if reset(e.kind()) => return Err(LinkError::ClosedAtOnce { addr }),
             Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
             Err(_) => return Err(silent),
         };
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut first_use = None;
+        let stream: Stream = match dial.security {
+            Security::Plaintext => Box::new(tcp),
+            Security::Encrypted => {
+                let remembered = match dial.pinned {
+                    Some(_) => None,
+                    None => dial.known.get(addr)?,
+                };
+                let check = match dial.pinned.or(remembered) {
+                    Some(fp) => KeyCheck::Only(fp),
+                    None => KeyCheck::Any,
+                };
+                let opened =
+                    tokio::time::timeout_at(deadline, link::tls::connect(tcp, addr, check)).await;
+                match opened {
+                    Err(_) => return Err(silent),
+                    Ok(Ok((tls, key))) => {
+                        if check == KeyCheck::Any {
+                            dial.known.remember(addr, &key)?;
+                            first_use = Some(FirstUse {
+                                addr,
+                                key,
+                                file: dial.known.path().to_owned(),
+                            });
+                        }
+                        Box::new(tls)
+                    }
+                    Ok(Err(link::tls::ConnectError::WrongKey {
+                        presented,
+                        expected,
+                    })) => {
+                        return Err(match dial.pinned {
+                            Some(_) => LinkError::NotPinned {
+                                addr,
+                                presented,
+                                expected,
+                            },
+                            None => LinkError::KeyChanged {
+                                addr,
+                                presented,
+                                expected,
+                                file: dial.known.path().to_owned(),
+                            },
+                        })
+                    }
+                    Ok(Err(link::tls::ConnectError::Io(e))) if reset(e.kind()) => {
+                        return Err(LinkError::ClosedAtOnce { addr })
+                    }
+                    Ok(Err(link::tls::ConnectError::Io(source))) => {
+                        return Err(LinkError::Tls { addr, source })
+                    }
+                }
+            }
+        };
         let mut link = TrackerLink {
             framed: Framed::new(stream, WireCodec::new()),
             addr,
@@ -76,14 +191,14 @@ impl TrackerLink {
             .await?;
             link.recv().await
         };
-        match tokio::time::timeout(CONNECT_DEADLINE, hello).await {
+        match tokio::time::timeout_at(deadline, hello).await {
             Err(_) => Err(silent),
             Ok(Err(LinkError::Closed)) => Err(LinkError::ClosedAtOnce { addr }),
             Ok(Err(LinkError::Frame(wire::FrameError::Io(e)))) if reset(e.kind()) => {
                 Err(LinkError::ClosedAtOnce { addr })
             }
             Ok(Err(e)) => Err(e),
-            Ok(Ok(ServerMsg::Hello { .. })) => Ok(link),
+            Ok(Ok(ServerMsg::Hello { .. })) => Ok((link, first_use)),
             Ok(Ok(ServerMsg::Unsupported { version })) => Err(LinkError::Version(version)),
             Ok(Ok(other)) => Err(LinkError::Unexpected(format!("{other:?}"))),
         }

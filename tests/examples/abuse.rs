@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use harness::lab::{self, Lab, Link};
 use harness::{cpu_seconds, Tracker};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use link::Stream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -43,8 +44,8 @@ use wire::{
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-type Rd = FramedRead<OwnedReadHalf, WireCodec<ServerMsg, ClientMsg>>;
-type Wr = FramedWrite<OwnedWriteHalf, WireCodec<ServerMsg, ClientMsg>>;
+type Rd = FramedRead<ReadHalf<Stream>, WireCodec<ServerMsg, ClientMsg>>;
+type Wr = FramedWrite<WriteHalf<Stream>, WireCodec<ServerMsg, ClientMsg>>;
 
 /// The kinds of request the attack sends flat out, one user each.
 const SPAM: [&str; 12] = [
@@ -174,10 +175,13 @@ async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream
 }
 
 async fn login(from: Ipv4Addr, to: SocketAddr, name: &str, p2p_port: u16) -> (Rd, Wr) {
-    let stream = connect_from(from, to)
+    let tcp = connect_from(from, to)
         .await
         .unwrap_or_else(|e| panic!("{name} cannot connect from {from}: {e}"));
-    let (r, w) = stream.into_split();
+    let (tls, _) = link::tls::connect(tcp, to, link::tls::KeyCheck::Any)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: TLS from {from}: {e}"));
+    let (r, w) = tokio::io::split(Box::new(tls) as Stream);
     let mut rd = FramedRead::new(r, WireCodec::new());
     let mut wr = FramedWrite::new(w, WireCodec::new());
     wr.send(ClientMsg::Hello {

@@ -2,9 +2,15 @@
 //! cost. Load clients speak `wire` directly, all in this process. Prints figures; never
 //! fails on speed.
 //!
+//! The tracker runs twice, in clear (`--insecure-plaintext`) and with TLS, so the cost of
+//! encryption is measured in the same run; then logins at a fixed rate while messages
+//! flow, to see what a login burst (TLS handshakes, hashed passwords) does to relay.
+//!
 //! Run it with `bench/relay` (builds release binaries first). Options:
 //! `--clients N` (100), `--messages M` per client (10000), `--rate R` offered msg/s (100000),
-//! `--seconds S` at that rate (5), `--idle K` idle clients (10000).
+//! `--seconds S` at that rate (5), `--idle K` idle clients (10000), `--logins L` a second
+//! (200) for `--login-seconds T` (10) while messages flow at `--login-rate Q` msg/s (10000),
+//! each logging out at once (`--logins-stay`: staying logged in).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use harness::{cpu_seconds, peak_rss, Tracker};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use link::Stream;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -31,8 +37,8 @@ use wire::{
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-type Rd = FramedRead<OwnedReadHalf, WireCodec<ServerMsg, ClientMsg>>;
-type Wr = FramedWrite<OwnedWriteHalf, WireCodec<ServerMsg, ClientMsg>>;
+type Rd = FramedRead<ReadHalf<Stream>, WireCodec<ServerMsg, ClientMsg>>;
+type Wr = FramedWrite<WriteHalf<Stream>, WireCodec<ServerMsg, ClientMsg>>;
 
 /// Messages a client may have sent and not yet seen acknowledged.
 const WINDOW: usize = 128;
@@ -43,6 +49,12 @@ struct Args {
     rate: u64,
     seconds: u64,
     idle: usize,
+    logins: u64,
+    login_seconds: u64,
+    login_rate: u64,
+    /// The users logging in stay logged in (each then costs a presence notice to every
+    /// later one), instead of logging out at once.
+    logins_stay: bool,
 }
 
 fn args() -> Args {
@@ -52,8 +64,20 @@ fn args() -> Args {
         rate: 100_000,
         seconds: 5,
         idle: 10_000,
+        logins: 200,
+        login_seconds: 10,
+        login_rate: 10_000,
+        logins_stay: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
+    let v: Vec<String> = v
+        .into_iter()
+        .filter(|o| {
+            let stay = o == "--logins-stay";
+            a.logins_stay |= stay;
+            !stay
+        })
+        .collect();
     for pair in v.chunks(2) {
         let n = || {
             pair.get(1)
@@ -66,6 +90,9 @@ fn args() -> Args {
             "--rate" => a.rate = n(),
             "--seconds" => a.seconds = n(),
             "--idle" => a.idle = n() as usize,
+            "--logins" => a.logins = n(),
+            "--login-seconds" => a.login_seconds = n(),
+            "--login-rate" => a.login_rate = n(),
             other => panic!("unknown option {other}"),
         }
     }
@@ -76,29 +103,15 @@ fn name(i: usize) -> UserName {
     UserName::new(format!("u{i}")).unwrap()
 }
 
-async fn login(addr: SocketAddr, i: usize) -> (Rd, Wr) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).unwrap();
-    let (r, w) = stream.into_split();
-    let mut rd = FramedRead::new(r, WireCodec::new());
-    let mut wr = FramedWrite::new(w, WireCodec::new());
-    wr.send(ClientMsg::Hello {
-        version: PROTOCOL_VERSION,
-    })
-    .await
-    .unwrap();
-    assert!(matches!(rd.next().await, Some(Ok(ServerMsg::Hello { .. }))));
-    wr.send(ClientMsg::Login {
-        user: name(i),
-        password: Password::new("pw").unwrap(),
-        p2p_port: 0,
-    })
-    .await
-    .unwrap();
-    match rd.next().await {
-        Some(Ok(ServerMsg::Login(LoginResult::Welcome))) => (rd, wr),
-        other => panic!("login of u{i} failed: {other:?}"),
-    }
+/// Whether the load clients speak TLS to the tracker (the bare relay speaks plain TCP).
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    On,
+    Off,
+}
+
+async fn login(addr: SocketAddr, tls: Tls, i: usize) -> (Rd, Wr) {
+    login_as(addr, tls, &format!("u{i}")).await
 }
 
 /// Message text carrying its send time: exactly 32 bytes.
@@ -192,13 +205,19 @@ struct Run {
 
 /// `clients` users each send `messages` 32-byte messages to random others, as fast as
 /// the window allows (`rate` = None), or at `rate` msg/s in total for `seconds`.
-async fn load(addr: SocketAddr, clients: usize, messages: usize, rate: Option<(u64, u64)>) -> Run {
+async fn load(
+    addr: SocketAddr,
+    tls: Tls,
+    clients: usize,
+    messages: usize,
+    rate: Option<(u64, u64)>,
+) -> Run {
     let t0 = Instant::now();
     let stats = Arc::new(Stats::default());
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for i in 0..clients {
-        let (rd, wr) = login(addr, i).await;
+        let (rd, wr) = login(addr, tls, i).await;
         let window = Arc::new(Semaphore::new(WINDOW));
         readers.push(tokio::spawn(reader(rd, t0, stats.clone(), window.clone())));
         writers.push((wr, window));
@@ -361,59 +380,120 @@ fn report(label: &str, run: &Run) -> f64 {
     rate
 }
 
-fn main() {
-    let a = args();
-    let users = a.clients.max(a.idle) + 1;
-    let creds: String = (0..users).map(|i| format!("u{i} pw\n")).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    println!(
-        "relay benchmark: {} clients x {} messages of 32 bytes; {} msg/s offered for {} s; {} idle clients",
-        a.clients, a.messages, a.rate, a.seconds, a.idle
-    );
+/// Logs in `n` users named `l0`, `l1`, ... at `per_sec` a second (each opening its own
+/// connection, TLS included), then logs each out again unless `stay`; their login times
+/// (connect to welcome, µs) and the connections of those who stay.
+async fn login_driver(addr: SocketAddr, n: usize, per_sec: u64, stay: bool) -> (Vec<u32>, Vec<Wr>) {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tick.tick().await;
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut rd, mut wr) = login_as(addr, Tls::On, &format!("l{i}")).await;
+            let took = started.elapsed().as_micros() as u32;
+            if !stay {
+                let _ = wr.send(ClientMsg::Request(Request::Logout)).await;
+            }
+            tokio::spawn(async move { while let Some(Ok(_)) = rd.next().await {} });
+            (took, stay.then_some(wr))
+        }));
+    }
+    let mut times = Vec::new();
+    let mut conns = Vec::new();
+    for t in tasks {
+        let (took, wr) = t.await.unwrap();
+        times.push(took);
+        conns.extend(wr);
+    }
+    (times, conns)
+}
 
-    // The ceiling, on its own runtime as if it were another process.
-    let bare_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let bare_listener = bare_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-    let bare_addr = bare_listener.local_addr().unwrap();
-    bare_rt.spawn(bare_relay(bare_listener));
-    let bare = rt.block_on(load(bare_addr, a.clients, a.messages, None));
-    let bare_rate = report("bare relay (ceiling), flat out", &bare);
-    let fixed_label = format!("at {} msg/s", a.rate);
-    let bare_fixed = rt.block_on(load(bare_addr, a.clients, 0, Some((a.rate, a.seconds))));
-    report(&format!("bare relay (ceiling), {fixed_label}"), &bare_fixed);
-    drop(bare_rt);
+async fn login_as(addr: SocketAddr, tls: Tls, user: &str) -> (Rd, Wr) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    let stream: Stream = match tls {
+        Tls::Off => Box::new(tcp),
+        Tls::On => {
+            let any = link::tls::KeyCheck::Any;
+            Box::new(link::tls::connect(tcp, addr, any).await.expect("TLS").0)
+        }
+    };
+    let (r, w) = tokio::io::split(stream);
+    let mut rd = FramedRead::new(r, WireCodec::new());
+    let mut wr = FramedWrite::new(w, WireCodec::new());
+    wr.send(ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(rd.next().await, Some(Ok(ServerMsg::Hello { .. }))));
+    wr.send(ClientMsg::Login {
+        user: UserName::new(user).unwrap(),
+        password: Password::new("pw").unwrap(),
+        p2p_port: 0,
+    })
+    .await
+    .unwrap();
+    loop {
+        match rd.next().await {
+            Some(Ok(ServerMsg::Login(LoginResult::Welcome))) => return (rd, wr),
+            // Presence of users logging in meanwhile is not ours to read here.
+            Some(Ok(ServerMsg::Event(_))) => {}
+            other => panic!("login of {user} failed: {other:?}"),
+        }
+    }
+}
 
-    let t = Tracker::start_quiet(&creds, 3600);
+/// Chat at `a.login_rate` msg/s for `a.login_seconds`, first alone, then again while
+/// `a.logins` users a second log in; prints both latencies and the logins'.
+fn logins_under_load(rt: &tokio::runtime::Runtime, a: &Args, label: &str, creds: &str) {
+    let t = Tracker::start_quiet(creds, 3600);
+    let addr = t.addr;
+    let rate = Some((a.login_rate, a.login_seconds));
+    let calm = rt.block_on(load(addr, Tls::On, a.clients, 0, rate));
+    let n = (a.logins * a.login_seconds) as usize;
     let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
-    let run = rt.block_on(load(t.addr, a.clients, a.messages, None));
-    let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
-    let rate = report("tracker, flat out", &run);
+    let started = Instant::now();
+    let (per_sec, stay) = (a.logins, a.logins_stay);
+    let (busy, (times, conns)) = rt.block_on(async {
+        let driver = tokio::spawn(async move {
+            // After the chatters have logged in and their presence has drained.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            login_driver(addr, n, per_sec, stay).await
+        });
+        let busy = load(addr, Tls::On, a.clients, 0, rate).await;
+        (busy, driver.await.unwrap())
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(t.pid()).unwrap_or(0.0) - cpu0;
     println!(
-        "  tracker CPU {:.2} s, peak RSS {:.1} MiB; {:.2}x the bare relay",
-        cpu1 - cpu0,
-        peak_rss(t.pid()).unwrap_or(0) as f64 / 1048576.0,
-        rate / bare_rate
+        "logins, {label}: {n} logins offered at {}/s{} while {} msg/s flow: done in {:.1} s ({:.0}/s); login time {}; tracker CPU {:.1} s",
+        a.logins,
+        if a.logins_stay { ", staying logged in" } else { ", each logging out at once" },
+        a.login_rate,
+        secs,
+        n as f64 / secs,
+        percentiles(times),
+        cpu
     );
-    let (cpu0, gen0) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
-    let fixed = rt.block_on(load(t.addr, a.clients, 0, Some((a.rate, a.seconds))));
-    let (cpu1, gen1) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
-    report(&format!("tracker, {fixed_label}"), &fixed);
     println!(
-        "  tracker CPU {:.2} s, load generator CPU {:.2} s, over {:.2} s",
-        cpu1 - cpu0,
-        gen1 - gen0,
-        fixed.secs
+        "  relayed messages: alone {}; during the logins {}",
+        percentiles(calm.latencies),
+        percentiles(busy.latencies)
     );
-    drop(t);
+    drop(conns);
+}
 
-    // Idle users: log them in, keep them connected, read what they are sent (presence).
-    let t = Tracker::start_quiet(&creds, 3600);
+/// Idle users: log them in, keep them connected, read what they are sent (presence);
+/// prints what each costs the tracker.
+fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, creds: &str) {
+    let extra: &[&str] = match tls {
+        Tls::On => &[],
+        Tls::Off => &["--insecure-plaintext"],
+    };
+    let t = Tracker::start_quiet_with(creds, 3600, extra);
     let before = t.rss().unwrap_or(0);
     let addr = t.addr;
     let idle = a.idle;
@@ -424,7 +504,7 @@ fn main() {
         for i in 0..idle {
             let permit = limit.clone().acquire_owned().await.unwrap();
             tasks.push(tokio::spawn(async move {
-                let (mut rd, wr) = login(addr, i).await;
+                let (mut rd, wr) = login(addr, tls, i).await;
                 drop(permit);
                 tokio::spawn(async move { while let Some(Ok(_)) = rd.next().await {} });
                 wr
@@ -442,10 +522,100 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let after = t.rss().unwrap_or(0);
     println!(
-        "idle: {idle} clients logged in in {login_secs:.1} s; tracker RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per client",
+        "idle, {label}: {idle} clients logged in in {login_secs:.1} s; tracker RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per client",
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         after.saturating_sub(before) as f64 / 1024.0 / idle as f64
     );
     drop(conns);
+}
+
+fn main() {
+    let a = args();
+    let users = a.clients.max(a.idle) + 1;
+    let creds: String = (0..users).map(|i| format!("u{i} pw\n")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "relay benchmark: {} clients x {} messages of 32 bytes; {} msg/s offered for {} s; {} logins/s for {} s at {} msg/s; {} idle clients",
+        a.clients, a.messages, a.rate, a.seconds, a.logins, a.login_seconds, a.login_rate, a.idle
+    );
+
+    // The ceiling, on its own runtime as if it were another process.
+    let bare_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bare_listener = bare_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let bare_addr = bare_listener.local_addr().unwrap();
+    bare_rt.spawn(bare_relay(bare_listener));
+    let bare = rt.block_on(load(bare_addr, Tls::Off, a.clients, a.messages, None));
+    let bare_rate = report("bare relay (ceiling), flat out", &bare);
+    let fixed_label = format!("at {} msg/s", a.rate);
+    let bare_fixed = rt.block_on(load(
+        bare_addr,
+        Tls::Off,
+        a.clients,
+        0,
+        Some((a.rate, a.seconds)),
+    ));
+    report(&format!("bare relay (ceiling), {fixed_label}"), &bare_fixed);
+    drop(bare_rt);
+
+    let mut flat = Vec::new();
+    for (label, tls, extra) in [
+        (
+            "tracker in clear (--insecure-plaintext)",
+            Tls::Off,
+            &["--insecure-plaintext"][..],
+        ),
+        ("tracker with TLS", Tls::On, &[][..]),
+    ] {
+        let t = Tracker::start_quiet_with(&creds, 3600, extra);
+        let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
+        let run = rt.block_on(load(t.addr, tls, a.clients, a.messages, None));
+        let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
+        let rate = report(&format!("{label}, flat out"), &run);
+        flat.push(rate);
+        println!(
+            "  tracker CPU {:.2} s, peak RSS {:.1} MiB; {:.2}x the bare relay",
+            cpu1 - cpu0,
+            peak_rss(t.pid()).unwrap_or(0) as f64 / 1048576.0,
+            rate / bare_rate
+        );
+        let (cpu0, gen0) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
+        let fixed = rt.block_on(load(t.addr, tls, a.clients, 0, Some((a.rate, a.seconds))));
+        let (cpu1, gen1) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
+        report(&format!("{label}, {fixed_label}"), &fixed);
+        println!(
+            "  tracker CPU {:.2} s, load generator CPU {:.2} s, over {:.2} s",
+            cpu1 - cpu0,
+            gen1 - gen0,
+            fixed.secs
+        );
+    }
+    println!("TLS / in clear, flat out: {:.2}x", flat[1] / flat[0]);
+
+    if a.logins > 0 {
+        let n = (a.logins * a.login_seconds) as usize;
+        let chatters: String = (0..a.clients).map(|i| format!("u{i} pw\n")).collect();
+        let plain: String = (0..n).map(|i| format!("l{i} pw\n")).collect();
+        logins_under_load(&rt, &a, "plain passwords", &format!("{chatters}{plain}"));
+        // The same hash for every user: each check costs what any Argon2id check does.
+        let phc = tracker::credentials::hash(&Password::new("pw").unwrap());
+        let hashed: String = (0..n).map(|i| format!("l{i} {phc}\n")).collect();
+        logins_under_load(
+            &rt,
+            &a,
+            "Argon2id passwords",
+            &format!("{chatters}{hashed}"),
+        );
+    }
+
+    if a.idle > 0 {
+        idle_users(&rt, &a, "in clear", Tls::Off, &creds);
+        idle_users(&rt, &a, "TLS", Tls::On, &creds);
+    }
 }

@@ -111,6 +111,22 @@ impl Tracker {
         Self::start_quiet_on(Place::local(), Ipv4Addr::LOCALHOST, credentials, timeout)
     }
 
+    /// `start_quiet` with more command-line options (`--insecure-plaintext`).
+    pub fn start_quiet_with(credentials: &str, timeout: u64, extra: &[&str]) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), credentials).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let local = Ipv4Addr::LOCALHOST.into();
+        Self::launch_with(
+            Place::local(),
+            local,
+            dir,
+            (60, timeout),
+            "tracker=info",
+            extra,
+        )
+    }
+
     /// `start_quiet` on a lab host whose address is `ip`.
     pub fn start_quiet_on(place: Place, ip: Ipv4Addr, credentials: &str, timeout: u64) -> Tracker {
         let dir = tempfile::tempdir().unwrap();
@@ -162,13 +178,30 @@ impl Tracker {
         place: Place,
         bind: IpAddr,
         dir: tempfile::TempDir,
+        args: (u64, u64),
+        log: &str,
+        extra: Vec<String>,
+    ) -> Tracker {
+        Self::launch_at(place, bind, 0, dir, args, log, extra)
+    }
+
+    fn launch_at(
+        place: Place,
+        bind: IpAddr,
+        port: u16,
+        dir: tempfile::TempDir,
         (block_duration, timeout): (u64, u64),
         log: &str,
         extra: Vec<String>,
     ) -> Tracker {
         let mut child = place
             .command(bin("tracker"))
-            .args(["0", &block_duration.to_string(), &timeout.to_string(), "-d"])
+            .args([
+                &port.to_string(),
+                &block_duration.to_string(),
+                &timeout.to_string(),
+                "-d",
+            ])
             .args(["--bind", &bind.to_string()])
             .args(&extra)
             .current_dir(dir.path())
@@ -244,6 +277,32 @@ impl Tracker {
         let extra = std::mem::take(&mut self.extra);
         let local = Ipv4Addr::LOCALHOST.into();
         Tracker::launch_with(Place::local(), local, dir, self.args, "debug", extra)
+    }
+
+    /// Stops the tracker and starts it again on the same port and state, with a new TLS
+    /// key (as if its operator had made one, or someone else answered at its address).
+    pub fn restart_with_new_key(mut self) -> Tracker {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        for f in ["tracker.cert.pem", "tracker.key.pem"] {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let extra = std::mem::take(&mut self.extra);
+        let local = Ipv4Addr::LOCALHOST.into();
+        let port = self.addr.port();
+        Tracker::launch_at(Place::local(), local, port, dir, self.args, "debug", extra)
+    }
+
+    /// The fingerprint of the tracker's TLS key, as `tracker fingerprint` prints it.
+    pub fn fingerprint(&self) -> String {
+        let out = std::process::Command::new(bin("tracker"))
+            .arg("fingerprint")
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     pub fn log(&self) -> String {
@@ -558,27 +617,60 @@ impl Drop for Peer {
 }
 
 /// A program speaking the wire protocol directly over a blocking socket: a test double for
-/// clients that do not behave (forgers, scanners, junk senders).
+/// clients that do not behave (forgers, scanners, junk senders). To the tracker it speaks
+/// TLS (accepting any key, as a client meeting it for the first time).
 pub struct Raw {
-    stream: std::net::TcpStream,
+    stream: Box<dyn RawStream>,
     buf: bytes::BytesMut,
 }
 
+/// What a [`Raw`] connection is carried over: TCP, or TLS over TCP.
+pub trait RawStream: std::io::Read + std::io::Write + Send {
+    fn tcp(&self) -> &std::net::TcpStream;
+}
+
+impl RawStream for std::net::TcpStream {
+    fn tcp(&self) -> &std::net::TcpStream {
+        self
+    }
+}
+
+impl RawStream for rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    fn tcp(&self) -> &std::net::TcpStream {
+        &self.sock
+    }
+}
+
 impl Raw {
+    /// Connects to the tracker at `addr` (TLS).
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let (config, _) = link::tls::client_config(link::tls::KeyCheck::Any);
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // Finish the handshake now, so a test's first write is application data.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
         Raw {
-            stream,
+            stream: Box::new(tls),
             buf: bytes::BytesMut::new(),
         }
+    }
+
+    /// Connects in clear to `addr` (a peer's listener, or a tracker's port for junk).
+    pub fn connect_plain(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        Raw::accepted(stream)
     }
 
     /// A connection accepted on a test's own listener (a peer dialling us).
     pub fn accepted(stream: std::net::TcpStream) -> Raw {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         Raw {
-            stream,
+            stream: Box::new(stream),
             buf: bytes::BytesMut::new(),
         }
     }
@@ -587,10 +679,12 @@ impl Raw {
         let mut out = bytes::BytesMut::new();
         wire::encode(msg, &mut out, wire::MAX_FRAME_LEN).unwrap();
         self.stream.write_all(&out).unwrap();
+        self.stream.flush().unwrap();
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
     }
 
     /// The next frame, or `None` if the other side closed the connection.
@@ -604,7 +698,15 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                // A reset, or a TLS connection closed without TLS's own goodbye.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return None
+                }
                 Err(e) => panic!("raw read: {e}"),
             }
         }
@@ -621,7 +723,7 @@ impl Raw {
         // SAFETY: setsockopt on a descriptor this value owns, with a correctly sized struct.
         unsafe {
             libc::setsockopt(
-                self.stream.as_raw_fd(),
+                self.stream.tcp().as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_LINGER,
                 &linger as *const libc::linger as *const libc::c_void,
@@ -670,6 +772,69 @@ impl Raw {
                 other => panic!("expected a reply, got {other:?}"),
             }
         }
+    }
+}
+
+/// A TCP relay between a client and a server that keeps a copy of every byte, both ways:
+/// what anyone on the network path could read.
+pub struct Tap {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    /// Relays connections to `target` from a port of its own on 127.0.0.1.
+    pub fn start(target: SocketAddr) -> Tap {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    return;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    s.lock().unwrap().extend_from_slice(&buf[..n]);
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Tap { addr, seen }
+    }
+
+    /// Whether `text` crossed the tap in clear, either way.
+    pub fn saw(&self, text: &str) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.windows(text.len()).any(|w| w == text.as_bytes())
+    }
+
+    /// Bytes that crossed so far.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

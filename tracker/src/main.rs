@@ -1,5 +1,6 @@
 //! `tracker <SERVER_PORT> <BLOCK_DURATION> <TIMEOUT> [--credentials FILE] [--state PATH]
-//! [--release-after SECS] [--bind ADDR] [-d]`, or `tracker hash-credentials FILE`.
+//! [--release-after SECS] [--bind ADDR] [--cert FILE --key FILE | --insecure-plaintext] [-d]`,
+//! `tracker hash-credentials FILE`, or `tracker fingerprint [--state PATH | --cert FILE]`.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,6 +39,17 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
+    /// TLS certificate (PEM). Default: beside the state database (`tracker.cert.pem` for
+    /// `tracker.db`), made with a new key on the first start.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// No TLS: passwords and messages cross the network in clear. For benchmarks and
+    /// debugging on a trusted network only; clients must say the same.
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    insecure_plaintext: bool,
     /// Print debugging information to stderr.
     #[arg(short, long)]
     debug: bool,
@@ -52,11 +64,53 @@ struct HashArgs {
     file: PathBuf,
 }
 
+/// Prints the fingerprint of the tracker's TLS key, for users to pin with
+/// `peer --tracker-fingerprint` (or to compare with what their client remembered).
+#[derive(Parser)]
+#[command(name = "tracker fingerprint")]
+struct FingerprintArgs {
+    /// The state database whose certificate is meant (the default certificate's place).
+    #[arg(long, default_value = "tracker.db")]
+    state: PathBuf,
+    /// The certificate, when one was given with --cert.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+}
+
+/// Where the certificate and key are: given, or beside the state database (and then
+/// made on the first start).
+fn identity_paths(
+    state: &std::path::Path,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> (PathBuf, PathBuf, bool) {
+    match (cert, key) {
+        (Some(c), Some(k)) => (c, k, false),
+        _ => (
+            state.with_extension("cert.pem"),
+            state.with_extension("key.pem"),
+            true,
+        ),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "hash-credentials")
-    {
+    let sub = std::env::args_os().nth(1);
+    if sub.as_ref().is_some_and(|a| a == "fingerprint") {
+        let name = std::ffi::OsString::from("tracker fingerprint");
+        let args =
+            FingerprintArgs::parse_from(std::iter::once(name).chain(std::env::args_os().skip(2)));
+        let cert = args
+            .cert
+            .unwrap_or_else(|| identity_paths(&args.state, None, None).0);
+        let pem = std::fs::read(&cert)
+            .with_context(|| format!("cannot read certificate {}", cert.display()))?;
+        let fp = link::tls::fingerprint_of_pem(&pem)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", cert.display()))?;
+        println!("{fp}");
+        return Ok(());
+    }
+    if sub.is_some_and(|a| a == "hash-credentials") {
         let name = std::ffi::OsString::from("tracker hash-credentials");
         let args = HashArgs::parse_from(std::iter::once(name).chain(std::env::args_os().skip(2)));
         let done = tracker::credentials::hash_file(&args.file)?;
@@ -81,6 +135,15 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     let creds = Credentials::load(&args.credentials)?;
+    let tls = if args.insecure_plaintext {
+        tracing::warn!("no TLS (--insecure-plaintext): passwords and messages cross in clear");
+        None
+    } else {
+        let (cert, key, create) = identity_paths(&args.state, args.cert, args.key);
+        let (identity, made) = link::tls::ServerIdentity::load_or_create(&cert, &key, create)?;
+        tracing::info!(fingerprint = %identity.fingerprint(), made, cert = %cert.display(), "TLS key");
+        Some(Arc::new(identity))
+    };
     let store = Store::open(&args.state)
         .with_context(|| format!("cannot open state database {}", args.state.display()))?;
     let rules = Rules {
@@ -108,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let shared = Shared::new(tracker, clock);
-        tracker::serve(listener, shared, async {
+        tracker::serve(listener, shared, tls, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await;

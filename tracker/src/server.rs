@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -29,6 +29,9 @@ use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::shun::SynFilter;
 use crate::state::{ConnId, Tracker};
+use link::tls::ServerIdentity;
+use link::tls_server::ServerStream;
+use link::Stream;
 
 /// Simultaneous connections; one more waits in the kernel's backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 20_000;
@@ -143,11 +146,15 @@ impl Shared {
     }
 }
 
+/// How connections are carried: TLS with this identity, or (`--insecure-plaintext`) in
+/// clear.
+pub type Tls = Option<Arc<ServerIdentity>>;
+
 /// Serves until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Tls, shutdown: impl Future) {
     let sweeper = tokio::spawn(sweep(shared.clone()));
     tokio::select! {
-        _ = accept_loop(listener, shared) => {}
+        _ = accept_loop(listener, shared, tls) => {}
         _ = shutdown => info!("shutting down"),
     }
     sweeper.abort();
@@ -185,7 +192,7 @@ fn turn_away(stream: std::net::TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Tls) {
     let ipv6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
     let acceptor = match Acceptor::new(listener) {
         Ok(a) => a,
@@ -252,10 +259,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Err(why) = connection(id, stream, addr, ip, &shared).await {
+            if let Err(why) = connection(id, stream, tls, addr, ip, &shared).await {
                 debug!(conn = id, %addr, "dropped: {why}");
             }
             drop(permit);
@@ -296,7 +303,7 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
-type Reader = FramedRead<OwnedReadHalf, WireCodec<ClientMsg, ServerMsg>>;
+type Reader = FramedRead<ReadHalf<Stream>, WireCodec<ClientMsg, ServerMsg>>;
 
 /// Why a connection ended early; only ever logged under `-d`.
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +312,10 @@ enum Dropped {
     Frame(#[from] wire::FrameError),
     #[error("write failed: {0}")]
     Write(#[from] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("no TLS handshake or Hello in time")]
+    HelloDeadline,
     #[error("the client stopped reading")]
     Stalled,
     #[error("closed before logging in")]
@@ -328,7 +339,7 @@ enum Dropped {
 struct Conn {
     id: ConnId,
     reader: Reader,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf<Stream>,
     outbox: Arc<Outbox>,
 }
 
@@ -349,8 +360,9 @@ impl Conn {
     }
 }
 
-/// Writes `bytes`, giving up after [`WRITE_STALL`] without progress, or [`LAST_WRITE`]
-/// once `outbox` is closed (`last`: it already was when the batch was taken).
+/// Writes `bytes` and flushes them (TLS keeps what the socket did not take until then),
+/// giving up after [`WRITE_STALL`] without progress, or [`LAST_WRITE`] once `outbox` is
+/// closed (`last`: it already was when the batch was taken).
 async fn write_all_within<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     bytes: &[u8],
@@ -379,7 +391,16 @@ async fn write_all_within<W: tokio::io::AsyncWrite + Unpin>(
             }
         }
     }
-    Ok(())
+    loop {
+        tokio::select! {
+            flushed = w.flush() => return Ok(flushed?),
+            () = sleep_until(deadline) => return Err(Dropped::Stalled),
+            () = outbox.closed(), if !ending => {
+                ending = true;
+                deadline = deadline.min(Instant::now() + LAST_WRITE);
+            }
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -391,14 +412,27 @@ impl Drop for Conn {
 
 async fn connection(
     id: ConnId,
-    stream: TcpStream,
+    tcp: TcpStream,
+    tls: Tls,
     addr: SocketAddr,
     ip: IpAddr,
     shared: &Shared,
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
     let waiting = Prelogin { shared, ip };
-    let (r, w) = stream.into_split();
+    // The TLS handshake and the client's Hello, together within the Hello deadline.
+    let hello_by = tokio::time::Instant::now() + HELLO_DEADLINE;
+    let stream: Stream = match tls {
+        Some(id) => {
+            match tokio::time::timeout_at(hello_by, ServerStream::accept(id.config(), tcp)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => return Err(Dropped::Tls(e)),
+                Err(_) => return Err(Dropped::HelloDeadline),
+            }
+        }
+        None => Box::new(tcp),
+    };
+    let (r, w) = tokio::io::split(stream);
     let mut conn = Conn {
         id,
         reader: FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START),
@@ -406,7 +440,8 @@ async fn connection(
         outbox: Arc::new(Outbox::default()),
     };
 
-    match next_login_frame(&mut conn.reader, HELLO_DEADLINE).await? {
+    let left = hello_by.saturating_duration_since(tokio::time::Instant::now());
+    match next_login_frame(&mut conn.reader, left).await? {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
             conn.reply(&ServerMsg::Hello { version })?;
             conn.write_out().await?;

@@ -330,7 +330,7 @@ fn a_requester_that_never_reads_cannot_shut_a_seeders_listener() {
             other => panic!("{other:?}"),
         };
         let h = &holders[0];
-        let mut c = Raw::connect(h.addr);
+        let mut c = Raw::connect_plain(h.addr);
         c.send(&PeerMsg::Hello {
             version: PROTOCOL_VERSION,
             ticket: h.ticket,

@@ -10,5 +10,6 @@ mod newuser;
 mod private;
 mod registry;
 mod robustness;
+mod security;
 mod swarm;
 mod terminal;

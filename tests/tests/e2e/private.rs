@@ -207,7 +207,7 @@ fn forged_and_reused_tickets_are_refused() {
         user: UserName::new("luke").unwrap(),
     }));
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
-    let mut p2p = Raw::connect(addr);
+    let mut p2p = Raw::connect_plain(addr);
     p2p.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket,
@@ -220,7 +220,7 @@ fn forged_and_reused_tickets_are_refused() {
     luke.expect("yoda(private): it is me, yoda");
 
     // The same ticket again: refused.
-    let mut reuse = Raw::connect(addr);
+    let mut reuse = Raw::connect_plain(addr);
     reuse.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket,
@@ -240,7 +240,7 @@ fn forged_and_reused_tickets_are_refused() {
             user: UserName::new("luke").unwrap()
         })
     );
-    let mut forged = Raw::connect(addr);
+    let mut forged = Raw::connect_plain(addr);
     forged.send(&PeerMsg::Hello {
         version: PROTOCOL_VERSION,
         ticket: Ticket([0x42; 16]),
@@ -252,15 +252,15 @@ fn forged_and_reused_tickets_are_refused() {
     );
 
     // Text before any hello, junk, and an oversized frame: closed without an answer.
-    let mut early = Raw::connect(addr);
+    let mut early = Raw::connect_plain(addr);
     early.send(&PeerMsg::Text {
         text: Text::new("hans here, honest").unwrap(),
     });
     assert_eq!(early.recv::<PeerMsg>(), None);
-    let mut junk = Raw::connect(addr);
+    let mut junk = Raw::connect_plain(addr);
     junk.send_bytes(b"\x00\x00\x00\x03abc");
     assert_eq!(junk.recv::<PeerMsg>(), None);
-    let mut huge = Raw::connect(addr);
+    let mut huge = Raw::connect_plain(addr);
     huge.send_bytes(&(64 * 1024 * 1024u32).to_be_bytes());
     assert_eq!(huge.recv::<PeerMsg>(), None);
 

@@ -18,18 +18,17 @@ fn junk_on_the_tracker_port_does_not_disturb_logged_in_users() {
     hans.sync();
 
     let silent = TcpStream::connect(t.addr).unwrap();
+    // Junk where TLS is expected (an HTTP request, a frame in clear), and junk inside TLS.
     let mut junk = TcpStream::connect(t.addr).unwrap();
     junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let mut huge = TcpStream::connect(t.addr).unwrap();
-    huge.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    huge.write_all(&[0u8; 1024]).unwrap();
-    let mut no_hello = TcpStream::connect(t.addr).unwrap();
-    let frame = bytes_of(&wire::ClientMsg::Request(wire::Request::WhoElse));
-    no_hello.write_all(&frame).unwrap();
-
-    // The tracker closes each bad connection: reads reach end of stream.
-    for (name, mut s) in [("junk", junk), ("huge", huge), ("no hello", no_hello)] {
+    let mut clear = TcpStream::connect(t.addr).unwrap();
+    clear
+        .write_all(&bytes_of(&wire::ClientMsg::Hello {
+            version: wire::PROTOCOL_VERSION,
+        }))
+        .unwrap();
+    for (name, mut s) in [("junk", junk), ("a frame in clear", clear)] {
         s.set_read_timeout(Some(WAIT)).unwrap();
         let mut buf = Vec::new();
         let r = s.read_to_end(&mut buf);
@@ -37,6 +36,15 @@ fn junk_on_the_tracker_port_does_not_disturb_logged_in_users() {
             r.is_ok() || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "{name}: {r:?}"
         );
+    }
+    let mut huge = Raw::connect(t.addr);
+    huge.send_bytes(&u32::MAX.to_be_bytes());
+    huge.send_bytes(&[0u8; 1024]);
+    let mut no_hello = Raw::connect(t.addr);
+    no_hello.send(&wire::ClientMsg::Request(wire::Request::WhoElse));
+    // The tracker closes each bad connection: reads reach end of stream.
+    for (name, mut s) in [("huge", huge), ("no hello", no_hello)] {
+        assert_eq!(s.recv::<wire::ServerMsg>(), None, "{name}");
     }
 
     hans.send("message yoda still here");
