@@ -80,6 +80,7 @@ fn main() {
             user: u("hans"),
             password: Password::new("falcon").unwrap(),
             p2p_port: 4000,
+            key: PeerKey([9; 32]),
         },
     ];
     client.extend(requests.iter().cloned().map(ClientMsg::Request));
@@ -109,6 +110,17 @@ fn main() {
             text: text.clone(),
         }),
         ServerMsg::Event(Event::LoggedIn { user: u("luke") }),
+        ServerMsg::Reply(Reply::PrivateGranted {
+            user: u("luke"),
+            addr: "10.0.0.2:4001".parse().unwrap(),
+            ticket: Ticket([4; 16]),
+            key: PeerKey([5; 32]),
+        }),
+        ServerMsg::Event(Event::PrivateTicket {
+            from: u("luke"),
+            ticket: Ticket([4; 16]),
+            key: PeerKey([6; 32]),
+        }),
         ServerMsg::Reply(Reply::Registered {
             name: f.clone(),
             size: 25,
@@ -173,6 +185,38 @@ fn main() {
         "spec",
         b"hans falcon\nyoda wise\r\nluke lightsaber\n\nvader sithlord",
     );
+    write("peer_handshake", "hello", &hello);
+    write(
+        "peer_handshake",
+        "refused",
+        &frames(&[PeerMsg::Refused(PeerRefusal::WrongKey)]),
+    );
+    let b = fuzzing::listener_identity();
+    let (_, msg1) = link::noise::Initiator::start(
+        &link::noise::Identity::generate(),
+        &b.public(),
+        peer::p2p::PROLOGUE,
+        &hello,
+    )
+    .unwrap();
+    write("peer_handshake", "first-message", &msg1);
+    let id = link::noise::Identity::generate();
+    let fp = link::Fingerprint::of_spki(b"a key");
+    write(
+        "key_files",
+        "identity",
+        format!("i{}", id.to_file_text()).as_bytes(),
+    );
+    write(
+        "key_files",
+        "known",
+        format!(
+            "k# trackers\n{}",
+            link::known::line("10.0.0.1:4000".parse().unwrap(), &fp)
+        )
+        .as_bytes(),
+    );
+    write("key_files", "fingerprint", format!("f{fp}").as_bytes());
     for (i, line) in [
         "message yoda hi there",
         "broadcast hello all",

@@ -111,6 +111,66 @@ pub fn command(data: &[u8]) {
     assert_eq!(again, Ok(Command::Download { name }));
 }
 
+/// The key a fuzzed listener holds (fixed, so runs repeat).
+pub fn listener_identity() -> &'static link::noise::Identity {
+    static ID: std::sync::OnceLock<link::noise::Identity> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        link::noise::Identity::parse(&format!("swarmchat-identity-v1\n{}\n", "5a".repeat(32)))
+            .expect("a valid key file")
+    })
+}
+
+/// What a dialler may send a peer's listener in the Noise handshake: a length-prefixed
+/// first message (checked against the cap before anything is read), the message itself
+/// (a forged or garbled one fails, never panics), and the payload a real one carries,
+/// read as the listener reads it (one frame under the handshake cap) and re-encoded.
+pub fn peer_handshake(data: &[u8]) {
+    use link::noise::{split, Responder, MAX_HANDSHAKE};
+    let me = listener_identity();
+    if let Ok(Some(body)) = split(data, MAX_HANDSHAKE) {
+        let _ = Responder::read(me, peer::p2p::PROLOGUE, &data[body]);
+    }
+    if let Some(msg) = peer::p2p::frame_of(data) {
+        round_trips(&msg);
+    }
+}
+
+/// The key files a client or tracker reads: by the first byte, `i` a client's identity,
+/// `k` a known-trackers file, `f` a fingerprint as typed on the command line, `p` a PEM
+/// certificate (`tracker fingerprint`).
+pub fn key_files(data: &[u8]) {
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    let text = std::str::from_utf8(rest);
+    match kind {
+        b'i' => {
+            if let Ok(id) = link::noise::Identity::parse(text.unwrap_or_default()) {
+                let again = link::noise::Identity::parse(&id.to_file_text()).unwrap();
+                assert_eq!(again.public(), id.public());
+            }
+        }
+        b'k' => {
+            if let Ok(known) = link::known::parse(text.unwrap_or_default()) {
+                let written: String = known
+                    .iter()
+                    .map(|(addr, fp)| link::known::line(*addr, fp))
+                    .collect();
+                assert_eq!(link::known::parse(&written), Ok(known));
+            }
+        }
+        b'f' => {
+            if let Ok(fp) = text.unwrap_or_default().parse::<link::Fingerprint>() {
+                assert_eq!(fp.to_string().parse::<link::Fingerprint>(), Ok(fp));
+            }
+        }
+        b'p' => {
+            let _ = link::tls::fingerprint_of_pem(rest);
+        }
+        _ => {}
+    }
+}
+
 /// A target's check.
 pub type Check = fn(&[u8]);
 
@@ -121,4 +181,6 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("peer_frames", peer_frames),
     ("credentials", credentials),
     ("command", command),
+    ("peer_handshake", peer_handshake),
+    ("key_files", key_files),
 ];

@@ -1,10 +1,16 @@
 //! Private connections between peers: the listener every client runs, the tickets that
-//! say who may connect, and one task per open connection.
+//! say who may connect, dialling out, and one task per open private chat.
 //!
-//! Trust comes only from the tracker: a connection is accepted when its first frame
-//! presents a ticket the tracker gave us (via `Event::PrivateTicket`), and the other side's
-//! name is the one that came with the ticket, never one the connecting program claims.
-//! Each ticket opens one connection, once.
+//! Trust comes only from the tracker: a connection is accepted when it presents a ticket
+//! the tracker gave us (via `Event::PrivateTicket`) *and* proves it holds the key the
+//! tracker gave with that ticket; the other side's name is the one that came with the
+//! ticket, never one the connecting program claims. Both proofs and everything after them
+//! travel encrypted (Noise IK, `link::noise`): the ticket rides in the handshake's first
+//! message, which only our key can open, and the dialler checks that the listener holds the
+//! key the tracker gave it. Each ticket opens one connection, once; a presentation with
+//! the wrong key does not use it up.
+//!
+//! With `--insecure-plaintext` the same frames travel in clear and only the ticket counts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,9 +29,12 @@ use tokio_util::codec::Framed;
 
 use crate::library::Library;
 use crate::serve::Uploads;
+use link::noise::Identity;
+use link::{Security, Stream};
 use wire::codec::WireCodec;
 use wire::{
-    PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Holder, PeerKey, PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 
 /// How long an unused ticket stays valid.
@@ -52,7 +61,125 @@ pub const EVENTS: usize = 256;
 /// A write to a peer that makes no progress this long: it stopped reading; cut it off.
 pub const WRITE_STALL: Duration = Duration::from_secs(20);
 
-pub type PeerFramed = Framed<Counted<TcpStream>, WireCodec<PeerMsg, PeerMsg>>;
+pub type PeerFramed = Framed<Counted<Stream>, WireCodec<PeerMsg, PeerMsg>>;
+
+/// Mixed into every peer handshake: a connection made by anything else fails it.
+pub const PROLOGUE: &[u8] = b"swarmchat peer connection, Noise IK";
+
+/// What the tracker handed us to connect to a peer: where, the one-time ticket, and the
+/// key the listener there must prove it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant {
+    pub addr: SocketAddr,
+    pub ticket: Ticket,
+    pub key: PeerKey,
+}
+
+impl Grant {
+    pub fn of(h: &Holder) -> Grant {
+        Grant {
+            addr: h.addr,
+            ticket: h.ticket,
+            key: h.key,
+        }
+    }
+}
+
+/// How this client opens connections to other peers.
+#[derive(Clone)]
+pub struct Dialer {
+    pub security: Security,
+    pub identity: Arc<Identity>,
+}
+
+/// One frame's bytes (length prefix included), for a handshake payload.
+fn frame_bytes(msg: &PeerMsg) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    wire::encode(msg, &mut out, HANDSHAKE_FRAME).expect("handshake frames are small");
+    out.to_vec()
+}
+
+/// The one frame a handshake payload holds, if it is exactly that (under the handshake's
+/// small frame cap).
+pub fn frame_of(payload: &[u8]) -> Option<PeerMsg> {
+    let mut buf = bytes::BytesMut::from(payload);
+    match wire::decode(&mut buf, HANDSHAKE_FRAME) {
+        Ok(Some(msg)) if buf.is_empty() => Some(msg),
+        _ => None,
+    }
+}
+
+impl Dialer {
+    /// Connects to the listener in `grant` and presents its ticket for `purpose`; with
+    /// encryption, also checks that the listener holds the granted key. On success the
+    /// connection is open with the full frame cap.
+    pub async fn dial(&self, grant: &Grant, purpose: Purpose) -> Result<PeerFramed, String> {
+        let addr = grant.addr;
+        let hello = PeerMsg::Hello {
+            version: PROTOCOL_VERSION,
+            ticket: grant.ticket,
+            purpose,
+        };
+        let opened = tokio::time::timeout(HANDSHAKE, async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            match self.security {
+                Security::Plaintext => {
+                    let mut framed = Framed::new(
+                        Counted::new(Box::new(tcp) as Stream),
+                        WireCodec::with_max(HANDSHAKE_FRAME),
+                    );
+                    framed.send(hello).await.map_err(|e| e.to_string())?;
+                    let answer = match framed.next().await {
+                        Some(Ok(answer)) => answer,
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("connection closed".into()),
+                    };
+                    Ok((framed, answer))
+                }
+                Security::Encrypted => {
+                    let (stream, payload) = link::noise::initiate(
+                        tcp,
+                        &self.identity,
+                        &grant.key.0,
+                        PROLOGUE,
+                        &frame_bytes(&hello),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        link::noise::NoiseError::Handshake => {
+                            format!(
+                                "the peer at {addr} does not hold the key the server gave for it"
+                            )
+                        }
+                        other => other.to_string(),
+                    })?;
+                    let answer = frame_of(&payload).ok_or("unexpected answer")?;
+                    let framed = Framed::new(
+                        Counted::new(Box::new(stream) as Stream),
+                        WireCodec::with_max(HANDSHAKE_FRAME),
+                    );
+                    Ok((framed, answer))
+                }
+            }
+        })
+        .await;
+        let (mut framed, answer) = match opened {
+            Ok(r) => r?,
+            Err(_) => return Err(format!("no answer from {addr}")),
+        };
+        match answer {
+            PeerMsg::Accepted => {
+                framed.codec_mut().set_max(MAX_FRAME_LEN);
+                Ok(framed)
+            }
+            PeerMsg::Refused(why) => Err(format!("refused ({why:?})")),
+            _ => Err("unexpected answer".into()),
+        }
+    }
+}
 
 /// A stream that counts the bytes read from it: how a download sees that a peer is
 /// sending (even in the middle of a block) and how fast.
@@ -128,8 +255,8 @@ pub struct TicketBook {
 
 #[derive(Default)]
 struct Book {
-    /// Unused tickets: who may connect with each, and until when.
-    open: HashMap<Ticket, (UserName, Instant)>,
+    /// Unused tickets: who may connect with each, the key they must prove, and until when.
+    open: HashMap<Ticket, (UserName, PeerKey, Instant)>,
     /// Used tickets, until they would have expired: a replay is refused at once instead of
     /// waiting for a ticket that will never come.
     used: HashMap<Ticket, Instant>,
@@ -146,7 +273,7 @@ impl Book {
         if self.next_prune.is_some_and(|t| now < t) {
             return;
         }
-        self.open.retain(|_, (_, expires)| *expires > now);
+        self.open.retain(|_, (_, _, expires)| *expires > now);
         self.used.retain(|_, expires| *expires > now);
         self.next_prune = Some(now + PRUNE_EVERY);
     }
@@ -155,29 +282,34 @@ impl Book {
 /// What a claim found.
 enum Claim {
     Granted(UserName),
-    Refused,
+    Refused(PeerRefusal),
     NotYet,
 }
 
 impl TicketBook {
-    pub fn add(&self, ticket: Ticket, from: UserName) {
+    pub fn add(&self, ticket: Ticket, from: UserName, key: PeerKey) {
         let now = Instant::now();
         let mut book = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         book.prune(now);
-        book.open.insert(ticket, (from, now + TICKET_LIFETIME));
+        book.open.insert(ticket, (from, key, now + TICKET_LIFETIME));
         drop(book);
         self.added.notify_waiters();
     }
 
-    fn try_claim(&self, ticket: &Ticket) -> Claim {
+    fn try_claim(&self, ticket: &Ticket, key: Option<PeerKey>) -> Claim {
         let now = Instant::now();
         let mut book = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         book.prune(now);
         if book.used.get(ticket).is_some_and(|expires| *expires > now) {
-            return Claim::Refused;
+            return Claim::Refused(PeerRefusal::BadTicket);
         }
-        match book.open.remove(ticket) {
-            Some((user, expires)) if expires > now => {
+        match book.open.get(ticket) {
+            // Someone holding another key: refused, and the ticket stays for its owner.
+            Some((_, want, expires)) if *expires > now && key.is_some_and(|k| k != *want) => {
+                Claim::Refused(PeerRefusal::WrongKey)
+            }
+            Some((_, _, expires)) if *expires > now => {
+                let (user, _, expires) = book.open.remove(ticket).expect("just seen");
                 book.used.insert(*ticket, expires);
                 Claim::Granted(user)
             }
@@ -186,20 +318,27 @@ impl TicketBook {
         }
     }
 
-    /// Takes `ticket` out of the book, waiting up to `wait` for it to arrive. `None` for a
-    /// ticket that never came, expired, or was used already.
-    pub async fn claim(&self, ticket: &Ticket, wait: Duration) -> Option<UserName> {
+    /// Takes `ticket` out of the book for the holder of `key` (`None`: in clear, the
+    /// ticket alone), waiting up to `wait` for it to arrive. Refused for a ticket that
+    /// never came, expired or was used already (`BadTicket`), or that was issued for
+    /// another key (`WrongKey`: the ticket stays unused).
+    pub async fn claim(
+        &self,
+        ticket: &Ticket,
+        key: Option<PeerKey>,
+        wait: Duration,
+    ) -> Result<UserName, PeerRefusal> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register for the wake-up before looking, so an `add` in between is not missed.
             let added = self.added.notified();
-            match self.try_claim(ticket) {
-                Claim::Granted(user) => return Some(user),
-                Claim::Refused => return None,
+            match self.try_claim(ticket, key) {
+                Claim::Granted(user) => return Ok(user),
+                Claim::Refused(why) => return Err(why),
                 Claim::NotYet => {}
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
-                return None;
+                return Err(PeerRefusal::BadTicket);
             }
         }
     }
@@ -273,6 +412,8 @@ pub struct P2p {
     next_id: Arc<AtomicU64>,
     /// Transfer connections open per user (see [`MAX_TRANSFERS_PER_USER`]).
     transfers: Arc<Mutex<HashMap<UserName, usize>>>,
+    /// Our key and whether connections are encrypted, for both directions.
+    pub dialer: Dialer,
 }
 
 /// One user's transfer connection, counted until dropped.
@@ -313,6 +454,7 @@ impl P2p {
         events: mpsc::Sender<P2pEvent>,
         library: Arc<Library>,
         uploads: Arc<Uploads>,
+        dialer: Dialer,
     ) -> P2p {
         P2p {
             me: Arc::new(Mutex::new(None)),
@@ -322,6 +464,7 @@ impl P2p {
             events,
             next_id: Arc::new(AtomicU64::new(1)),
             transfers: Arc::default(),
+            dialer,
         }
     }
 
@@ -356,41 +499,34 @@ impl P2p {
         }
     }
 
-    async fn accept(&self, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(Counted::new(stream), WireCodec::with_max(HANDSHAKE_FRAME));
-        let hello = tokio::time::timeout(HANDSHAKE, framed.next()).await;
-        let Ok(Some(Ok(PeerMsg::Hello {
-            version,
-            ticket,
-            purpose,
-        }))) = hello
-        else {
-            return; // junk, silence or the wrong frame: just close
+    async fn accept(&self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        let Some((framed, ticket, purpose, key, answer)) = self.handshake(tcp).await else {
+            return; // junk, silence, the wrong frame or a failed handshake: just close
         };
-        if version != PROTOCOL_VERSION {
-            let _ = framed
-                .send(PeerMsg::Refused(PeerRefusal::Version(PROTOCOL_VERSION)))
-                .await;
-            return;
-        }
-        let Some(user) = self.tickets.claim(&ticket, TICKET_WAIT).await else {
-            let _ = framed.send(PeerMsg::Refused(PeerRefusal::BadTicket)).await;
-            return;
+        let Some(answer) = answer else {
+            return; // refused (the answer went with the handshake)
+        };
+        let user = match self.tickets.claim(&ticket, key, TICKET_WAIT).await {
+            Ok(user) => user,
+            Err(why) => {
+                let _ = answer.refuse(framed, why).await;
+                return;
+            }
         };
         let slot = match purpose {
             Purpose::Transfer => match TransferSlot::take(&self.transfers, &user) {
                 Some(slot) => Some(slot),
                 None => {
-                    let _ = framed.send(PeerMsg::Refused(PeerRefusal::Busy)).await;
+                    let _ = answer.refuse(framed, PeerRefusal::Busy).await;
                     return;
                 }
             },
             Purpose::Chat => None,
         };
-        if framed.send(PeerMsg::Accepted).await.is_err() {
+        let Some(mut framed) = answer.accept(framed).await else {
             return;
-        }
+        };
         // Authenticated: the other side may now send full-size frames.
         framed.codec_mut().set_max(MAX_FRAME_LEN);
         if purpose == Purpose::Transfer {
@@ -403,12 +539,65 @@ impl P2p {
         let _ = self.events.send(P2pEvent::Opened(handle)).await;
     }
 
-    /// Connects to `user` at `addr` with `ticket`, in the background; the result arrives as
+    /// Reads the dialler's hello, within [`HANDSHAKE`]: its ticket, purpose and (encrypted)
+    /// proven key, and how to answer it. `None` for anything that is not a hello; an
+    /// answer of `None` when it was refused already (another protocol version).
+    #[allow(clippy::type_complexity)]
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Option<(
+        Option<PeerFramed>,
+        Ticket,
+        Purpose,
+        Option<PeerKey>,
+        Option<Answer>,
+    )> {
+        let read = async {
+            match self.dialer.security {
+                Security::Plaintext => {
+                    let mut framed = Framed::new(
+                        Counted::new(Box::new(tcp) as Stream),
+                        WireCodec::with_max(HANDSHAKE_FRAME),
+                    );
+                    let hello = framed.next().await?.ok()?;
+                    Some((Some(framed), hello, None, Answer::Clear))
+                }
+                Security::Encrypted => {
+                    let (pending, payload) =
+                        link::noise::respond(tcp, &self.dialer.identity, PROLOGUE)
+                            .await
+                            .ok()?;
+                    let key = PeerKey(pending.remote());
+                    let answer = Answer::Noise(Box::new(pending));
+                    Some((None, frame_of(&payload)?, Some(key), answer))
+                }
+            }
+        };
+        let (framed, hello, key, answer) = tokio::time::timeout(HANDSHAKE, read).await.ok()??;
+        let PeerMsg::Hello {
+            version,
+            ticket,
+            purpose,
+        } = hello
+        else {
+            return None;
+        };
+        if version != PROTOCOL_VERSION {
+            let _ = answer
+                .refuse(framed, PeerRefusal::Version(PROTOCOL_VERSION))
+                .await;
+            return Some((None, ticket, purpose, key, None));
+        }
+        Some((framed, ticket, purpose, key, Some(answer)))
+    }
+
+    /// Connects to `user` as `grant` says, in the background; the result arrives as
     /// `Opened` or `OpenFailed`.
-    pub fn connect(&self, user: UserName, addr: SocketAddr, ticket: Ticket) {
+    pub fn connect(&self, user: UserName, grant: Grant) {
         let p2p = self.clone();
         tokio::spawn(async move {
-            let event = match p2p.open(&user, addr, ticket).await {
+            let event = match p2p.open(&user, grant).await {
                 Ok(handle) => P2pEvent::Opened(handle),
                 Err(why) => P2pEvent::OpenFailed { user, why },
             };
@@ -416,14 +605,9 @@ impl P2p {
         });
     }
 
-    async fn open(
-        &self,
-        user: &UserName,
-        addr: SocketAddr,
-        ticket: Ticket,
-    ) -> Result<PeerHandle, String> {
+    async fn open(&self, user: &UserName, grant: Grant) -> Result<PeerHandle, String> {
         let me = self.me().ok_or("not logged in")?;
-        let framed = dial(addr, ticket, Purpose::Chat).await?;
+        let framed = self.dialer.dial(&grant, Purpose::Chat).await?;
         Ok(self.spawn(framed, user.clone(), me))
     }
 
@@ -461,38 +645,46 @@ pub async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
     }
 }
 
-/// Connects to a peer's listener and presents `ticket` for `purpose`. On success the
-/// connection is open with the full frame cap.
-pub async fn dial(
-    addr: SocketAddr,
-    ticket: Ticket,
-    purpose: Purpose,
-) -> Result<PeerFramed, String> {
-    let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
-        Err(_) => return Err(format!("no answer from {addr}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(Counted::new(stream), WireCodec::with_max(HANDSHAKE_FRAME));
-    framed
-        .send(PeerMsg::Hello {
-            version: PROTOCOL_VERSION,
-            ticket,
-            purpose,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(HANDSHAKE, framed.next()).await {
-        Ok(Some(Ok(PeerMsg::Accepted))) => {
-            framed.codec_mut().set_max(MAX_FRAME_LEN);
-            Ok(framed)
+/// How a listener answers a hello: in clear on the connection, or in the second message
+/// of the Noise handshake (which also opens the encrypted session).
+enum Answer {
+    Clear,
+    /// Boxed: the handshake state is most of a kilobyte, held only for a moment.
+    Noise(Box<link::noise::Pending<TcpStream>>),
+}
+
+impl Answer {
+    /// Accepts: the connection, framed (`framed` is the one read in clear, if any).
+    async fn accept(self, framed: Option<PeerFramed>) -> Option<PeerFramed> {
+        match self {
+            Answer::Clear => {
+                let mut framed = framed?;
+                framed.send(PeerMsg::Accepted).await.ok()?;
+                Some(framed)
+            }
+            Answer::Noise(pending) => {
+                let stream = pending
+                    .answer(&frame_bytes(&PeerMsg::Accepted))
+                    .await
+                    .ok()?;
+                Some(Framed::new(
+                    Counted::new(Box::new(stream) as Stream),
+                    WireCodec::with_max(HANDSHAKE_FRAME),
+                ))
+            }
         }
-        Ok(Some(Ok(PeerMsg::Refused(why)))) => Err(format!("refused ({why:?})")),
-        Ok(Some(Ok(_))) => Err("unexpected answer".into()),
-        Ok(Some(Err(e))) => Err(e.to_string()),
-        Ok(None) => Err("connection closed".into()),
-        Err(_) => Err("no answer".into()),
+    }
+
+    /// Refuses, saying why (only the dialler can read it, when encrypted), then closes.
+    async fn refuse(self, framed: Option<PeerFramed>, why: PeerRefusal) -> Option<()> {
+        let refusal = PeerMsg::Refused(why);
+        match self {
+            Answer::Clear => framed?.send(refusal).await.ok(),
+            Answer::Noise(pending) => {
+                let mut stream = (*pending).answer(&frame_bytes(&refusal)).await.ok()?;
+                tokio::io::AsyncWriteExt::shutdown(&mut stream).await.ok()
+            }
+        }
     }
 }
 
@@ -549,14 +741,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_ticket_opens_once() {
+    async fn a_ticket_opens_once_and_only_for_its_key() {
         let book = TicketBook::default();
         let t = Ticket([7; 16]);
-        book.add(t, u("hans"));
-        assert_eq!(book.claim(&t, Duration::ZERO).await, Some(u("hans")));
+        let (hans, thief) = (Some(PeerKey([1; 32])), Some(PeerKey([2; 32])));
+        book.add(t, u("hans"), PeerKey([1; 32]));
+        // Another key: refused, and the ticket is still there for its owner.
+        assert_eq!(
+            book.claim(&t, thief, Duration::ZERO).await,
+            Err(PeerRefusal::WrongKey)
+        );
+        assert_eq!(book.claim(&t, hans, Duration::ZERO).await, Ok(u("hans")));
         // Reuse is refused at once, even by a claim willing to wait.
-        assert_eq!(book.claim(&t, Duration::from_secs(3600)).await, None);
-        assert_eq!(book.claim(&Ticket([8; 16]), Duration::ZERO).await, None);
+        assert_eq!(
+            book.claim(&t, hans, Duration::from_secs(3600)).await,
+            Err(PeerRefusal::BadTicket)
+        );
+        let unknown = Ticket([8; 16]);
+        assert_eq!(
+            book.claim(&unknown, hans, Duration::ZERO).await,
+            Err(PeerRefusal::BadTicket)
+        );
+        // In clear, the ticket alone counts.
+        book.add(unknown, u("luke"), PeerKey([3; 32]));
+        assert_eq!(
+            book.claim(&unknown, None, Duration::ZERO).await,
+            Ok(u("luke"))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -587,7 +798,7 @@ mod tests {
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (_theirs, _) = theirs.unwrap(); // never read
         let framed = Framed::new(
-            Counted::new(ours.unwrap()),
+            Counted::new(Box::new(ours.unwrap()) as link::Stream),
             WireCodec::with_max(MAX_FRAME_LEN),
         );
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -619,15 +830,18 @@ mod tests {
         let book = Arc::new(TicketBook::default());
         let t = Ticket([1; 16]);
         let b = book.clone();
-        let claim = tokio::spawn(async move { b.claim(&t, Duration::from_secs(5)).await });
+        let claim = tokio::spawn(async move { b.claim(&t, None, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        book.add(t, u("luke"));
-        assert_eq!(claim.await.unwrap(), Some(u("luke")));
+        book.add(t, u("luke"), PeerKey([3; 32]));
+        assert_eq!(claim.await.unwrap(), Ok(u("luke")));
 
         // Never arrives: refused after the wait.
         let never = Ticket([2; 16]);
         let started = tokio::time::Instant::now();
-        assert_eq!(book.claim(&never, Duration::from_secs(5)).await, None);
+        assert_eq!(
+            book.claim(&never, None, Duration::from_secs(5)).await,
+            Err(PeerRefusal::BadTicket)
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -754,7 +754,7 @@ mod tests {
         let (ours, theirs) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (_theirs, _) = theirs.unwrap(); // asks, then never reads
         let mut framed = tokio_util::codec::Framed::new(
-            Counted::new(ours.unwrap()),
+            Counted::new(Box::new(ours.unwrap()) as link::Stream),
             wire::codec::WireCodec::with_max(wire::MAX_FRAME_LEN),
         );
         let block = bytes::Bytes::from(vec![0u8; 256 * 1024]);

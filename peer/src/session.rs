@@ -12,21 +12,22 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, FileName, LoginResult, Password, PeerMsg, Refusal, Reply, Request, ServerMsg,
-    UserCheck, UserName,
+    ClientMsg, Event, FileName, LoginResult, Password, PeerKey, PeerMsg, Refusal, Reply, Request,
+    ServerMsg, UserCheck, UserName,
 };
 
 use crate::announce::{Announcer, Answered};
 use crate::command::{help_text, Command};
 use crate::download::{self, Control, Handle, Inbox, JobEvent, Plan};
 use crate::library::{Library, Withdrawn};
-use crate::p2p::{Ended, P2p, P2pEvent, PeerHandle};
+use crate::p2p::{Dialer, Ended, Grant, P2p, P2pEvent, PeerHandle};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::render::{self, Asked};
 use crate::serve::Uploads;
 use crate::terminal::{Input, Printer, Terminal};
 use crate::tracker_link::{Dial, LinkError, TrackerLink};
 use link::known::KnownTrackers;
+use link::noise::Identity;
 use link::{Fingerprint, Security};
 
 /// A request unanswered this long: the user is told the server is not answering.
@@ -67,6 +68,19 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
         pinned: server.pinned,
         known: KnownTrackers::at(lib.state_dir().join("known_trackers")),
     };
+    // Our long-term key: made on the first start, kept in the folder, proven to every peer
+    // we connect to or accept (the tracker hands out its public half).
+    let identity = match Identity::load_or_create(&lib.state_dir().join("identity")) {
+        Ok((id, _)) => Arc::new(id),
+        Err(e) => {
+            out.line(format!("Error. {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let dialer = Dialer {
+        security: server.security,
+        identity: identity.clone(),
+    };
     // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
     // login and hands it (with a ticket) to whoever may connect.
     let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
@@ -82,7 +96,7 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
     let (events_tx, events) = mpsc::channel(crate::p2p::EVENTS);
     let up = limits.up.map(|r| Arc::new(RateLimiter::new(r)));
     let uploads = Uploads::new(up);
-    let p2p = P2p::new(events_tx, lib.clone(), uploads.clone());
+    let p2p = P2p::new(events_tx, lib.clone(), uploads.clone(), dialer.clone());
     tokio::spawn(p2p.clone().listen(listener));
     let withdrawals = lib.withdrawals();
 
@@ -101,7 +115,8 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
     // Ctrl-C outside the line editor (piped input, the password prompt) is a SIGINT: from
     // here on it is caught, and seen even when it comes between two reads.
     let mut sigint = signal(SignalKind::interrupt()).ok();
-    let code = match login(&mut link, &dial, term, &mut sigint, &out, p2p_port).await {
+    let me_at = (p2p_port, PeerKey(identity.public()));
+    let code = match login(&mut link, &dial, term, &mut sigint, &out, me_at).await {
         Ok(Some(me)) => {
             p2p.set_me(me.clone());
             let (jobs_tx, jobs) = mpsc::unbounded_channel();
@@ -110,6 +125,7 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
                 out: out.clone(),
                 jobs: jobs_tx.clone(),
                 down: limits.down.map(|r| Arc::new(RateLimiter::new(r))),
+                dialer,
             };
             let mut s = Session {
                 link,
@@ -195,7 +211,7 @@ async fn login(
     term: &mut Terminal,
     sigint: &mut Option<Signal>,
     out: &Printer,
-    p2p_port: u16,
+    (p2p_port, key): (u16, PeerKey),
 ) -> Result<Option<UserName>, Refused> {
     let user = loop {
         let Input::Line(line) = read(term, sigint, "Username: ", false).await else {
@@ -224,6 +240,7 @@ async fn login(
             user: user.clone(),
             password,
             p2p_port,
+            key,
         };
         let text = match ask(link, dial, out, login).await? {
             ServerMsg::Login(LoginResult::Welcome) => {
@@ -914,8 +931,13 @@ impl Session {
                         }
                         return Ok(Next::Exit(ExitCode::SUCCESS));
                     }
-                    Reply::PrivateGranted { user, addr, ticket } => {
-                        self.p2p.connect(user, addr, ticket);
+                    Reply::PrivateGranted {
+                        user,
+                        addr,
+                        ticket,
+                        key,
+                    } => {
+                        self.p2p.connect(user, Grant { addr, ticket, key });
                     }
                     _ => {}
                 }
@@ -930,7 +952,9 @@ impl Session {
                                 .await?;
                         }
                     }
-                    Event::PrivateTicket { from, ticket } => self.p2p.tickets.add(ticket, from),
+                    Event::PrivateTicket { from, ticket, key } => {
+                        self.p2p.tickets.add(ticket, from, key)
+                    }
                     Event::Holders { name, user, chunks } => {
                         self.control(&name, Control::Holders { user, chunks });
                     }

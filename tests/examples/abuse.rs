@@ -197,6 +197,8 @@ async fn login(from: Ipv4Addr, to: SocketAddr, name: &str, p2p_port: u16) -> (Rd
         user: user(name),
         password: Password::new("pw").unwrap(),
         p2p_port,
+        // Never dialled: the benchmark makes no peer connections.
+        key: wire::PeerKey([0; 32]),
     })
     .await
     .unwrap();

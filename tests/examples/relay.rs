@@ -433,6 +433,8 @@ async fn login_as(addr: SocketAddr, tls: Tls, user: &str) -> (Rd, Wr) {
         user: UserName::new(user).unwrap(),
         password: Password::new("pw").unwrap(),
         p2p_port: 0,
+        // Never dialled: the benchmark makes no peer connections.
+        key: wire::PeerKey([0; 32]),
     })
     .await
     .unwrap();

@@ -618,10 +618,107 @@ impl Drop for Peer {
 
 /// A program speaking the wire protocol directly over a blocking socket: a test double for
 /// clients that do not behave (forgers, scanners, junk senders). To the tracker it speaks
-/// TLS (accepting any key, as a client meeting it for the first time).
+/// TLS (accepting any key, as a client meeting it for the first time); to peers, Noise IK
+/// with a key of its own ([`Raw::identity`], the one it gives the tracker at login).
 pub struct Raw {
     stream: Box<dyn RawStream>,
     buf: bytes::BytesMut,
+    /// This double's long-term key.
+    pub identity: link::noise::Identity,
+}
+
+/// Mixed into every peer handshake (the peer's `p2p::PROLOGUE`).
+pub const PEER_PROLOGUE: &[u8] = b"swarmchat peer connection, Noise IK";
+
+/// A blocking Noise session over TCP: what a test double of a peer speaks.
+pub struct NoiseTcp {
+    tcp: std::net::TcpStream,
+    transport: link::noise::Transport,
+    rbuf: Vec<u8>,
+    plain: Vec<u8>,
+    ppos: usize,
+}
+
+impl NoiseTcp {
+    fn new(tcp: std::net::TcpStream, transport: link::noise::Transport) -> NoiseTcp {
+        NoiseTcp {
+            tcp,
+            transport,
+            rbuf: Vec::new(),
+            plain: Vec::new(),
+            ppos: 0,
+        }
+    }
+}
+
+impl std::io::Read for NoiseTcp {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.ppos < self.plain.len() {
+                let n = out.len().min(self.plain.len() - self.ppos);
+                out[..n].copy_from_slice(&self.plain[self.ppos..self.ppos + n]);
+                self.ppos += n;
+                return Ok(n);
+            }
+            if let Some(body) = link::noise::split(&self.rbuf, link::noise::MAX_MESSAGE)? {
+                self.plain = vec![0u8; body.len()];
+                let n = self
+                    .transport
+                    .open(&self.rbuf[body.clone()], &mut self.plain)?;
+                self.plain.truncate(n);
+                self.ppos = 0;
+                self.rbuf.drain(..body.end);
+                continue;
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.tcp.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl std::io::Write for NoiseTcp {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::new();
+        for part in data.chunks(link::noise::MAX_PLAINTEXT) {
+            self.transport.seal(part, &mut out);
+        }
+        self.tcp.write_all(&out)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl RawStream for NoiseTcp {
+    fn tcp(&self) -> &std::net::TcpStream {
+        &self.tcp
+    }
+}
+
+/// One length-prefixed handshake message read from `tcp`.
+fn read_handshake(tcp: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head)?;
+    let mut body = vec![0u8; u16::from_be_bytes(head) as usize];
+    tcp.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn frame_bytes(msg: &wire::PeerMsg) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    wire::encode(msg, &mut out, 1024).unwrap();
+    out.to_vec()
+}
+
+fn frame_of(payload: &[u8]) -> Option<wire::PeerMsg> {
+    wire::decode(&mut bytes::BytesMut::from(payload), 1024).ok()?
 }
 
 /// What a [`Raw`] connection is carried over: TCP, or TLS over TCP.
@@ -657,7 +754,57 @@ impl Raw {
         Raw {
             stream: Box::new(tls),
             buf: bytes::BytesMut::new(),
+            identity: link::noise::Identity::generate(),
         }
+    }
+
+    /// Dials a peer's listener at `addr` as the holder of `me`, expecting it to hold
+    /// `theirs`, with `hello` in the handshake: the connection and the listener's answer,
+    /// or why the handshake failed (the listener does not hold `theirs`, say).
+    pub fn dial_peer(
+        addr: SocketAddr,
+        me: &link::noise::Identity,
+        theirs: &wire::PeerKey,
+        hello: &wire::PeerMsg,
+    ) -> Result<(Raw, wire::PeerMsg), String> {
+        let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let (init, msg1) =
+            link::noise::Initiator::start(me, &theirs.0, PEER_PROLOGUE, &frame_bytes(hello))
+                .map_err(|e| e.to_string())?;
+        tcp.write_all(&msg1).map_err(|e| e.to_string())?;
+        let msg2 = read_handshake(&mut tcp).map_err(|e| e.to_string())?;
+        let (transport, payload) = init.finish(&msg2).map_err(|e| e.to_string())?;
+        let answer = frame_of(&payload).ok_or("no answer in the handshake")?;
+        let raw = Raw {
+            stream: Box::new(NoiseTcp::new(tcp, transport)),
+            buf: bytes::BytesMut::new(),
+            identity: me.clone(),
+        };
+        Ok((raw, answer))
+    }
+
+    /// As a peer's listener holding `me`: reads a dialler's handshake on `tcp` and answers
+    /// `answer`. The connection, the dialler's hello and its proven key; `None` if what
+    /// arrived was not a handshake for `me`.
+    pub fn accept_peer(
+        mut tcp: std::net::TcpStream,
+        me: &link::noise::Identity,
+        answer: &wire::PeerMsg,
+    ) -> Option<(Raw, wire::PeerMsg, wire::PeerKey)> {
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let msg1 = read_handshake(&mut tcp).ok()?;
+        let (resp, payload) = link::noise::Responder::read(me, PEER_PROLOGUE, &msg1).ok()?;
+        let key = wire::PeerKey(resp.remote());
+        let hello = frame_of(&payload)?;
+        let (transport, msg2) = resp.answer(&frame_bytes(answer)).ok()?;
+        tcp.write_all(&msg2).ok()?;
+        let raw = Raw {
+            stream: Box::new(NoiseTcp::new(tcp, transport)),
+            buf: bytes::BytesMut::new(),
+            identity: me.clone(),
+        };
+        Some((raw, hello, key))
     }
 
     /// Connects in clear to `addr` (a peer's listener, or a tracker's port for junk).
@@ -672,6 +819,7 @@ impl Raw {
         Raw {
             stream: Box::new(stream),
             buf: bytes::BytesMut::new(),
+            identity: link::noise::Identity::generate(),
         }
     }
 
@@ -685,6 +833,26 @@ impl Raw {
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
         self.stream.flush().unwrap();
+    }
+
+    /// The next frame, or `None` for anything else (closed, broken, silent, junk).
+    pub fn try_recv<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        use std::io::Read;
+        loop {
+            if let Some(m) = wire::decode(&mut self.buf, wire::MAX_FRAME_LEN).ok()? {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Shuts the connection down both ways, as a killed peer's goes.
+    pub fn shutdown(&self) {
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
     }
 
     /// The next frame, or `None` if the other side closed the connection.
@@ -758,6 +926,7 @@ impl Raw {
             user: UserName::new(user).unwrap(),
             password: Password::new(password(user)).unwrap(),
             p2p_port,
+            key: wire::PeerKey(raw.identity.public()),
         });
         raw
     }
@@ -835,6 +1004,123 @@ impl Tap {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Every packet on this machine's loopback interface, copied as it passes (an `AF_PACKET`
+/// socket: needs root), until dropped: what anyone watching the network between programs
+/// on 127.0.0.1 could read. Packets of other tests running meanwhile are in it too, so
+/// look only for bytes no other test sends.
+pub struct Sniffer {
+    seen: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sniffer {
+    /// Most bytes kept (a test's traffic is far less).
+    const KEEP: usize = 256 << 20;
+
+    pub fn start() -> Sniffer {
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as libc::c_int,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket (root needed): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as above, with correctly sized values.
+        unsafe {
+            let ifindex = libc::if_nametoindex(c"lo".as_ptr());
+            assert!(ifindex > 0, "no loopback interface");
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            sll.sll_ifindex = ifindex as i32;
+            let r = libc::bind(
+                fd,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            assert_eq!(r, 0, "bind to lo: {}", std::io::Error::last_os_error());
+            let size: libc::c_int = 32 << 20;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 70_000];
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: reading into a buffer we own, of its length.
+                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    let mut seen = s.lock().unwrap();
+                    if seen.len() < Sniffer::KEEP {
+                        seen.extend_from_slice(&buf[..n as usize]);
+                    }
+                }
+            }
+            // SAFETY: closing the descriptor this thread owns, once.
+            unsafe { libc::close(fd) };
+        });
+        Sniffer {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until everything sent on loopback before this call has been captured: sends
+    /// a marker of its own over loopback and waits (bounded) to see it.
+    pub fn catch_up(&self) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut out = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let marker = format!("sniffer marker {:?} {}", Instant::now(), std::process::id());
+        out.write_all(marker.as_bytes()).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !self.saw(marker.as_bytes()) {
+            assert!(Instant::now() < deadline, "the capture never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether `bytes` crossed loopback in clear so far.
+    pub fn saw(&self, bytes: &[u8]) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.windows(bytes.len()).any(|w| w == bytes)
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! Login: known-user check, password, 3-strike lockout, one session per user, and the
 //! backlog of offline messages handed to a new session.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
@@ -10,7 +9,7 @@ use crate::clock::Millis;
 use crate::credentials::Secret;
 use crate::lockout::Strike;
 use crate::outbox::Outbox;
-use crate::state::{ConnId, Session, Tracker};
+use crate::state::{ConnId, Listener, Session, Tracker};
 
 /// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
 const OFFLINE_BATCH: usize = 128;
@@ -38,14 +37,13 @@ impl Tracker {
         now: Millis,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        ip: IpAddr,
-        p2p_port: u16,
+        listener: Listener,
     ) -> LoginResult {
         match self.login_check(user, now) {
             Err(refused) => refused,
             Ok(secret) => {
                 let ok = secret.verify(password);
-                self.login_verified(user, ok, now, conn, outbox, ip, p2p_port)
+                self.login_verified(user, ok, now, conn, outbox, listener)
             }
         }
     }
@@ -78,8 +76,7 @@ impl Tracker {
         now: Millis,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        ip: IpAddr,
-        p2p_port: u16,
+        listener: Listener,
     ) -> LoginResult {
         if !self.creds.contains(user) {
             return LoginResult::BadPassword;
@@ -120,8 +117,7 @@ impl Tracker {
                 outbox,
                 last_active: now,
                 history_id,
-                ip,
-                p2p_port,
+                listener,
                 quota: crate::quota::Quota::new(now),
                 offline_sent: 0,
                 offline_acked: 0,
@@ -195,8 +191,11 @@ mod tests {
             now,
             rand::random(),
             Arc::new(Outbox::default()),
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            0,
+            Listener {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                port: 0,
+                key: key_of(user),
+            },
         )
     }
 

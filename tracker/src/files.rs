@@ -507,10 +507,11 @@ impl Tracker {
         let mut holders = Vec::new();
         for (user, chunks) in candidates {
             match self.introduce(me, &user) {
-                Ok((addr, ticket)) => holders.push(Holder {
+                Ok((addr, ticket, key)) => holders.push(Holder {
                     user,
                     addr,
                     ticket,
+                    key,
                     chunks,
                 }),
                 // A named holder's refusal is the answer; among all holders, an unreachable
@@ -722,10 +723,16 @@ mod tests {
         );
         let yoda_ticket = holders[1].ticket;
         assert_eq!(
+            holders[1].key,
+            key_of("yoda"),
+            "the holder's key, to check it by"
+        );
+        assert_eq!(
             yoda.events(),
             [Event::PrivateTicket {
                 from: u("luke"),
-                ticket: yoda_ticket
+                ticket: yoda_ticket,
+                key: key_of("luke"),
             }]
         );
 

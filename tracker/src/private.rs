@@ -5,17 +5,18 @@
 
 use std::net::SocketAddr;
 
-use wire::{Event, Refusal, Reply, ServerMsg, Ticket, UserName};
+use wire::{Event, PeerKey, Refusal, Reply, ServerMsg, Ticket, UserName};
 
 use crate::state::Tracker;
 
 impl Tracker {
     pub(crate) fn start_private(&mut self, me: &UserName, user: &UserName) -> Reply {
         match self.introduce(me, user) {
-            Ok((addr, ticket)) => Reply::PrivateGranted {
+            Ok((addr, ticket, key)) => Reply::PrivateGranted {
                 user: user.clone(),
                 addr,
                 ticket,
+                key,
             },
             Err(refusal) => Reply::Refused(refusal),
         }
@@ -29,27 +30,32 @@ impl Tracker {
     }
 
     /// Checks that `me` may connect to `user`'s listener and, if so, issues a ticket for it:
-    /// given to `user` now (as an event) and returned with the address for `me`.
+    /// given to `user` now (as an event, with the key `me` must prove it holds) and
+    /// returned for `me` with the address and the key `user`'s listener must prove.
     pub(crate) fn introduce(
         &mut self,
         me: &UserName,
         user: &UserName,
-    ) -> Result<(SocketAddr, Ticket), Refusal> {
-        let addr = self.reachable(me, user)?;
+    ) -> Result<(SocketAddr, Ticket, PeerKey), Refusal> {
+        let (addr, key) = self.reachable(me, user)?;
+        let Some(mine) = self.sessions.get(me).map(|s| s.listener.key) else {
+            return Err(Refusal::Offline { user: me.clone() });
+        };
         // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
         let ticket = Ticket(rand::random());
         let event = ServerMsg::Event(Event::PrivateTicket {
             from: me.clone(),
             ticket,
+            key: mine,
         });
         if !self.push(user, &event) {
             return Err(Refusal::Offline { user: user.clone() });
         }
-        Ok((addr, ticket))
+        Ok((addr, ticket, key))
     }
 
-    /// `user`'s listener, if `me` may connect to it.
-    fn reachable(&self, me: &UserName, user: &UserName) -> Result<SocketAddr, Refusal> {
+    /// `user`'s listener and key, if `me` may connect to it.
+    fn reachable(&self, me: &UserName, user: &UserName) -> Result<(SocketAddr, PeerKey), Refusal> {
         if !self.creds.contains(user) {
             return Err(Refusal::InvalidUser { user: user.clone() });
         }
@@ -63,10 +69,11 @@ impl Tracker {
         let Some(target) = self.sessions.get(user) else {
             return Err(Refusal::Offline { user: user.clone() });
         };
-        if target.p2p_port == 0 {
+        let l = target.listener;
+        if l.port == 0 {
             return Err(Refusal::NotReachable { user: user.clone() });
         }
-        Ok(SocketAddr::new(target.ip, target.p2p_port))
+        Ok((SocketAddr::new(l.ip, l.port), l.key))
     }
 }
 
@@ -112,17 +119,24 @@ mod tests {
         let hans = login_p2p(&mut t, "hans", T0, 4001);
         let mut luke = login_p2p(&mut t, "luke", T0, 4002);
         luke.events();
-        let Reply::PrivateGranted { user, addr, ticket } = req(&mut t, &hans, start("luke"), T0)
+        let Reply::PrivateGranted {
+            user,
+            addr,
+            ticket,
+            key,
+        } = req(&mut t, &hans, start("luke"), T0)
         else {
             panic!()
         };
         assert_eq!(user, u("luke"));
         assert_eq!(addr.port(), 4002);
+        assert_eq!(key, key_of("luke"), "the key luke's listener must prove");
         assert_eq!(
             luke.events(),
             [Event::PrivateTicket {
                 from: u("hans"),
-                ticket
+                ticket,
+                key: key_of("hans"),
             }]
         );
         let Reply::PrivateGranted { ticket: again, .. } = req(&mut t, &hans, start("luke"), T0)

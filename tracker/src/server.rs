@@ -28,7 +28,7 @@ use crate::credentials::Secret;
 use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::shun::SynFilter;
-use crate::state::{ConnId, Tracker};
+use crate::state::{ConnId, Listener, Tracker};
 use link::tls::ServerIdentity;
 use link::tls_server::ServerStream;
 use link::Stream;
@@ -539,6 +539,7 @@ async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName,
                 user,
                 password,
                 p2p_port,
+                key,
             } => {
                 if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
                     let result = LoginResult::Throttled { retry_secs };
@@ -553,7 +554,12 @@ async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName,
                     Ok(secret) => {
                         let ok = shared.verify(secret, password).await;
                         shared.with(|t, now| {
-                            t.login_verified(&user, ok, now, id, outbox, ip, p2p_port)
+                            let listener = Listener {
+                                ip,
+                                port: p2p_port,
+                                key,
+                            };
+                            t.login_verified(&user, ok, now, id, outbox, listener)
                         })
                     }
                 };

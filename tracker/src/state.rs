@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wire::{EncodedFrame, ServerMsg, UserName, MAX_FRAME_LEN};
+use wire::{EncodedFrame, PeerKey, ServerMsg, UserName, MAX_FRAME_LEN};
 
 use crate::clock::Millis;
 use crate::credentials::Credentials;
@@ -35,14 +35,23 @@ pub struct Rules {
 }
 
 /// A logged-in user.
+/// Where a user's client listens for other peers, and the key its listener proves it holds
+/// (see `link::noise`): what the tracker hands to whoever it introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub ip: IpAddr,
+    /// 0: none (the client cannot be connected to).
+    pub port: u16,
+    pub key: PeerKey,
+}
+
 pub struct Session {
     pub conn: ConnId,
     /// What this user's connection is to write, queued by whoever has something for them.
     pub outbox: Arc<Outbox>,
     pub last_active: Millis,
     pub history_id: i64,
-    pub ip: IpAddr,
-    pub p2p_port: u16,
+    pub listener: Listener,
     /// How many of the costly kinds of request this user may still make (see `quota`).
     pub quota: crate::quota::Quota,
     /// Highest stored-message id handed to this session, and highest it acknowledged: an
@@ -370,6 +379,15 @@ pub(crate) mod testkit {
         }
     }
 
+    /// A made-up public key per user, so tests can tell whose key was handed out.
+    pub fn key_of(user: &str) -> PeerKey {
+        let mut k = [0u8; 32];
+        for (i, b) in user.bytes().enumerate().take(32) {
+            k[i] = b;
+        }
+        PeerKey(k)
+    }
+
     pub fn login(t: &mut Tracker, user: &str, now: Millis) -> Client {
         login_p2p(t, user, now, 0)
     }
@@ -384,8 +402,11 @@ pub(crate) mod testkit {
             now,
             conn,
             outbox.clone(),
-            Ipv4Addr::LOCALHOST.into(),
-            p2p_port,
+            Listener {
+                ip: Ipv4Addr::LOCALHOST.into(),
+                port: p2p_port,
+                key: key_of(user),
+            },
         );
         assert_eq!(r, LoginResult::Welcome);
         Client {

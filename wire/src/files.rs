@@ -126,7 +126,8 @@ impl fmt::Display for Digest {
 }
 
 byte_array_serde!(Ticket, 16);
-use crate::msg::Ticket;
+byte_array_serde!(PeerKey, 32);
+use crate::msg::{PeerKey, Ticket};
 
 /// Why a file description is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -27,6 +27,20 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// A client's long-term public key (X25519), which it proves it holds in the Noise
+/// handshake that opens every connection between peers. The tracker only passes it on: to
+/// each side of a private grant or a chunk fetch, the other side's.
+///
+/// Serialized as 32 bytes of MessagePack `bin`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerKey(pub [u8; 32]);
+
+impl std::fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerKey({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
 /// Client → tracker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
@@ -34,11 +48,13 @@ pub enum ClientMsg {
     Hello { version: u32 },
     /// Is this a known user? Answered by `ServerMsg::UserCheck`.
     CheckUser { user: UserName },
-    /// Answered by `ServerMsg::Login`. `p2p_port` is the client's own listener (0: none).
+    /// Answered by `ServerMsg::Login`. `p2p_port` is the client's own listener (0: none);
+    /// `key` its long-term public key, handed to the peers it is introduced to.
     Login {
         user: UserName,
         password: Password,
         p2p_port: u16,
+        key: PeerKey,
     },
     /// After login: one command; answered by exactly one `ServerMsg::Reply`.
     Request(Request),
@@ -215,11 +231,13 @@ pub enum Reply {
     Unblocked {
         user: UserName,
     },
-    /// Answer to `StartPrivate`: connect to `addr` and present `ticket`.
+    /// Answer to `StartPrivate`: connect to `addr` and present `ticket`; the listener
+    /// there must prove it holds `key`.
     PrivateGranted {
         user: UserName,
         addr: SocketAddr,
         ticket: Ticket,
+        key: PeerKey,
     },
     Registered {
         name: FileName,
@@ -327,10 +345,12 @@ pub enum Event {
     },
     /// The tracker logged this user out for inactivity; the connection closes after this.
     TimedOut,
-    /// `from` was granted a private connection to this user's listener with `ticket`.
+    /// `from` was granted a private connection to this user's listener with `ticket`; the
+    /// program presenting it must prove it holds `key`.
     PrivateTicket {
         from: UserName,
         ticket: Ticket,
+        key: PeerKey,
     },
     /// To watchers of `name` (see `Request::Locate`): `user` now also holds `chunks`.
     /// Ask `Locate { from: Some(user) }` for an address and a ticket to fetch from them.
@@ -369,6 +389,8 @@ pub struct Holder {
     pub user: UserName,
     pub addr: SocketAddr,
     pub ticket: Ticket,
+    /// The key the holder's listener must prove it holds.
+    pub key: PeerKey,
     /// 0-based chunk numbers it holds.
     pub chunks: Vec<u32>,
 }
@@ -551,6 +573,8 @@ pub enum Purpose {
 pub enum PeerRefusal {
     /// The ticket is unknown, already used or expired.
     BadTicket,
+    /// The ticket was issued for another key than the one the dialler proved it holds.
+    WrongKey,
     /// Protocol version mismatch; carries the listener's.
     Version(u32),
     /// The listener is at its connection limit.

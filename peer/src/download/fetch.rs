@@ -3,7 +3,6 @@
 //! block (computed here, so blocks from different peers are hashed on different threads).
 //! It decides nothing: the download's scheduler does.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use wire::{Digest, FileMeta, PeerMsg, Purpose, Ticket, UserName};
+use wire::{Digest, FileMeta, PeerMsg, Purpose, UserName};
 
-use crate::p2p::{dial, PeerFramed};
+use crate::p2p::{Dialer, Grant, PeerFramed};
 use crate::ratelimit::RateLimiter;
 
 /// Longest wait for the holder's answer to `Interested`.
@@ -103,18 +102,18 @@ pub enum Event {
 pub struct Target {
     pub meta: Arc<FileMeta>,
     pub down: Option<Arc<RateLimiter>>,
+    pub dialer: Dialer,
 }
 
 /// Runs one connection until the download drops `cmds` or the connection ends.
 pub async fn run(
     peer: UserName,
-    addr: SocketAddr,
-    ticket: Ticket,
+    grant: Grant,
     target: Target,
     cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::Sender<Event>,
 ) {
-    let why = match talk(&peer, addr, ticket, &target, cmds, &events).await {
+    let why = match talk(&peer, grant, &target, cmds, &events).await {
         Ok(()) => return, // the download is done with it
         Err(why) => why,
     };
@@ -123,13 +122,12 @@ pub async fn run(
 
 async fn talk(
     peer: &UserName,
-    addr: SocketAddr,
-    ticket: Ticket,
+    grant: Grant,
     target: &Target,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    let mut framed = dial(addr, ticket, Purpose::Transfer).await?;
+    let mut framed = target.dialer.dial(&grant, Purpose::Transfer).await?;
     let name = target.meta.name().clone();
     send(&mut framed, PeerMsg::Interested { name }).await?;
     let (chunks, partial) = match tokio::time::timeout(ANSWER, framed.next()).await {

@@ -14,7 +14,6 @@ mod fetch;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,9 +21,10 @@ use std::time::{Duration, Instant};
 use scheduler::{Action, Config, Layout, Scheduler, Verdict};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use wire::{FileMeta, FileName, Holder, Ticket, UserName, BLOCK_LEN};
+use wire::{FileMeta, FileName, Holder, UserName, BLOCK_LEN};
 
 use crate::library::{Leaves, Library};
+use crate::p2p::{Dialer, Grant};
 use crate::ratelimit::RateLimiter;
 use crate::render::{chunk_list, human_rate, human_size, plural};
 use crate::terminal::Printer;
@@ -127,6 +127,8 @@ pub struct Context {
     pub out: Printer,
     pub jobs: mpsc::UnboundedSender<JobEvent>,
     pub down: Option<Arc<RateLimiter>>,
+    /// How connections to holders are opened (encrypted or not, with our key).
+    pub dialer: Dialer,
 }
 
 /// Runs the download to its end, reporting through `ctx.jobs`.
@@ -171,7 +173,7 @@ struct Driver {
     ctx: Context,
     inbox: Inbox,
     started: Instant,
-    tickets: HashMap<UserName, (SocketAddr, Ticket, Instant)>,
+    tickets: HashMap<UserName, (Grant, Instant)>,
     /// Peers we asked the tracker to introduce, waiting for its answer.
     introducing: BTreeSet<UserName>,
     conns: HashMap<UserName, Conn>,
@@ -206,7 +208,7 @@ impl Driver {
         let tickets = plan
             .holders
             .iter()
-            .map(|h| (h.user.clone(), (h.addr, h.ticket, now)))
+            .map(|h| (h.user.clone(), (Grant::of(h), now)))
             .collect();
         Driver {
             name: plan.meta.name().clone(),
@@ -500,7 +502,7 @@ impl Driver {
                             sched.peer_gone(&user, now);
                         }
                         Control::Introduced(h) => {
-                            self.tickets.insert(h.user.clone(), (h.addr, h.ticket, Instant::now()));
+                            self.tickets.insert(h.user.clone(), (Grant::of(&h), Instant::now()));
                             if self.introducing.remove(&h.user) {
                                 self.connect(h.user, &events_tx);
                             }
@@ -623,8 +625,8 @@ impl Driver {
         let fresh = self
             .tickets
             .get(&peer)
-            .is_some_and(|(_, _, at)| at.elapsed() < TICKET_FRESH);
-        let Some((addr, ticket, _)) = self.tickets.remove(&peer).filter(|_| fresh) else {
+            .is_some_and(|(_, at)| at.elapsed() < TICKET_FRESH);
+        let Some((grant, _)) = self.tickets.remove(&peer).filter(|_| fresh) else {
             if self.introducing.insert(peer.clone()) {
                 let _ = self.ctx.jobs.send(JobEvent::Introduce {
                     name: self.name.clone(),
@@ -637,15 +639,9 @@ impl Driver {
         let target = fetch::Target {
             meta: self.meta.clone(),
             down: self.ctx.down.clone(),
+            dialer: self.ctx.dialer.clone(),
         };
-        let task = tokio::spawn(fetch::run(
-            peer.clone(),
-            addr,
-            ticket,
-            target,
-            rx,
-            events.clone(),
-        ));
+        let task = tokio::spawn(fetch::run(peer.clone(), grant, target, rx, events.clone()));
         self.conns.insert(
             peer,
             Conn {

@@ -330,13 +330,13 @@ fn a_requester_that_never_reads_cannot_shut_a_seeders_listener() {
             other => panic!("{other:?}"),
         };
         let h = &holders[0];
-        let mut c = Raw::connect_plain(h.addr);
-        c.send(&PeerMsg::Hello {
+        let hello = PeerMsg::Hello {
             version: PROTOCOL_VERSION,
             ticket: h.ticket,
             purpose: Purpose::Transfer,
-        });
-        match c.recv::<PeerMsg>() {
+        };
+        let (mut c, answer) = Raw::dial_peer(h.addr, &hans.identity, &h.key, &hello).unwrap();
+        match Some(answer) {
             Some(PeerMsg::Accepted) => {
                 c.send(&PeerMsg::Interested { name: name.clone() });
                 for block in 0..4 {
@@ -366,20 +366,22 @@ fn stopprivate_returns_with_a_partner_that_stopped_reading() {
     let t = Tracker::start(60, 600);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let _hans = Raw::login_p2p(t.addr, "hans", port);
+    let hans = Raw::login_p2p(t.addr, "hans", port);
     let mut yoda = t.login("yoda");
     yoda.send("startprivate hans");
     let (stream, _) = listener.accept().unwrap();
-    let mut partner = Raw::accepted(stream);
-    let Some(PeerMsg::Hello {
-        purpose: Purpose::Chat,
-        ..
-    }) = partner.recv::<PeerMsg>()
+    // The ticket is not checked here: this partner only pretends, and then stops reading.
+    let Some((
+        partner,
+        PeerMsg::Hello {
+            purpose: Purpose::Chat,
+            ..
+        },
+        _,
+    )) = Raw::accept_peer(stream, &hans.identity, &PeerMsg::Accepted)
     else {
         panic!("no chat hello")
     };
-    // The ticket is not checked here: this partner only pretends, and then stops reading.
-    partner.send(&PeerMsg::Accepted);
     yoda.expect("Start private messaging with hans");
     let long = "z".repeat(4000);
     let mut told = None;

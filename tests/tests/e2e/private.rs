@@ -183,51 +183,71 @@ fn private_commands_count_as_activity() {
     assert!(!hans.transcript().contains("You have been logged out"));
 }
 
-fn ticket_of(reply: Reply) -> (std::net::SocketAddr, Ticket) {
+fn grant_of(reply: Reply) -> (std::net::SocketAddr, Ticket, wire::PeerKey) {
     match reply {
-        Reply::PrivateGranted { addr, ticket, .. } => (addr, ticket),
+        Reply::PrivateGranted {
+            addr, ticket, key, ..
+        } => (addr, ticket, key),
         other => panic!("expected a grant, got {other:?}"),
     }
 }
 
+fn hello(ticket: Ticket) -> PeerMsg {
+    PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket,
+        purpose: Purpose::Chat,
+    }
+}
+
 /// Nobody can pose as someone else: the listener takes the sender's name from a ticket the
-/// tracker issued, each ticket works once, forged tickets and junk get nowhere, and the real
-/// session is undisturbed throughout.
+/// tracker issued *and* the key the tracker vouched for with it; each ticket works once; a
+/// program holding another key gets nowhere even with a real ticket (which stays good for
+/// its owner); a dialler is told when the listener does not hold the key the tracker gave;
+/// forged tickets and junk get nowhere; and the real session is undisturbed throughout.
 #[test]
-fn forged_and_reused_tickets_are_refused() {
+fn forged_stolen_and_reused_tickets_are_refused() {
     let t = Tracker::start(60, 120);
     let mut hans = t.login("hans");
     let mut luke = t.login("luke");
     hans.open_private(&mut luke);
 
-    // yoda, speaking the protocol by hand, is granted a ticket and uses it: accepted, and
-    // luke sees the name that came with the ticket.
+    // yoda, speaking the protocol by hand, is granted a ticket. Someone else who got hold
+    // of it (a program holding another key) is refused, and the ticket is not used up...
     let mut yoda = Raw::login(t.addr, "yoda");
-    let (addr, ticket) = ticket_of(yoda.request(Request::StartPrivate {
+    let (addr, ticket, luke_key) = grant_of(yoda.request(Request::StartPrivate {
         user: UserName::new("luke").unwrap(),
     }));
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
-    let mut p2p = Raw::connect_plain(addr);
-    p2p.send(&PeerMsg::Hello {
-        version: PROTOCOL_VERSION,
-        ticket,
-        purpose: Purpose::Chat,
-    });
-    assert_eq!(p2p.recv(), Some(PeerMsg::Accepted));
+    let thief = link::noise::Identity::generate();
+    let (_, answer) = Raw::dial_peer(addr, &thief, &luke_key, &hello(ticket)).unwrap();
+    assert_eq!(answer, PeerMsg::Refused(PeerRefusal::WrongKey));
+
+    // ...so yoda still opens the session with it, and luke sees the name that came with
+    // the ticket.
+    let (mut p2p, answer) =
+        Raw::dial_peer(addr, &yoda.identity, &luke_key, &hello(ticket)).unwrap();
+    assert_eq!(answer, PeerMsg::Accepted);
     p2p.send(&PeerMsg::Text {
         text: Text::new("it is me, yoda").unwrap(),
     });
     luke.expect("yoda(private): it is me, yoda");
 
     // The same ticket again: refused.
-    let mut reuse = Raw::connect_plain(addr);
-    reuse.send(&PeerMsg::Hello {
-        version: PROTOCOL_VERSION,
-        ticket,
-        purpose: Purpose::Chat,
-    });
-    assert_eq!(reuse.recv(), Some(PeerMsg::Refused(PeerRefusal::BadTicket)));
+    let (mut reuse, answer) =
+        Raw::dial_peer(addr, &yoda.identity, &luke_key, &hello(ticket)).unwrap();
+    assert_eq!(answer, PeerMsg::Refused(PeerRefusal::BadTicket));
     assert_eq!(reuse.recv::<PeerMsg>(), None, "and closed");
+
+    // A listener that does not hold the key the tracker gave (yoda dials luke's port
+    // believing it holds hans's key): the handshake fails on yoda's side.
+    let (_, _, hans_key) = grant_of(yoda.request(Request::StartPrivate {
+        user: UserName::new("hans").unwrap(),
+    }));
+    let (_, fresh, _) = grant_of(yoda.request(Request::StartPrivate {
+        user: UserName::new("luke").unwrap(),
+    }));
+    assert!(Raw::dial_peer(addr, &yoda.identity, &hans_key, &hello(fresh)).is_err());
 
     // A blocked user scanning for the port with a made-up ticket: refused.
     assert_eq!(luke.run("block vader"), ["vader is blocked"]);
@@ -240,28 +260,20 @@ fn forged_and_reused_tickets_are_refused() {
             user: UserName::new("luke").unwrap()
         })
     );
-    let mut forged = Raw::connect_plain(addr);
-    forged.send(&PeerMsg::Hello {
-        version: PROTOCOL_VERSION,
-        ticket: Ticket([0x42; 16]),
-        purpose: Purpose::Chat,
-    });
-    assert_eq!(
-        forged.recv(),
-        Some(PeerMsg::Refused(PeerRefusal::BadTicket))
-    );
+    let forged = Raw::dial_peer(addr, &vader.identity, &luke_key, &hello(Ticket([0x42; 16])));
+    assert_eq!(forged.unwrap().1, PeerMsg::Refused(PeerRefusal::BadTicket));
 
-    // Text before any hello, junk, and an oversized frame: closed without an answer.
+    // A frame in clear, junk, and an oversized length: closed without an answer.
     let mut early = Raw::connect_plain(addr);
     early.send(&PeerMsg::Text {
         text: Text::new("hans here, honest").unwrap(),
     });
     assert_eq!(early.recv::<PeerMsg>(), None);
     let mut junk = Raw::connect_plain(addr);
-    junk.send_bytes(b"\x00\x00\x00\x03abc");
+    junk.send_bytes(b"\x00\x03abc");
     assert_eq!(junk.recv::<PeerMsg>(), None);
     let mut huge = Raw::connect_plain(addr);
-    huge.send_bytes(&(64 * 1024 * 1024u32).to_be_bytes());
+    huge.send_bytes(&u16::MAX.to_be_bytes());
     assert_eq!(huge.recv::<PeerMsg>(), None);
 
     // The real session kept working, both ways.

@@ -100,3 +100,39 @@ fn a_changed_tracker_key_is_refused_and_a_pinned_one_decides() {
     assert!(line.contains("given with --tracker-fingerprint"), "{line}");
     assert!(!wrong.wait_exit().success());
 }
+
+/// Between two peers: a private chat and a chunk fetched over it cross loopback only
+/// encrypted (a packet capture of the whole interface never holds the text or 64 bytes of
+/// the file); with `--insecure-plaintext` on all sides the same capture holds both.
+#[test]
+fn nothing_crosses_between_peers_in_clear() {
+    let data = random_bytes(300_000, 0x5eed_0013);
+    let window = &data[150_000..150_064];
+    for (extra, clear) in [(&[][..], false), (&["--insecure-plaintext"][..], true)] {
+        let said = format!("meet me at docking bay {}", if clear { 94 } else { 327 });
+        let sniffer = Sniffer::start();
+        let t = Tracker::start_args(60, 120, extra);
+        let mut hans = t.login_args("hans", extra);
+        let mut luke = t.login_args("luke", extra);
+        std::fs::write(hans.dir.join("plans.bin"), &data).unwrap();
+        hans.send("register plans.bin 1");
+        hans.expect("plans.bin registered");
+        luke.open_private(&mut hans);
+        luke.send(&format!("private hans {said}"));
+        hans.expect(&format!("luke(private): {said}"));
+        luke.send("private hans download plans.bin 1");
+        luke.expect("Downloaded chunk 1 of plans.bin from hans");
+        assert!(std::fs::read(luke.dir.join("plans.bin")).unwrap() == data);
+        sniffer.catch_up();
+        assert_eq!(
+            sniffer.saw(said.as_bytes()),
+            clear,
+            "the text, clear={clear}"
+        );
+        assert_eq!(
+            sniffer.saw(window),
+            clear,
+            "the file's bytes, clear={clear}"
+        );
+    }
+}

@@ -1,11 +1,10 @@
 //! File sharing: register, searchFile, searchChunk, one-chunk and whole-file downloads from
 //! several peers, and what happens when peers lie, die or refuse.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 
-use wire::{FileMeta, FileName, PeerMsg, Reply, Request, MAX_FRAME_LEN};
+use wire::{FileMeta, FileName, PeerMsg, Reply, Request};
 
 use harness::*;
 
@@ -276,11 +275,12 @@ fn bad_seeder(t: &Tracker, user: &str, name: &str, data: &[u8], how: Misbehave) 
         Reply::Registered { .. }
     ));
     let data = data.to_vec();
+    let identity = tracker.identity.clone();
     std::thread::spawn(move || {
         // A handful of connections is all one test needs.
         for stream in listener.incoming().take(4) {
             let Ok(stream) = stream else { return };
-            if serve_badly(stream, &meta, &data, how) {
+            if serve_badly(stream, &identity, &meta, &data, how) {
                 drop(tracker); // vanish from the tracker too
                 return;
             }
@@ -290,13 +290,19 @@ fn bad_seeder(t: &Tracker, user: &str, name: &str, data: &[u8], how: Misbehave) 
 }
 
 /// Serves one connection badly; `true` when the double has "died".
-fn serve_badly(stream: TcpStream, meta: &FileMeta, data: &[u8], how: Misbehave) -> bool {
-    let mut s = Conn(stream, bytes::BytesMut::new());
-    let Some(PeerMsg::Hello { .. }) = s.recv() else {
+fn serve_badly(
+    stream: TcpStream,
+    me: &link::noise::Identity,
+    meta: &FileMeta,
+    data: &[u8],
+    how: Misbehave,
+) -> bool {
+    // Any ticket will do: this double is not the one being tested.
+    let Some((mut s, PeerMsg::Hello { .. }, _)) = Raw::accept_peer(stream, me, &PeerMsg::Accepted)
+    else {
         return false;
     };
-    s.send(&PeerMsg::Accepted); // any ticket will do: this double is not the one being tested
-    let Some(PeerMsg::Interested { .. }) = s.recv() else {
+    let Some(PeerMsg::Interested { .. }) = s.try_recv() else {
         return false;
     };
     s.send(&PeerMsg::Holding {
@@ -306,7 +312,7 @@ fn serve_badly(stream: TcpStream, meta: &FileMeta, data: &[u8], how: Misbehave) 
     s.send(&PeerMsg::Unchoke);
     let mut answered = 0;
     for _ in 0..4096 {
-        let (chunk, block) = match s.recv() {
+        let (chunk, block) = match s.try_recv() {
             Some(PeerMsg::Request { chunk, block }) => (chunk, block),
             // The right block hashes, so each bad block is caught on its own.
             Some(PeerMsg::WantHashes { chunk, batch }) => {
@@ -327,7 +333,7 @@ fn serve_badly(stream: TcpStream, meta: &FileMeta, data: &[u8], how: Misbehave) 
         let bytes = match how {
             Misbehave::Corrupt => vec![0xAA; len as usize],
             Misbehave::DiesMidChunk if answered == 2 => {
-                let _ = s.0.shutdown(std::net::Shutdown::Both);
+                s.shutdown();
                 return true;
             }
             Misbehave::DiesMidChunk => data[at as usize..(at + len) as usize].to_vec(),
@@ -350,29 +356,6 @@ fn leaves_of(meta: &FileMeta, data: &[u8], chunk: u32) -> Vec<wire::Digest> {
             merkle::leaf(&data[at as usize..(at + len) as usize])
         })
         .collect()
-}
-
-struct Conn(TcpStream, bytes::BytesMut);
-
-impl Conn {
-    fn send(&mut self, m: &PeerMsg) {
-        let mut out = bytes::BytesMut::new();
-        wire::encode(m, &mut out, MAX_FRAME_LEN).unwrap();
-        let _ = self.0.write_all(&out);
-    }
-    fn recv(&mut self) -> Option<PeerMsg> {
-        self.0.set_read_timeout(Some(WAIT)).unwrap();
-        loop {
-            if let Some(m) = wire::decode(&mut self.1, MAX_FRAME_LEN).ok()? {
-                return Some(m);
-            }
-            let mut buf = [0u8; 4096];
-            match self.0.read(&mut buf) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.1.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
 }
 
 /// A peer sending corrupt bytes for the chunks only it has: each is rejected, the peer is
