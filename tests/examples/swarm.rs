@@ -83,6 +83,102 @@ fn write_ceiling(dir: &std::path::Path, size: u64) -> f64 {
     mb_s(size, secs)
 }
 
+/// One download's figures.
+struct Outcome {
+    secs: f64,
+    done: String,
+    ok: bool,
+    dl_cpu: f64,
+    dl_rss: u64,
+    /// Per seeder: CPU seconds while serving, and what it says it uploaded.
+    seeders: Vec<(f64, String)>,
+}
+
+/// Seeds `source` from [`SEEDERS`] and downloads it with [`DOWNLOADER`], every program
+/// (tracker and peers) started with `extra` options; stops them all before returning.
+fn swarm(source: &std::path::Path, want: &[u8; 32], extra: &[&str]) -> Outcome {
+    let t = Tracker::start_args(60, 3600, extra);
+    let long = Duration::from_secs(3600);
+    let start_peer = |user: &str, dir: &std::path::Path| {
+        let mut p = Peer::start_on(&Place::local(), t.addr, dir.to_owned(), None, extra);
+        p.login(user);
+        p
+    };
+    let mut seeders = Vec::new();
+    for user in SEEDERS {
+        let dir = tempfile::tempdir().unwrap();
+        // Hard links: every seeder has the file without copying a gigabyte each.
+        std::fs::hard_link(source, dir.path().join(NAME)).unwrap();
+        let mut p = start_peer(user, dir.path());
+        p.send(&format!("register {NAME}"));
+        p.expect_within(&format!("{NAME} registered"), long);
+        seeders.push((p, dir));
+    }
+    let seed_cpu: Vec<f64> = seeders
+        .iter()
+        .map(|(p, _)| cpu_seconds(p.pid()).unwrap_or(0.0))
+        .collect();
+
+    let dl_dir = tempfile::tempdir().unwrap();
+    let mut dl = start_peer(DOWNLOADER, dl_dir.path());
+    let cpu_before = cpu_seconds(dl.pid()).unwrap_or(0.0);
+    let start = Instant::now();
+    dl.send(&format!("download {NAME}"));
+    let done = dl.expect_within(&format!("Downloaded {NAME}"), long);
+    let secs = start.elapsed().as_secs_f64();
+    let dl_cpu = cpu_seconds(dl.pid()).unwrap_or(0.0) - cpu_before;
+    let dl_rss = peak_rss(dl.pid()).unwrap_or(0);
+    let served_cpu: Vec<f64> = seeders
+        .iter()
+        .zip(&seed_cpu)
+        .map(|((p, _), before)| cpu_seconds(p.pid()).unwrap_or(0.0) - before)
+        .collect();
+    let ok = &sha256_file(&dl_dir.path().join(NAME)) == want;
+    // What each seeder says it uploaded.
+    let uploaded: Vec<String> = seeders
+        .iter_mut()
+        .map(|(p, _)| {
+            let line = p
+                .send_until("transfers", &["uploaded in all"])
+                .pop()
+                .unwrap_or_default();
+            let total = line.rsplit('(').next().unwrap_or_default();
+            total.trim_end_matches(" uploaded in all)").to_string()
+        })
+        .collect();
+    Outcome {
+        secs,
+        done,
+        ok,
+        dl_cpu,
+        dl_rss,
+        seeders: served_cpu.into_iter().zip(uploaded).collect(),
+    }
+}
+
+fn report(label: &str, o: &Outcome, size: u64) {
+    println!();
+    println!("{label}:");
+    println!("  result:        {}", o.done);
+    println!(
+        "  sha-256 check: {}",
+        if o.ok {
+            "ok (matches the source file)"
+        } else {
+            "MISMATCH"
+        }
+    );
+    println!("  download:      {:.2} s, {:.0} MB/s", o.secs, mb_s(size, o.secs));
+    println!(
+        "  downloader:    {:.2} CPU s, peak RSS {:.1} MiB",
+        o.dl_cpu,
+        o.dl_rss as f64 / (1 << 20) as f64
+    );
+    for (user, (cpu, sent)) in SEEDERS.iter().zip(&o.seeders) {
+        println!("  seeder {user:<6} uploaded {sent:>10}, {cpu:.2} CPU s");
+    }
+}
+
 fn main() {
     let size = std::env::args()
         .nth(1)
@@ -105,69 +201,17 @@ fn main() {
     let source = work.path().join(NAME);
     let want = make_file(&source, size, 0);
 
-    let t = Tracker::start(60, 3600);
-    let long = Duration::from_secs(3600);
-    let mut seeders = Vec::new();
-    for user in SEEDERS {
-        let dir = tempfile::tempdir().unwrap();
-        // Hard links: every seeder has the file without copying a gigabyte each.
-        std::fs::hard_link(&source, dir.path().join(NAME)).unwrap();
-        let mut p = t.login_in(user, dir.path());
-        p.send(&format!("register {NAME}"));
-        p.expect_within(&format!("{NAME} registered"), long);
-        seeders.push((p, dir));
-    }
-    let seed_cpu: Vec<f64> = seeders
-        .iter()
-        .map(|(p, _)| cpu_seconds(p.pid()).unwrap_or(0.0))
-        .collect();
-
-    let dl_dir = tempfile::tempdir().unwrap();
-    let mut dl = t.login_in(DOWNLOADER, dl_dir.path());
-    let cpu_before = cpu_seconds(dl.pid()).unwrap_or(0.0);
-    let start = Instant::now();
-    dl.send(&format!("download {NAME}"));
-    let done = dl.expect_within(&format!("Downloaded {NAME}"), long);
-    let secs = start.elapsed().as_secs_f64();
-    let dl_cpu = cpu_seconds(dl.pid()).unwrap_or(0.0) - cpu_before;
-    let dl_rss = peak_rss(dl.pid()).unwrap_or(0);
-    let served_cpu: Vec<f64> = seeders
-        .iter()
-        .zip(&seed_cpu)
-        .map(|((p, _), before)| cpu_seconds(p.pid()).unwrap_or(0.0) - before)
-        .collect();
-    let ok = sha256_file(&dl_dir.path().join(NAME)) == want;
-
-    // What each seeder says it uploaded.
-    let uploaded: Vec<String> = seeders
-        .iter_mut()
-        .map(|(p, _)| {
-            let line = p
-                .send_until("transfers", &["uploaded in all"])
-                .pop()
-                .unwrap_or_default();
-            let total = line.rsplit('(').next().unwrap_or_default();
-            total.trim_end_matches(" uploaded in all)").to_string()
-        })
-        .collect();
-    println!();
-    println!("result:        {done}");
+    // In clear first, then encrypted (TLS to the tracker, Noise between peers): what
+    // encryption costs, in the same run.
+    let clear = swarm(&source, &want, &["--insecure-plaintext"]);
+    report("in clear (--insecure-plaintext)", &clear, size);
+    let enc = swarm(&source, &want, &[]);
+    report("encrypted (TLS, Noise)", &enc, size);
     println!(
-        "sha-256 check: {}",
-        if ok {
-            "ok (matches the source file)"
-        } else {
-            "MISMATCH"
-        }
+        "encrypted / in clear:  {:.2}x the throughput",
+        clear.secs / enc.secs
     );
-    println!("download:      {secs:.2} s, {:.0} MB/s", mb_s(size, secs));
-    println!(
-        "downloader:    {dl_cpu:.2} CPU s, peak RSS {:.1} MiB",
-        dl_rss as f64 / (1 << 20) as f64
-    );
-    for ((user, cpu), sent) in SEEDERS.iter().zip(&served_cpu).zip(&uploaded) {
-        println!("seeder {user:<6} uploaded {sent:>10}, {cpu:.2} CPU s");
-    }
+    let (secs, ok) = (enc.secs, clear.ok && enc.ok);
     println!();
     println!("ceilings on this machine:");
     let ours = mb_s(size, secs);
@@ -182,10 +226,6 @@ fn main() {
             ours / ceiling
         );
     }
-    // Our peers are done; free the cores for the comparison.
-    drop(dl);
-    drop(seeders);
-    drop(t);
     println!();
     let local = BtHost {
         place: Place::local(),
