@@ -168,7 +168,11 @@ fn report(label: &str, o: &Outcome, size: u64) {
             "MISMATCH"
         }
     );
-    println!("  download:      {:.2} s, {:.0} MB/s", o.secs, mb_s(size, o.secs));
+    println!(
+        "  download:      {:.2} s, {:.0} MB/s",
+        o.secs,
+        mb_s(size, o.secs)
+    );
     println!(
         "  downloader:    {:.2} CPU s, peak RSS {:.1} MiB",
         o.dl_cpu,
