@@ -85,6 +85,10 @@ fn main() {
     ];
     client.extend(requests.iter().cloned().map(ClientMsg::Request));
     client.push(ClientMsg::OfflineAck { up_to: 7 });
+    client.push(ClientMsg::RelayJoin {
+        version: PROTOCOL_VERSION,
+        circuit: Circuit([9; 16]),
+    });
     write("tracker_frames", "session", &frames(&client));
 
     let server = [
@@ -115,12 +119,25 @@ fn main() {
             addr: "10.0.0.2:4001".parse().unwrap(),
             ticket: Ticket([4; 16]),
             key: PeerKey([5; 32]),
+            via: Via::Punched {
+                circuit: Circuit([7; 16]),
+            },
         }),
         ServerMsg::Event(Event::PrivateTicket {
             from: u("luke"),
             ticket: Ticket([4; 16]),
             key: PeerKey([6; 32]),
+            via: Via::Reversed {
+                circuit: Circuit([8; 16]),
+            },
+            addr: "10.0.0.3:4002".parse().unwrap(),
         }),
+        ServerMsg::Event(Event::Reachability {
+            observed: "10.0.0.3:4002".parse().unwrap(),
+            reachable: false,
+        }),
+        ServerMsg::Relaying,
+        ServerMsg::RelayRefused(RelayRefusal::TooMany),
         ServerMsg::Reply(Reply::Registered {
             name: f.clone(),
             size: 25,

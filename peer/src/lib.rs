@@ -8,6 +8,7 @@
 pub mod announce;
 pub mod command;
 pub mod download;
+pub mod establish;
 pub mod hash;
 pub mod library;
 pub mod p2p;

@@ -21,20 +21,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
+use crate::establish::{self, Path, Ways};
 use crate::library::Library;
 use crate::serve::Uploads;
 use link::noise::Identity;
 use link::{Security, Stream};
 use wire::codec::WireCodec;
 use wire::{
-    Holder, PeerKey, PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    Circuit, Holder, PeerKey, PeerMsg, PeerRefusal, Purpose, Text, Ticket, UserName, Via,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 /// How long an unused ticket stays valid.
@@ -73,6 +74,8 @@ pub struct Grant {
     pub addr: SocketAddr,
     pub ticket: Ticket,
     pub key: PeerKey,
+    /// How the connection is made (`establish`).
+    pub via: Via,
 }
 
 impl Grant {
@@ -81,6 +84,7 @@ impl Grant {
             addr: h.addr,
             ticket: h.ticket,
             key: h.key,
+            via: h.via,
         }
     }
 }
@@ -90,6 +94,8 @@ impl Grant {
 pub struct Dialer {
     pub security: Security,
     pub identity: Arc<Identity>,
+    /// Reversal, punching and the relay, besides direct connections.
+    pub ways: Ways,
 }
 
 /// One frame's bytes (length prefix included), for a handshake payload.
@@ -113,24 +119,23 @@ impl Dialer {
     /// Connects to the listener in `grant` and presents its ticket for `purpose`; with
     /// encryption, also checks that the listener holds the granted key. On success the
     /// connection is open with the full frame cap.
-    pub async fn dial(&self, grant: &Grant, purpose: Purpose) -> Result<PeerFramed, String> {
+    pub async fn dial(
+        &self,
+        grant: &Grant,
+        purpose: Purpose,
+    ) -> Result<(PeerFramed, Path), String> {
         let addr = grant.addr;
         let hello = PeerMsg::Hello {
             version: PROTOCOL_VERSION,
             ticket: grant.ticket,
             purpose,
         };
+        let (stream, path) = establish::to_target(&self.ways, grant.via, addr).await?;
         let opened = tokio::time::timeout(HANDSHAKE, async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
             match self.security {
                 Security::Plaintext => {
-                    let mut framed = Framed::new(
-                        Counted::new(Box::new(tcp) as Stream),
-                        WireCodec::with_max(HANDSHAKE_FRAME),
-                    );
+                    let mut framed =
+                        Framed::new(Counted::new(stream), WireCodec::with_max(HANDSHAKE_FRAME));
                     framed.send(hello).await.map_err(|e| e.to_string())?;
                     let answer = match framed.next().await {
                         Some(Ok(answer)) => answer,
@@ -141,7 +146,7 @@ impl Dialer {
                 }
                 Security::Encrypted => {
                     let (stream, payload) = link::noise::initiate(
-                        tcp,
+                        stream,
                         &self.identity,
                         &grant.key.0,
                         PROLOGUE,
@@ -173,7 +178,7 @@ impl Dialer {
         match answer {
             PeerMsg::Accepted => {
                 framed.codec_mut().set_max(MAX_FRAME_LEN);
-                Ok(framed)
+                Ok((framed, path))
             }
             PeerMsg::Refused(why) => Err(format!("refused ({why:?})")),
             _ => Err("unexpected answer".into()),
@@ -371,6 +376,8 @@ pub struct PeerHandle {
     pub user: UserName,
     /// Who opened it: decides which of two crossing connections survives.
     pub initiator: UserName,
+    /// How the connection was made.
+    pub path: Path,
     tx: mpsc::Sender<PeerMsg>,
     task: JoinHandle<()>,
 }
@@ -414,6 +421,8 @@ pub struct P2p {
     transfers: Arc<Mutex<HashMap<UserName, usize>>>,
     /// Our key and whether connections are encrypted, for both directions.
     pub dialer: Dialer,
+    /// Connections we make for others' introductions (reversed, punched, relayed).
+    answering: Arc<Semaphore>,
 }
 
 /// One user's transfer connection, counted until dropped.
@@ -465,6 +474,7 @@ impl P2p {
             next_id: Arc::new(AtomicU64::new(1)),
             transfers: Arc::default(),
             dialer,
+            answering: Arc::new(Semaphore::new(MAX_INCOMING)),
         }
     }
 
@@ -493,15 +503,38 @@ impl P2p {
             };
             let p2p = self.clone();
             tokio::spawn(async move {
-                p2p.accept(stream).await;
+                p2p.arrived(stream).await;
                 drop(permit);
             });
         }
     }
 
-    async fn accept(&self, tcp: TcpStream) {
+    /// A connection to our listener: a dialler's handshake, or a peer we asked to connect
+    /// back to us (`establish`), handed to the dial waiting for it.
+    async fn arrived(&self, mut tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
-        let Some((framed, ticket, purpose, key, answer)) = self.handshake(tcp).await else {
+        let mut first = [0u8; 1];
+        // Peeked, not read: a handshake keeps its first byte.
+        let peeked = tokio::time::timeout(HANDSHAKE, tcp.peek(&mut first)).await;
+        if !matches!(peeked, Ok(Ok(1))) {
+            return;
+        }
+        if first[0] == wire::REVERSED_MAGIC[0] {
+            let mut opening = [0u8; 24];
+            let read = tokio::time::timeout(HANDSHAKE, tcp.read_exact(&mut opening)).await;
+            if matches!(read, Ok(Ok(_))) && opening[..8] == wire::REVERSED_MAGIC {
+                let circuit = Circuit(opening[8..].try_into().expect("16 bytes"));
+                self.dialer.ways.meetings.arrived(circuit, tcp);
+            }
+            return;
+        }
+        self.accept(Box::new(tcp), Path::Direct).await;
+    }
+
+    /// Answers a dialler's handshake on `stream` and, if its ticket and key check out,
+    /// serves it: chunks for a transfer, a private chat otherwise.
+    async fn accept(&self, stream: Stream, path: Path) {
+        let Some((framed, ticket, purpose, key, answer)) = self.handshake(stream).await else {
             return; // junk, silence, the wrong frame or a failed handshake: just close
         };
         let Some(answer) = answer else {
@@ -535,7 +568,7 @@ impl P2p {
             drop(slot);
             return;
         }
-        let handle = self.spawn(framed, user.clone(), user);
+        let handle = self.spawn(framed, user.clone(), user, path);
         let _ = self.events.send(P2pEvent::Opened(handle)).await;
     }
 
@@ -545,7 +578,7 @@ impl P2p {
     #[allow(clippy::type_complexity)]
     async fn handshake(
         &self,
-        tcp: TcpStream,
+        tcp: Stream,
     ) -> Option<(
         Option<PeerFramed>,
         Ticket,
@@ -556,10 +589,8 @@ impl P2p {
         let read = async {
             match self.dialer.security {
                 Security::Plaintext => {
-                    let mut framed = Framed::new(
-                        Counted::new(Box::new(tcp) as Stream),
-                        WireCodec::with_max(HANDSHAKE_FRAME),
-                    );
+                    let mut framed =
+                        Framed::new(Counted::new(tcp), WireCodec::with_max(HANDSHAKE_FRAME));
                     let hello = framed.next().await?.ok()?;
                     Some((Some(framed), hello, None, Answer::Clear))
                 }
@@ -607,11 +638,36 @@ impl P2p {
 
     async fn open(&self, user: &UserName, grant: Grant) -> Result<PeerHandle, String> {
         let me = self.me().ok_or("not logged in")?;
-        let framed = self.dialer.dial(&grant, Purpose::Chat).await?;
-        Ok(self.spawn(framed, user.clone(), me))
+        let (framed, path) = self.dialer.dial(&grant, Purpose::Chat).await?;
+        Ok(self.spawn(framed, user.clone(), me, path))
     }
 
-    fn spawn(&self, framed: PeerFramed, user: UserName, initiator: UserName) -> PeerHandle {
+    /// The tracker introduced `from` to us (`Event::PrivateTicket`) on a path where we make
+    /// (or help make) the connection: made in the background, then answered as our listener
+    /// answers any dialler. Bounded like the listener: at most [`MAX_INCOMING`] at once.
+    pub fn introduced(&self, via: Via, addr: SocketAddr) {
+        if via == Via::Direct {
+            return;
+        }
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else {
+            return; // as a full listener would: the requester's dial fails
+        };
+        let p2p = self.clone();
+        tokio::spawn(async move {
+            if let Ok((stream, path)) = establish::to_requester(&p2p.dialer.ways, via, addr).await {
+                p2p.accept(stream, path).await;
+            }
+            drop(permit);
+        });
+    }
+
+    fn spawn(
+        &self,
+        framed: PeerFramed,
+        user: UserName,
+        initiator: UserName,
+        path: Path,
+    ) -> PeerHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
         let events = self.events.clone();
@@ -620,6 +676,7 @@ impl P2p {
             id,
             user,
             initiator,
+            path,
             tx,
             task,
         }
@@ -650,7 +707,7 @@ pub async fn send(framed: &mut PeerFramed, msg: PeerMsg) -> Result<(), ()> {
 enum Answer {
     Clear,
     /// Boxed: the handshake state is most of a kilobyte, held only for a moment.
-    Noise(Box<link::noise::Pending<TcpStream>>),
+    Noise(Box<link::noise::Pending<Stream>>),
 }
 
 impl Answer {
@@ -783,6 +840,7 @@ mod tests {
             id: 1,
             user: u("yoda"),
             initiator: u("hans"),
+            path: Path::Direct,
             tx,
             task,
         };

@@ -1,9 +1,12 @@
 //! The texts the user sees for what the tracker says. Wording follows the spec's samples
 //! (section 8) wherever it shows one.
 
+use std::net::SocketAddr;
+
 use wire::{Event, FileName, Gone, Refusal, Reply, UserName};
 
 use crate::command::typed;
+use crate::establish::Path;
 
 /// What a request was, remembered until its reply arrives (replies come in request order),
 /// because some replies read differently depending on the command.
@@ -379,9 +382,24 @@ pub fn event(e: &Event) -> Vec<String> {
         Event::TimedOut => vec![TIMED_OUT.into()],
         // The session says what it did about it (`file_gone`).
         Event::PrivateTicket { .. }
+        | Event::Reachability { .. }
         | Event::Holders { .. }
         | Event::HolderGone { .. }
         | Event::FileGone { .. } => vec![],
+    }
+}
+
+/// Where the tracker sees us, and whether others can connect to us (`transfers`).
+pub fn reachability(reach: Option<(SocketAddr, bool)>) -> String {
+    match reach {
+        None => "Reachability: not known yet".into(),
+        Some((at, true)) => {
+            format!("Reachability: the server sees you at {}; others can connect to you", at.ip())
+        }
+        Some((at, false)) => format!(
+            "Reachability: the server sees you at {}; others cannot connect to you (a router or firewall drops incoming connections)",
+            at.ip()
+        ),
     }
 }
 
@@ -453,17 +471,33 @@ pub fn human_duration(secs: u64) -> String {
     format!("{n} {unit}{}", plural(n))
 }
 
-pub fn private_started(user: &UserName) -> String {
-    format!("Start private messaging with {user}")
+/// Said after a private start when the connection goes through the server's relay: it
+/// is slower, and users should know their texts pass through the server (encrypted for the
+/// other side only, unless both run `--insecure-plaintext`).
+fn via_relay(path: Path) -> &'static str {
+    match path {
+        Path::Relayed => " (through the server's relay)",
+        _ => "",
+    }
 }
-pub fn private_incoming(user: &UserName) -> String {
-    format!("{user} started private messaging with you")
+pub fn private_started(user: &UserName, path: Path) -> String {
+    format!("Start private messaging with {user}{}", via_relay(path))
+}
+pub fn private_incoming(user: &UserName, path: Path) -> String {
+    format!(
+        "{user} started private messaging with you{}",
+        via_relay(path)
+    )
 }
 pub fn private_already(user: &UserName) -> String {
     format!("Private messaging with {user} is already enabled")
 }
-pub fn private_failed(user: &UserName, why: &str) -> String {
-    format!("Error. Could not start private messaging with {user}: {why}")
+pub fn private_failed(user: &UserName, why: &str, reach: Option<(SocketAddr, bool)>) -> String {
+    let hint = match reach {
+        Some((_, false)) => " (nobody can connect to you either: see `transfers`)",
+        _ => "",
+    };
+    format!("Error. Could not start private messaging with {user}: {why}{hint}")
 }
 pub fn private_text(from: &UserName, text: &wire::Text) -> String {
     format!("{from}(private): {text}")

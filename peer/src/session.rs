@@ -2,13 +2,12 @@
 //! what arrives (from the tracker and from private connections) until logout.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
@@ -19,6 +18,7 @@ use wire::{
 use crate::announce::{Announcer, Answered};
 use crate::command::{help_text, Command};
 use crate::download::{self, Control, Handle, Inbox, JobEvent, Plan};
+use crate::establish::Ways;
 use crate::library::{Library, Withdrawn};
 use crate::p2p::{Dialer, Ended, Grant, P2p, P2pEvent, PeerHandle};
 use crate::ratelimit::{Rate, RateLimiter};
@@ -62,7 +62,21 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
             return ExitCode::FAILURE;
         }
     };
+    // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
+    // login and hands it (with a ticket) to whoever may connect. Its port is shared with
+    // the connections we open from it (to the tracker, and punches to peers).
+    let listener = match crate::tracker_link::bind_shared(0).and_then(|s| s.listen(1024)) {
+        Ok(l) => l,
+        Err(e) => {
+            out.line(format!(
+                "Error. Cannot open a port for private messaging: {e}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let dial = Dial {
+        from_port: p2p_port,
         addr: server.addr,
         security: server.security,
         pinned: server.pinned,
@@ -77,22 +91,23 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
             return ExitCode::FAILURE;
         }
     };
+    // Relay connections are extra connections to the tracker: from any port.
+    let relay_dial = Arc::new(Dial {
+        from_port: 0,
+        addr: dial.addr,
+        security: dial.security,
+        pinned: dial.pinned,
+        known: KnownTrackers::at(lib.state_dir().join("known_trackers")),
+    });
     let dialer = Dialer {
         security: server.security,
         identity: identity.clone(),
+        ways: Ways {
+            port: p2p_port,
+            meetings: Arc::default(),
+            relay: Some(relay_dial),
+        },
     };
-    // Private chat listener: all interfaces, a port the OS picks; the tracker learns it at
-    // login and hands it (with a ticket) to whoever may connect.
-    let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
-        Ok(l) => l,
-        Err(e) => {
-            out.line(format!(
-                "Error. Cannot open a port for private messaging: {e}"
-            ));
-            return ExitCode::FAILURE;
-        }
-    };
-    let p2p_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (events_tx, events) = mpsc::channel(crate::p2p::EVENTS);
     let up = limits.up.map(|r| Arc::new(RateLimiter::new(r)));
     let uploads = Uploads::new(up);
@@ -131,6 +146,7 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
                 link,
                 out: out.clone(),
                 me,
+                reach: None,
                 pending: VecDeque::new(),
                 told_silent: None,
                 p2p,
@@ -332,6 +348,8 @@ struct Session {
     link: TrackerLink,
     out: Printer,
     me: UserName,
+    /// Where the tracker sees us and whether it could connect to our listener.
+    reach: Option<(SocketAddr, bool)>,
     /// Requests sent and not yet answered, oldest first (replies come in request order).
     pending: VecDeque<(Asked, Instant)>,
     /// The oldest pending request was sent at this time and we said the server is silent.
@@ -701,6 +719,7 @@ impl Session {
             self.limits.down,
             self.limits.up,
         ));
+        lines.push(render::reachability(self.reach));
         self.print(lines);
     }
 
@@ -936,8 +955,15 @@ impl Session {
                         addr,
                         ticket,
                         key,
+                        via,
                     } => {
-                        self.p2p.connect(user, Grant { addr, ticket, key });
+                        let grant = Grant {
+                            addr,
+                            ticket,
+                            key,
+                            via,
+                        };
+                        self.p2p.connect(user, grant);
                     }
                     _ => {}
                 }
@@ -952,8 +978,19 @@ impl Session {
                                 .await?;
                         }
                     }
-                    Event::PrivateTicket { from, ticket, key } => {
-                        self.p2p.tickets.add(ticket, from, key)
+                    Event::Reachability {
+                        observed,
+                        reachable,
+                    } => self.reach = Some((observed, reachable)),
+                    Event::PrivateTicket {
+                        from,
+                        ticket,
+                        key,
+                        via,
+                        addr,
+                    } => {
+                        self.p2p.tickets.add(ticket, from, key);
+                        self.p2p.introduced(via, addr);
                     }
                     Event::Holders { name, user, chunks } => {
                         self.control(&name, Control::Holders { user, chunks });
@@ -1023,7 +1060,8 @@ impl Session {
         match event {
             P2pEvent::Opened(h) => self.opened(h).await,
             P2pEvent::OpenFailed { user, why } => {
-                self.out.line(render::private_failed(&user, &why));
+                self.out
+                    .line(render::private_failed(&user, &why, self.reach));
             }
             P2pEvent::Text { user, text, .. } => self.out.line(render::private_text(&user, &text)),
             P2pEvent::Closed { user, id, why } => {
@@ -1049,11 +1087,11 @@ impl Session {
         self.chats.gone.remove(&user);
         self.chats.departed.remove(&user);
         if outgoing {
-            self.out.line(render::private_started(&user));
+            self.out.line(render::private_started(&user, new.path));
         }
         let Some(old) = self.chats.open.remove(&user) else {
             if !outgoing {
-                self.out.line(render::private_incoming(&user));
+                self.out.line(render::private_incoming(&user, new.path));
             }
             self.chats.open.insert(user, new);
             return;

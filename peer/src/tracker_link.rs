@@ -73,6 +73,10 @@ pub struct Dial {
     pub pinned: Option<Fingerprint>,
     /// Keys remembered per address (trust on first use).
     pub known: KnownTrackers,
+    /// The port our listener is on, to connect to the tracker from: the tracker then sees
+    /// whether our router keeps that port, which decides whether others can punch through
+    /// to us (`tracker::route`). 0: any port.
+    pub from_port: u16,
 }
 
 /// A tracker met for the first time: its key, now remembered.
@@ -104,6 +108,8 @@ impl TrackerLink {
     /// Connects, checks the tracker's key and says `Hello`, within [`CONNECT_DEADLINE`]
     /// (a port that accepts and never speaks is not a tracker). A tracker met for the first
     /// time (no pin) is remembered, and said so.
+    ///
+    /// It is opened from `dial.from_port` (see [`bind_shared`]).
     pub async fn connect(dial: &Dial) -> Result<(TrackerLink, Option<FirstUse>), LinkError> {
         let addr = dial.addr;
         let silent = LinkError::Silent {
@@ -111,75 +117,7 @@ impl TrackerLink {
             secs: CONNECT_DEADLINE.as_secs(),
         };
         let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
-        // A tracker turning a connection away resets it at once; the reset can arrive
-        // while our connect is still finishing, or before our Hello is written.
-        let reset = |kind: std::io::ErrorKind| {
-            matches!(
-                kind,
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            )
-        };
-        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if reset(e.kind()) => return Err(LinkError::ClosedAtOnce { addr }),
-            Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
-            Err(_) => return Err(silent),
-        };
-        let _ = tcp.set_nodelay(true);
-        let mut first_use = None;
-        let stream: Stream = match dial.security {
-            Security::Plaintext => Box::new(tcp),
-            Security::Encrypted => {
-                let remembered = match dial.pinned {
-                    Some(_) => None,
-                    None => dial.known.get(addr)?,
-                };
-                let check = match dial.pinned.or(remembered) {
-                    Some(fp) => KeyCheck::Only(fp),
-                    None => KeyCheck::Any,
-                };
-                let opened =
-                    tokio::time::timeout_at(deadline, link::tls::connect(tcp, addr, check)).await;
-                match opened {
-                    Err(_) => return Err(silent),
-                    Ok(Ok((tls, key))) => {
-                        if check == KeyCheck::Any {
-                            dial.known.remember(addr, &key)?;
-                            first_use = Some(FirstUse {
-                                addr,
-                                key,
-                                file: dial.known.path().to_owned(),
-                            });
-                        }
-                        Box::new(tls)
-                    }
-                    Ok(Err(link::tls::ConnectError::WrongKey {
-                        presented,
-                        expected,
-                    })) => {
-                        return Err(match dial.pinned {
-                            Some(_) => LinkError::NotPinned {
-                                addr,
-                                presented,
-                                expected,
-                            },
-                            None => LinkError::KeyChanged {
-                                addr,
-                                presented,
-                                expected,
-                                file: dial.known.path().to_owned(),
-                            },
-                        })
-                    }
-                    Ok(Err(link::tls::ConnectError::Io(e))) if reset(e.kind()) => {
-                        return Err(LinkError::ClosedAtOnce { addr })
-                    }
-                    Ok(Err(link::tls::ConnectError::Io(source))) => {
-                        return Err(LinkError::Tls { addr, source })
-                    }
-                }
-            }
-        };
+        let (stream, first_use) = open(dial, dial.from_port, deadline).await?;
         let mut link = TrackerLink {
             framed: Framed::new(stream, WireCodec::new()),
             addr,
@@ -236,4 +174,116 @@ impl TrackerLink {
             None => Err(LinkError::Closed),
         }
     }
+}
+
+/// A tracker turning a connection away resets it at once; the reset can arrive while our
+/// connect is still finishing, or before our first frame is written.
+fn reset(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+/// A TCP socket on `port` (0: one the OS picks) that other sockets on the same port may
+/// share: our listener, and the connections we open from its port (to the tracker, and
+/// simultaneous opens to peers). Linux sends an incoming segment to the connection it
+/// belongs to first, so sharing the port costs the listener nothing.
+pub fn bind_shared(port: u16) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?;
+    Ok(s)
+}
+
+/// Connects to `addr` from `port` when it can (0, or a port that cannot be shared: from
+/// any).
+async fn connect_from(addr: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
+    if port != 0 {
+        if let Ok(s) = bind_shared(port) {
+            match s.connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    TcpStream::connect(addr).await
+}
+
+/// Opens a connection to the tracker and, unless in clear, its TLS session, checking the
+/// tracker's key (remembering it if met for the first time), by `deadline`.
+pub async fn open(
+    dial: &Dial,
+    from_port: u16,
+    deadline: tokio::time::Instant,
+) -> Result<(Stream, Option<FirstUse>), LinkError> {
+    let addr = dial.addr;
+    let silent = LinkError::Silent {
+        addr,
+        secs: CONNECT_DEADLINE.as_secs(),
+    };
+    let tcp = match tokio::time::timeout_at(deadline, connect_from(addr, from_port)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if reset(e.kind()) => return Err(LinkError::ClosedAtOnce { addr }),
+        Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
+        Err(_) => return Err(silent),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut first_use = None;
+    let stream: Stream = match dial.security {
+        Security::Plaintext => Box::new(tcp),
+        Security::Encrypted => {
+            let remembered = match dial.pinned {
+                Some(_) => None,
+                None => dial.known.get(addr)?,
+            };
+            let check = match dial.pinned.or(remembered) {
+                Some(fp) => KeyCheck::Only(fp),
+                None => KeyCheck::Any,
+            };
+            let opened =
+                tokio::time::timeout_at(deadline, link::tls::connect(tcp, addr, check)).await;
+            match opened {
+                Err(_) => return Err(silent),
+                Ok(Ok((tls, key))) => {
+                    if check == KeyCheck::Any {
+                        dial.known.remember(addr, &key)?;
+                        first_use = Some(FirstUse {
+                            addr,
+                            key,
+                            file: dial.known.path().to_owned(),
+                        });
+                    }
+                    Box::new(tls)
+                }
+                Ok(Err(link::tls::ConnectError::WrongKey {
+                    presented,
+                    expected,
+                })) => {
+                    return Err(match dial.pinned {
+                        Some(_) => LinkError::NotPinned {
+                            addr,
+                            presented,
+                            expected,
+                        },
+                        None => LinkError::KeyChanged {
+                            addr,
+                            presented,
+                            expected,
+                            file: dial.known.path().to_owned(),
+                        },
+                    })
+                }
+                Ok(Err(link::tls::ConnectError::Io(e))) if reset(e.kind()) => {
+                    return Err(LinkError::ClosedAtOnce { addr })
+                }
+                Ok(Err(link::tls::ConnectError::Io(source))) => {
+                    return Err(LinkError::Tls { addr, source })
+                }
+            }
+        }
+    };
+    Ok((stream, first_use))
 }

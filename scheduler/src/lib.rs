@@ -192,6 +192,8 @@ struct PeerState<P> {
     total: u64,
     last_progress: u64,
     snubbed: bool,
+    /// Reached only through the tracker's relay (see [`Scheduler::relayed`]).
+    relayed: bool,
     /// Blocks kept from it.
     kept: u64,
 }
@@ -362,6 +364,7 @@ impl<P: Ord + Clone> Scheduler<P> {
                     total: 0,
                     last_progress: now,
                     snubbed: false,
+                    relayed: false,
                     kept: 0,
                 }));
                 self.names.push(peer.clone());
@@ -494,6 +497,15 @@ impl<P: Ord + Clone> Scheduler<P> {
         p.last_progress = now;
         p.window_start = now;
         self.schedule(now);
+    }
+
+    /// `peer` is reached through the tracker's relay, whose bandwidth is capped and shared:
+    /// asked last in every round, and only for a block while no direct peer would deliver
+    /// it sooner, so the relay carries what nobody else can.
+    pub fn relayed(&mut self, peer: &P) {
+        if let Some(pid) = self.pid(peer) {
+            self.peer_mut(pid).relayed = true;
+        }
     }
 
     pub fn unchoked(&mut self, peer: &P, now: u64) {
@@ -957,6 +969,9 @@ impl<P: Ord + Clone> Scheduler<P> {
         if p.snubbed || q.snubbed {
             return !p.snubbed;
         }
+        if p.relayed != q.relayed {
+            return !p.relayed;
+        }
         let (a, b) = (
             (p.queued_bytes + mine) as f64,
             (q.queued_bytes + theirs) as f64,
@@ -1076,6 +1091,13 @@ impl<P: Ord + Clone> Scheduler<P> {
         let ranks = me.suggested.clone();
         let candidates: Vec<usize> = (0..count)
             .filter(|&c| room && unstarted(c) && me.can_serve(c as Chunk))
+            // Through the relay, only what no direct peer we are connected to holds.
+            .filter(|&c| {
+                !me.relayed
+                    || !self.live().any(|(q, p)| {
+                        q != pid && !p.relayed && p.link != Link::Known && p.can_serve(c as Chunk)
+                    })
+            })
             .filter(|&c| {
                 me.crowded <= self.clock
                     || (0..self.layout.block_count(c as Chunk))
@@ -1282,17 +1304,17 @@ impl<P: Ord + Clone> Scheduler<P> {
         }
         // Requests: one at a time to each unchoked peer in turn, the least busy first,
         // until every queue is full or nothing is left to ask, so each peer starts a chunk
-        // of its own before any starts a second.
-        let mut order: Vec<(usize, u64, Pid)> = self
+        // of its own before any starts a second. Peers behind the relay come last.
+        let mut order: Vec<(bool, usize, u64, Pid)> = self
             .live()
             .filter(|(_, p)| p.unchoked())
-            .map(|(pid, p)| (p.queue.len(), 0, pid))
+            .map(|(pid, p)| (p.relayed, p.queue.len(), 0, pid))
             .collect();
         for o in &mut order {
-            o.1 = self.rng.next();
+            o.2 = self.rng.next();
         }
         order.sort_unstable();
-        let order: Vec<Pid> = order.into_iter().map(|(_, _, pid)| pid).collect();
+        let order: Vec<Pid> = order.into_iter().map(|(_, _, _, pid)| pid).collect();
         // A peer with nothing to do leaves the round; if the round itself starts the end
         // game (the last blocks asked of others), the peers that left get a second round,
         // now allowed duplicates.
@@ -1409,6 +1431,29 @@ mod tests {
         let reqs = requests(&drain(&mut s));
         // Only peer 1 holds chunk 3: its first request; then blocks in order.
         assert_eq!(reqs, [(1, 3, 0), (1, 3, 1)], "min_queue of 2");
+    }
+
+    #[test]
+    fn a_relayed_peer_is_asked_only_for_what_no_direct_peer_holds() {
+        for seed in 0..20 {
+            let mut s = S::new(layout(4, 1), [], seed, Config::default());
+            // Peer 1 (relayed) holds everything; peer 2 (direct) chunks 0-2.
+            s.add_peer(1, 0..4, 0);
+            s.add_peer(2, [0, 1, 2], 0);
+            s.start(0);
+            drain(&mut s);
+            s.relayed(&1);
+            s.connected(&1, 0..4, [], 0);
+            s.connected(&2, [0, 1, 2], [], 0);
+            s.unchoked(&1, 0);
+            s.unchoked(&2, 0);
+            let reqs = requests(&drain(&mut s));
+            assert!(
+                reqs.iter().all(|&(p, c, _)| p == 2 || c == 3),
+                "the relay only for chunk 3: {reqs:?}"
+            );
+            assert!(reqs.iter().any(|&(p, c, _)| p == 1 && c == 3), "{reqs:?}");
+        }
     }
 
     #[test]

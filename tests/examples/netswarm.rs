@@ -3,7 +3,9 @@
 //! same topology when they are installed. Prints figures; never fails on speed.
 //!
 //! Run it with `bench/netswarm [CASE...] [--no-aria2c | --only-aria2c] [--timeline]` (builds release
-//! binaries first; needs root). CASE: 1 to 4 (default: all).
+//! binaries first; needs root). CASE: 1 to 4 (default: all). `bench/netswarm --nat` instead
+//! measures users behind NAT routers: private chat between every pair of kinds, and a
+//! download with the share of bytes per path (direct, reversed, punched, relayed).
 //!
 //! "Ideal" is the lower bound on the time for every downloader to finish: for one
 //! downloader the file size over the seeders' summed uplinks; in general the minimum
@@ -302,9 +304,224 @@ fn report(label: &str, ideal: f64, out: &Outcome) {
     }
 }
 
+/// The kinds of user `--nat` measures.
+const KINDS: [(&str, Option<Nat>); 3] = [
+    ("public", None),
+    ("cone", Some(Nat::Cone)),
+    ("symmetric", Some(Nat::Symmetric)),
+];
+
+/// A lab with a tracker on host 0 and one host per entry of `kinds` (index into
+/// [`KINDS`]) on `link`: the hosts' lab indices.
+fn nat_lab(kinds: &[usize], links: &[Link]) -> Result<(Lab, Vec<usize>), String> {
+    let publics: Vec<Link> = kinds
+        .iter()
+        .zip(links)
+        .filter(|(k, _)| KINDS[**k].1.is_none())
+        .map(|(_, l)| *l)
+        .collect();
+    let mut all = vec![Link::FREE];
+    all.extend(&publics);
+    let mut lab = Lab::new(&all)?;
+    let mut next = 1;
+    let mut hosts = Vec::new();
+    for (k, l) in kinds.iter().zip(links) {
+        match KINDS[*k].1 {
+            None => {
+                hosts.push(next);
+                next += 1;
+            }
+            Some(nat) => hosts.push(lab.add_behind_nat(*l, nat)?),
+        }
+    }
+    Ok((lab, hosts))
+}
+
+fn nat_peer(lab: &Lab, host: usize, t: &Tracker, i: usize) -> Peer {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut p = Peer::start_on(&lab.place(host), t.addr, dir, None, &[]);
+    p.login_as(&user(i), &format!("pw{i}"));
+    p.reachability();
+    p
+}
+
+/// `--nat`: private chat between every ordered pair of kinds of user (time until both
+/// sides say it is open), then a download by one user of each kind from holders of each
+/// kind, with the bytes each path carried.
+fn run_nat() {
+    println!("users behind NAT on the network lab (nftables masquerade routers; cone keeps ports, symmetric is fully-random)");
+    println!();
+    println!("private chat: startprivate until both sides say it is open, 5 times per ordered pair (ms: median / max)");
+    let kinds: Vec<usize> = vec![0, 0, 1, 1, 2, 2];
+    let (lab, hosts) = match nat_lab(&kinds, &vec![Link::FREE; kinds.len()]) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  could not build the lab: {e}");
+            std::process::exit(1);
+        }
+    };
+    let t = Tracker::start_quiet_on(lab.place(0), lab.ip(0), &credentials(kinds.len() + 6), 3600);
+    let mut users: Vec<Peer> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| nat_peer(&lab, *h, &t, i + 1))
+        .collect();
+    let mut bad = false;
+    for (a, (from, _)) in KINDS.iter().enumerate() {
+        for (b, (to, _)) in KINDS.iter().enumerate() {
+            // Two users of each kind: a kind's pair with itself uses both.
+            let (x, y) = (2 * a, 2 * b + usize::from(a == b));
+            let mut times = Vec::new();
+            let mut relayed = false;
+            for _ in 0..5 {
+                let (px, py) = if x < y {
+                    let (l, r) = users.split_at_mut(y);
+                    (&mut l[x], &mut r[0])
+                } else {
+                    let (l, r) = users.split_at_mut(x);
+                    (&mut r[0], &mut l[y])
+                };
+                let start = Instant::now();
+                px.send(&format!("startprivate {}", py.name));
+                let said = px.expect_any(
+                    &["Start private messaging with", "Error."],
+                    Duration::from_secs(30),
+                );
+                let at_x = px.last_line_at().unwrap_or_else(Instant::now);
+                if said.starts_with("Error.") {
+                    println!("  {from} -> {to}: {said}");
+                    bad = true;
+                    break;
+                }
+                relayed |= said.contains("relay");
+                py.expect_within(
+                    "started private messaging with you",
+                    Duration::from_secs(30),
+                );
+                let at_y = py.last_line_at().unwrap_or_else(Instant::now);
+                times.push(at_x.max(at_y).duration_since(start).as_secs_f64() * 1000.0);
+                px.send(&format!("stopprivate {}", py.name));
+                py.expect("stopped private messaging");
+                px.expect("Stopped private messaging");
+            }
+            if times.is_empty() {
+                continue;
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "  {from:>9} -> {to:<9}  {:6.0} / {:6.0}{}",
+                times[times.len() / 2],
+                times[times.len() - 1],
+                if relayed { "   (relayed)" } else { "" }
+            );
+        }
+    }
+    drop(users);
+    drop(t);
+    drop(lab);
+
+    println!();
+    let size: u64 = 32 << 20;
+    println!("download: 32 MiB in 10 chunks from 3 holders (one of each kind, 40 Mbit up) by 3 users (one of each kind, 40 up / 400 down), starting together");
+    let kinds: Vec<usize> = vec![0, 1, 2, 0, 1, 2];
+    let mut links = vec![Link::up_mbit(40.0); 3];
+    links.extend([Link::mbit(40.0, 400.0); 3]);
+    let (lab, hosts) = match nat_lab(&kinds, &links) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("  could not build the lab: {e}");
+            std::process::exit(1);
+        }
+    };
+    let t = Tracker::start_quiet_on(lab.place(0), lab.ip(0), &credentials(kinds.len()), 3600);
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join(NAME);
+    let want = make_file(&source, size, 9);
+    let mut seeds = Vec::new();
+    for (i, h) in hosts.iter().take(3).enumerate() {
+        let mut p = nat_peer(&lab, *h, &t, i + 1);
+        std::fs::copy(&source, p.dir.join(NAME)).unwrap();
+        p.send(&format!("register {NAME} 10"));
+        p.expect_within(&format!("{NAME} registered"), Duration::from_secs(120));
+        seeds.push(p);
+    }
+    let mut leechers: Vec<Peer> = hosts
+        .iter()
+        .enumerate()
+        .skip(3)
+        .map(|(i, h)| nat_peer(&lab, *h, &t, i + 1))
+        .collect();
+    let start = Instant::now();
+    for p in &mut leechers {
+        p.send(&format!("download {NAME}"));
+    }
+    let mut total: std::collections::BTreeMap<String, f64> = Default::default();
+    for (i, p) in leechers.iter_mut().enumerate() {
+        let line = p.expect_any(
+            &[&format!("Downloaded {NAME} ("), "Error."],
+            Duration::from_secs(600),
+        );
+        let at = p.last_line_at().unwrap_or_else(Instant::now);
+        let said = p.sync();
+        if line.starts_with("Error.") || sha256_file(&p.dir.join(NAME)) != want {
+            println!("  {:>9}  failed: {line}", KINDS[kinds[i + 3]].0);
+            bad = true;
+            continue;
+        }
+        let paths = said
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("(paths: "))
+            .map(|l| l.trim_end_matches(')').to_string())
+            .unwrap_or_else(|| "direct 32.0 MiB".into());
+        for part in paths.split(", ") {
+            if let Some((path, amount)) = part.split_once(' ') {
+                *total.entry(path.to_string()).or_default() += mib(amount);
+            }
+        }
+        println!(
+            "  {:>9}  {:5.1} s   {paths}   (from {})",
+            KINDS[kinds[i + 3]].0,
+            at.duration_since(start).as_secs_f64(),
+            line.split(" from ").nth(1).unwrap_or("?")
+        );
+    }
+    let all: f64 = total.values().sum();
+    let shares: Vec<String> = total
+        .iter()
+        .map(|(p, n)| format!("{p} {:.1}%", n / all * 100.0))
+        .collect();
+    println!(
+        "  share of bytes per path, all downloads: {}",
+        shares.join(", ")
+    );
+    println!("  (the relay's cap: 512 KiB/s per user, the tracker's default)");
+    for p in leechers.iter().chain(&seeds) {
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+    if bad {
+        std::process::exit(1);
+    }
+}
+
+/// `6.0 MiB` → 6.0 (MiB).
+fn mib(s: &str) -> f64 {
+    let (n, unit) = s.split_once(' ').unwrap_or((s, "B"));
+    let n: f64 = n.parse().unwrap_or(0.0);
+    match unit {
+        "GiB" => n * 1024.0,
+        "MiB" => n,
+        "KiB" => n / 1024.0,
+        _ => n / (1024.0 * 1024.0),
+    }
+}
+
 fn main() {
     lab::remove_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--nat") {
+        run_nat();
+        return;
+    }
     let aria = !args.iter().any(|a| a == "--no-aria2c");
     TIMELINE.store(args.iter().any(|a| a == "--timeline"), Ordering::Relaxed);
     let ours = !args.iter().any(|a| a == "--only-aria2c");

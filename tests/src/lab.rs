@@ -8,6 +8,10 @@
 //! sends), its download rate a `tbf` on its switch port (what the switch sends it). Nothing
 //! leaves these namespaces: they have no route anywhere else.
 //!
+//! A host may instead sit behind a home router of its own ([`Lab::add_behind_nat`]): a
+//! router namespace on the bridge that masquerades the host's home network (`nftables`)
+//! and drops connections from outside it did not see opened from inside.
+//!
 //! Every namespace is named `swl<pid>x<n>...` after the process that made it. Dropping the
 //! [`Lab`] kills whatever still runs inside and deletes the namespaces; a new lab also
 //! removes the namespaces of processes that no longer exist (a test killed before it could
@@ -82,9 +86,26 @@ impl Link {
 struct Host {
     ns: String,
     ip: Ipv4Addr,
+    /// For a host behind a home router: the router's namespace and its address on the
+    /// shared segment (what everyone else sees the host as).
+    router: Option<(String, Ipv4Addr)>,
+}
+
+/// How a home router translates addresses. Both drop connections from outside that are
+/// not part of one opened from inside, as home routers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Masquerade that keeps a connection's source port when it can (Linux's default):
+    /// the same inside port goes out as the same outside port, whoever it talks to, so
+    /// two peers dialling each other at once can meet (TCP hole punching).
+    Cone,
+    /// Masquerade with `fully-random` ports: every connection goes out from a port of its
+    /// own, so nobody outside can predict one ("symmetric" NAT).
+    Symmetric,
 }
 
 pub struct Lab {
+    id: String,
     switch: String,
     hosts: Vec<Host>,
 }
@@ -169,6 +190,7 @@ impl Lab {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut lab = Lab {
+            id: id.clone(),
             switch: format!("{id}sw"),
             hosts: Vec::new(),
         };
@@ -181,7 +203,11 @@ impl Lab {
             let ns = format!("{id}h{i}");
             run(&["ip", "netns", "add", &ns])?;
             let ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
-            lab.hosts.push(Host { ns: ns.clone(), ip });
+            lab.hosts.push(Host {
+                ns: ns.clone(),
+                ip,
+                router: None,
+            });
             let port = format!("v{i}");
             run(&[
                 "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
@@ -213,8 +239,153 @@ impl Lab {
         self.hosts.is_empty()
     }
 
+    /// `host`'s own address (behind a router: its address in its home network).
     pub fn ip(&self, host: usize) -> Ipv4Addr {
         self.hosts[host].ip
+    }
+
+    /// The address others see `host` as: its own, or its router's.
+    pub fn public_ip(&self, host: usize) -> Ipv4Addr {
+        self.hosts[host]
+            .router
+            .as_ref()
+            .map_or(self.hosts[host].ip, |r| r.1)
+    }
+
+    /// Adds a host behind a home router of its own: the router sits on the shared segment
+    /// (address `10.77.0.<i+1>`), the host on its home network (`192.168.<i+1>.2`, routed
+    /// through the router at `.1`). The router translates what the host sends out as
+    /// `nat` says and drops what comes in unasked. `link` shapes the host's link to its
+    /// router. Returns the host's index.
+    pub fn add_behind_nat(&mut self, link: Link, nat: Nat) -> Result<usize, String> {
+        let i = self.hosts.len();
+        if i >= 250 {
+            return Err("at most 250 hosts".into());
+        }
+        let (ns, router) = (format!("{}h{i}", self.id), format!("{}r{i}", self.id));
+        let wan = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+        let ip = Ipv4Addr::new(192, 168, i as u8 + 1, 2);
+        let gw = Ipv4Addr::new(192, 168, i as u8 + 1, 1);
+        run(&["ip", "netns", "add", &router])?;
+        // From here on, dropping the lab removes both namespaces.
+        self.hosts.push(Host {
+            ns: ns.clone(),
+            ip,
+            router: Some((router.clone(), wan)),
+        });
+        run(&["ip", "netns", "add", &ns])?;
+        let sw = self.switch.clone();
+        let port = format!("v{i}");
+        run(&[
+            "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "wan", "netns",
+            &router,
+        ])?;
+        run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{wan}/16"),
+            "dev",
+            "wan",
+        ])?;
+        run(&["ip", "-n", &router, "link", "set", "wan", "up"])?;
+        run(&["ip", "-n", &router, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip", "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "lan",
+        ])?;
+        run(&["ip", "-n", &router, "link", "set", "lan", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        let random = match nat {
+            Nat::Cone => "",
+            Nat::Symmetric => " fully-random",
+        };
+        let rules = format!(
+            "table ip nat {{
+  chain leaving {{
+    type nat hook postrouting priority 100;
+    oifname \"wan\" masquerade{random}
+  }}
+}}
+table ip filter {{
+  chain passing {{
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname \"lan\" accept
+  }}
+  chain arriving {{
+    type filter hook input priority 0; policy accept;
+    iifname \"wan\" ct state != established,related drop
+  }}
+}}
+"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &router, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nft (apt-get install nftables): {e}"))?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(rules.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "nft rules for the router failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        self.shape(i, link)?;
+        Ok(i)
     }
 
     /// Gives `host` `n` (at most 250) more addresses, `10.77.<host+1>.1` on: for tests of
@@ -267,9 +438,13 @@ impl Lab {
 
     /// Sets (or changes, mid-test) `host`'s rates.
     pub fn shape(&self, host: usize, link: Link) -> Result<(), String> {
-        let ns = &self.hosts[host].ns;
-        tbf(ns, "eth0", link.up)?;
-        tbf(&self.switch, &format!("v{host}"), link.down)
+        let h = &self.hosts[host];
+        tbf(&h.ns, "eth0", link.up)?;
+        match &h.router {
+            // What the router sends the host.
+            Some((router, _)) => tbf(router, "lan", link.down),
+            None => tbf(&self.switch, &format!("v{host}"), link.down),
+        }
     }
 
     /// Bytes `host` has sent and received on its link so far (IP packets, headers
@@ -359,6 +534,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for h in &self.hosts {
             remove_namespace(&h.ns);
+            if let Some((router, _)) = &h.router {
+                remove_namespace(router);
+            }
         }
         remove_namespace(&self.switch);
     }

@@ -15,7 +15,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use lab::{Lab, Link, Place};
+pub use lab::{Lab, Link, Nat, Place};
 
 /// Longest wait for any expected line; generous for a loaded 2-core CI machine.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -139,6 +139,14 @@ impl Tracker {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
         Self::launch(place, ip.into(), dir, block_duration, timeout, "debug")
+    }
+
+    /// `start_on`, with more command-line options.
+    pub fn start_on_args(place: Place, ip: Ipv4Addr, extra: &[&str]) -> Tracker {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("credentials.txt"), CREDENTIALS).unwrap();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch_with(place, ip.into(), dir, (60, 600), "debug", extra)
     }
 
     /// Starts (or restarts) a tracker whose credentials and state live in `dir`.
@@ -569,6 +577,26 @@ impl Peer {
 
     /// Starts a private session with `other`; waits until both sides have seen it open
     /// (each hears of it on its own connection, in either order).
+    /// Waits until the tracker has told this peer whether others can connect to it (it
+    /// tries just after login, for up to 2 s), and returns `transfers`' line about it.
+    pub fn reachability(&mut self) -> String {
+        for _ in 0..40 {
+            let lines = self.run("transfers");
+            if let Some(l) = lines
+                .iter()
+                .find(|l| l.starts_with("Reachability: the server sees"))
+            {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{}: reachability never known. Transcript:\n{}",
+            self.name,
+            self.transcript()
+        );
+    }
+
     pub fn open_private(&mut self, other: &mut Peer) {
         self.send(&format!("startprivate {}", other.name));
         self.expect(&format!("Start private messaging with {}", other.name));

@@ -195,6 +195,8 @@ mod tests {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 port: 0,
                 key: key_of(user),
+                reachable: None,
+                keeps_port: true,
             },
         )
     }

@@ -14,12 +14,12 @@ pub const MAX_OFFLINE_PER_RECIPIENT: u64 = 1_000;
 
 impl Tracker {
     /// Checks that `user` is a real user other than `me`.
-    fn other_user(&self, me: &UserName, user: &UserName) -> Result<(), Reply> {
+    fn other_user(&self, me: &UserName, user: &UserName) -> Result<(), Refusal> {
         if !self.creds.contains(user) {
-            return Err(Reply::Refused(Refusal::InvalidUser { user: user.clone() }));
+            return Err(Refusal::InvalidUser { user: user.clone() });
         }
         if user == me {
-            return Err(Reply::Refused(Refusal::SelfTarget));
+            return Err(Refusal::SelfTarget);
         }
         Ok(())
     }
@@ -45,7 +45,7 @@ impl Tracker {
         now: Millis,
     ) -> Reply {
         if let Err(r) = self.other_user(me, to) {
-            return r;
+            return Reply::Refused(r);
         }
         if self.has_blocked(to, me) {
             return Reply::Refused(Refusal::BlockedByRecipient { user: to.clone() });
@@ -119,7 +119,7 @@ impl Tracker {
 
     pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Reply {
         if let Err(r) = self.other_user(me, user) {
-            return r;
+            return Reply::Refused(r);
         }
         if self.has_blocked(me, user) {
             return Reply::Refused(Refusal::AlreadyBlocked { user: user.clone() });
@@ -137,7 +137,7 @@ impl Tracker {
 
     pub(crate) fn unblock(&mut self, me: &UserName, user: &UserName) -> Reply {
         if let Err(r) = self.other_user(me, user) {
-            return r;
+            return Reply::Refused(r);
         }
         if !self.has_blocked(me, user) {
             return Reply::Refused(Refusal::NotBlocked { user: user.clone() });

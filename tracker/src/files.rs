@@ -67,9 +67,9 @@ fn bad_chunk(chunk: u32, count: u32) -> Reply {
 
 /// Every chunk number in `chunks` names one of a file's `count` chunks; else the refusal
 /// for the first that does not.
-fn in_range(chunks: &[u32], count: u32) -> Result<(), Reply> {
+fn in_range(chunks: &[u32], count: u32) -> Result<(), Refusal> {
     match chunks.iter().find(|&&c| c >= count) {
-        Some(&bad) => Err(bad_chunk(bad, count)),
+        Some(&bad) => Err(Refusal::BadChunk { chunk: bad, count }),
         None => Ok(()),
     }
 }
@@ -97,7 +97,7 @@ impl Tracker {
     ) -> Reply {
         let count = meta.chunk_count();
         if let Err(refused) = in_range(&have, count) {
-            return refused;
+            return Reply::Refused(refused);
         }
         let name = meta.name().clone();
         let mut replaced = false;
@@ -156,7 +156,7 @@ impl Tracker {
         }
         let count = meta.chunk_count();
         if let Err(refused) = in_range(&have, count) {
-            return refused;
+            return Reply::Refused(refused);
         }
         self.add_holdings(me, &name, have);
         self.note_unheld(&name, now);
@@ -417,7 +417,7 @@ impl Tracker {
         };
         let count = entry.meta.chunk_count();
         if let Err(refused) = in_range(chunks, count) {
-            return refused;
+            return Reply::Refused(refused);
         }
         // Each chunk once: a request naming one chunk thousands of times costs no more
         // than naming it once (the list is at most a frame, but the reply was per entry).
@@ -448,6 +448,7 @@ impl Tracker {
         me: &UserName,
         name: &FileName,
         from: Option<&UserName>,
+        now: Millis,
     ) -> Reply {
         let Some(entry) = self.files.get_mut(name) else {
             return unknown(name);
@@ -506,12 +507,13 @@ impl Tracker {
         };
         let mut holders = Vec::new();
         for (user, chunks) in candidates {
-            match self.introduce(me, &user) {
-                Ok((addr, ticket, key)) => holders.push(Holder {
+            match self.introduce(me, &user, now) {
+                Ok(intro) => holders.push(Holder {
                     user,
-                    addr,
-                    ticket,
-                    key,
+                    addr: intro.addr,
+                    ticket: intro.ticket,
+                    key: intro.key,
+                    via: intro.via,
                     chunks,
                 }),
                 // A named holder's refusal is the answer; among all holders, an unreachable
@@ -560,7 +562,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::state::testkit::*;
-    use wire::{Digest, Event, Request};
+    use wire::{Digest, Event, Request, Via};
 
     fn meta(name: &str, fill: u8) -> FileMeta {
         FileMeta::new(
@@ -733,6 +735,8 @@ mod tests {
                 from: u("luke"),
                 ticket: yoda_ticket,
                 key: key_of("luke"),
+                via: Via::Direct,
+                addr: "127.0.0.1:4004".parse().unwrap(),
             }]
         );
 

@@ -18,6 +18,8 @@ mod presence;
 mod private;
 pub mod quota;
 pub mod rate;
+pub mod relay;
+pub mod route;
 pub mod server;
 pub mod shun;
 pub mod state;

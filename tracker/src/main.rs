@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracker::clock::{Clock, SystemClock};
 use tracker::credentials::Credentials;
+use tracker::relay::{Relay, RelayLimits};
 use tracker::store::Store;
 use tracker::{Rules, Shared, Tracker};
 
@@ -50,6 +51,17 @@ struct Args {
     /// debugging on a trusted network only; clients must say the same.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     insecure_plaintext: bool,
+    /// Relay nothing: peers that can neither reach each other nor punch through their
+    /// routers cannot connect.
+    #[arg(long, conflicts_with_all = ["relay_rate", "relay_connections"])]
+    no_relay: bool,
+    /// KiB per second the relay carries to and from one user, over all its relayed
+    /// connections.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    relay_rate: u64,
+    /// Relayed connections one user may have at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    relay_connections: u64,
     /// Print debugging information to stderr.
     #[arg(short, long)]
     debug: bool,
@@ -150,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         block_duration: Duration::from_secs(args.block_duration),
         timeout: Duration::from_secs(args.timeout),
         release_after: Duration::from_secs(args.release_after),
+        relay: !args.no_relay,
     };
     let checkpointer = store
         .hand_checkpoints_to(&args.state)
@@ -170,7 +183,13 @@ fn main() -> anyhow::Result<()> {
         let addr = SocketAddr::new(args.bind, args.server_port);
         let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let shared = Shared::new(tracker, clock);
+        let relay = (!args.no_relay).then(|| {
+            Relay::new(RelayLimits {
+                rate: args.relay_rate * 1024,
+                circuits: args.relay_connections as usize,
+            })
+        });
+        let shared = Shared::with_relay(tracker, clock, relay);
         tracker::serve(listener, shared, tls, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -5,21 +5,67 @@
 
 use std::net::SocketAddr;
 
-use wire::{Event, PeerKey, Refusal, Reply, ServerMsg, Ticket, UserName};
+use std::collections::HashMap;
+use std::time::Duration;
 
-use crate::state::Tracker;
+use wire::{Circuit, Event, PeerKey, Refusal, Reply, ServerMsg, Ticket, UserName, Via};
+
+use crate::clock::Millis;
+use crate::route::{self, Path};
+use crate::state::{ConnId, Tracker};
+
+/// How long both sides of a punched or relayed introduction have to reach the relay.
+pub const CIRCUIT_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What `introduce` hands the requester.
+#[derive(Debug, Clone, Copy)]
+pub struct Introduction {
+    pub addr: SocketAddr,
+    pub ticket: Ticket,
+    pub key: PeerKey,
+    pub via: Via,
+}
+
+/// Circuits handed out and not yet joined by both sides (the relay's guest list).
+#[derive(Default)]
+pub struct Circuits {
+    open: HashMap<Circuit, PendingCircuit>,
+    next_prune: Millis,
+}
+
+struct PendingCircuit {
+    users: [UserName; 2],
+    expires: Millis,
+    joined: u8,
+}
 
 impl Tracker {
-    pub(crate) fn start_private(&mut self, me: &UserName, user: &UserName) -> Reply {
-        match self.introduce(me, user) {
-            Ok((addr, ticket, key)) => Reply::PrivateGranted {
+    pub(crate) fn start_private(&mut self, me: &UserName, user: &UserName, now: Millis) -> Reply {
+        match self.introduce(me, user, now) {
+            Ok(intro) => Reply::PrivateGranted {
                 user: user.clone(),
-                addr,
-                ticket,
-                key,
+                addr: intro.addr,
+                ticket: intro.ticket,
+                key: intro.key,
+                via: intro.via,
             },
             Err(refusal) => Reply::Refused(refusal),
         }
+    }
+
+    /// The result of trying to connect to `user`'s listener after login (see
+    /// `server::probe`): kept for deciding how peers connect, and told to the user with the
+    /// address the tracker sees it at. Ignored if that session has ended meanwhile.
+    pub fn probed(&mut self, user: &UserName, conn: ConnId, observed: SocketAddr, reachable: bool) {
+        match self.sessions.get_mut(user) {
+            Some(s) if s.conn == conn => s.listener.reachable = Some(reachable),
+            _ => return,
+        }
+        let event = ServerMsg::Event(Event::Reachability {
+            observed,
+            reachable,
+        });
+        self.push(user, &event);
     }
 
     pub(crate) fn check_peer(&self, me: &UserName, user: &UserName) -> Reply {
@@ -29,29 +75,81 @@ impl Tracker {
         }
     }
 
-    /// Checks that `me` may connect to `user`'s listener and, if so, issues a ticket for it:
-    /// given to `user` now (as an event, with the key `me` must prove it holds) and
-    /// returned for `me` with the address and the key `user`'s listener must prove.
+    /// Checks that `me` may connect to `user`'s listener and, if so, issues a ticket for it
+    /// and decides how the two get a connection (`route`): given to `user` now (as an
+    /// event, with the key `me` must prove it holds and where `me` is) and returned for `me`
+    /// with the address and the key `user`'s listener must prove.
     pub(crate) fn introduce(
         &mut self,
         me: &UserName,
         user: &UserName,
-    ) -> Result<(SocketAddr, Ticket, PeerKey), Refusal> {
+        now: Millis,
+    ) -> Result<Introduction, Refusal> {
         let (addr, key) = self.reachable(me, user)?;
-        let Some(mine) = self.sessions.get(me).map(|s| s.listener.key) else {
+        let Some(mine) = self.sessions.get(me).map(|s| s.listener) else {
             return Err(Refusal::Offline { user: me.clone() });
         };
+        let theirs = self.sessions[user].listener;
         // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
         let ticket = Ticket(rand::random());
+        let circuit = Circuit(rand::random());
+        let via = match route::route(mine.reach(), theirs.reach(), self.rules.relay) {
+            Path::Direct => Via::Direct,
+            Path::Reversed => Via::Reversed { circuit },
+            Path::Punched => Via::Punched { circuit },
+            Path::Relayed => Via::Relayed { circuit },
+        };
         let event = ServerMsg::Event(Event::PrivateTicket {
             from: me.clone(),
             ticket,
-            key: mine,
+            key: mine.key,
+            via,
+            addr: SocketAddr::new(mine.ip, mine.port),
         });
         if !self.push(user, &event) {
             return Err(Refusal::Offline { user: user.clone() });
         }
-        Ok((addr, ticket, key))
+        if matches!(via, Via::Punched { .. } | Via::Relayed { .. }) && self.rules.relay {
+            self.open_circuit(circuit, me, user, now);
+        }
+        Ok(Introduction {
+            addr,
+            ticket,
+            key,
+            via,
+        })
+    }
+
+    /// Remembers `circuit` for the relay, for [`CIRCUIT_LIFETIME`]: the two users it joins.
+    fn open_circuit(&mut self, circuit: Circuit, a: &UserName, b: &UserName, now: Millis) {
+        if now >= self.circuits.next_prune {
+            self.circuits.open.retain(|_, c| c.expires > now);
+            self.circuits.next_prune = now.plus(Duration::from_secs(1));
+        }
+        let expires = now.plus(CIRCUIT_LIFETIME);
+        self.circuits.open.insert(
+            circuit,
+            PendingCircuit {
+                users: [a.clone(), b.clone()],
+                expires,
+                joined: 0,
+            },
+        );
+    }
+
+    /// A connection to the relay presents `circuit`: the two users it joins, if it is
+    /// known, unexpired and not joined twice already.
+    pub fn join_circuit(&mut self, circuit: &Circuit, now: Millis) -> Option<[UserName; 2]> {
+        let c = self.circuits.open.get_mut(circuit)?;
+        if c.expires <= now || c.joined >= 2 {
+            return None;
+        }
+        c.joined += 1;
+        let users = c.users.clone();
+        if c.joined == 2 {
+            self.circuits.open.remove(circuit);
+        }
+        Some(users)
     }
 
     /// `user`'s listener and key, if `me` may connect to it.
@@ -124,6 +222,7 @@ mod tests {
             addr,
             ticket,
             key,
+            via,
         } = req(&mut t, &hans, start("luke"), T0)
         else {
             panic!()
@@ -131,12 +230,15 @@ mod tests {
         assert_eq!(user, u("luke"));
         assert_eq!(addr.port(), 4002);
         assert_eq!(key, key_of("luke"), "the key luke's listener must prove");
+        assert_eq!(via, Via::Direct, "not probed yet: dialled directly");
         assert_eq!(
             luke.events(),
             [Event::PrivateTicket {
                 from: u("hans"),
                 ticket,
                 key: key_of("hans"),
+                via,
+                addr: "127.0.0.1:4001".parse().unwrap(),
             }]
         );
         let Reply::PrivateGranted { ticket: again, .. } = req(&mut t, &hans, start("luke"), T0)
@@ -144,6 +246,59 @@ mod tests {
             panic!()
         };
         assert_ne!(ticket, again, "every grant has its own ticket");
+    }
+
+    /// Sets what the probe after login found for `user`, and its router's kind.
+    fn reach(t: &mut Tracker, user: &str, reachable: bool, keeps_port: bool) {
+        let s = t.sessions.get_mut(&u(user)).unwrap();
+        s.listener.reachable = Some(reachable);
+        s.listener.keeps_port = keeps_port;
+    }
+
+    fn via(t: &mut Tracker, from: &Client, to: &str) -> Via {
+        match req(t, from, start(to), T0) {
+            Reply::PrivateGranted { via, .. } => via,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_sides_are_told_the_same_path_and_a_circuit_joins_two_once() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let mut luke = login_p2p(&mut t, "luke", T0, 4002);
+        let yoda = login_p2p(&mut t, "yoda", T0, 4003);
+        reach(&mut t, "hans", false, true);
+        reach(&mut t, "luke", false, true);
+        reach(&mut t, "yoda", true, true);
+        luke.events();
+        // Both behind routers that keep ports: punched, and luke learns the same circuit.
+        let punched = via(&mut t, &hans, "luke");
+        let Via::Punched { circuit } = punched else {
+            panic!("{punched:?}")
+        };
+        match &luke.events()[..] {
+            [Event::PrivateTicket { via, addr, .. }] => {
+                assert_eq!(*via, punched);
+                assert_eq!(addr.port(), 4001, "where luke punches to");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The relay admits the circuit's two sides, then nobody.
+        let pair = [u("hans"), u("luke")];
+        assert_eq!(t.join_circuit(&circuit, T0), Some(pair.clone()));
+        assert_eq!(t.join_circuit(&circuit, T0), Some(pair));
+        assert_eq!(t.join_circuit(&circuit, T0), None);
+        // A reachable requester is dialled back.
+        assert!(matches!(via(&mut t, &yoda, "luke"), Via::Reversed { .. }));
+        // A circuit not joined in time is gone.
+        reach(&mut t, "luke", false, false);
+        let Via::Relayed { circuit } = via(&mut t, &hans, "luke") else {
+            panic!("a random-port router is relayed")
+        };
+        let late = T0.plus(CIRCUIT_LIFETIME);
+        assert_eq!(t.join_circuit(&circuit, late), None);
+        assert_eq!(t.join_circuit(&Circuit([9; 16]), T0), None);
     }
 
     #[test]

@@ -21,12 +21,15 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 use wire::codec::WireCodec;
-use wire::{ClientMsg, LoginResult, Password, ServerMsg, UserName, PROTOCOL_VERSION};
+use wire::{
+    Circuit, ClientMsg, LoginResult, Password, RelayRefusal, ServerMsg, UserName, PROTOCOL_VERSION,
+};
 
 use crate::clock::Clock;
 use crate::credentials::Secret;
 use crate::gate::Gate;
 use crate::outbox::Outbox;
+use crate::relay::{self, Half, JoinError, Joined, Relay, RelayLimits};
 use crate::shun::SynFilter;
 use crate::state::{ConnId, Listener, Tracker};
 use link::tls::ServerIdentity;
@@ -79,10 +82,25 @@ pub struct Shared {
     /// Hashed passwords checked at once: each takes a core for ~30 ms and 19 MiB, so a
     /// burst of logins queues here instead of taking every core from the relay.
     hashing: Semaphore,
+    /// Connections carried for peers that cannot connect otherwise (`None`: `--no-relay`).
+    relay: Option<Arc<Relay>>,
 }
 
 impl Shared {
     pub fn new(tracker: Tracker, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let relay = tracker
+            .rules
+            .relay
+            .then(|| Relay::new(RelayLimits::default()));
+        Self::with_relay(tracker, clock, relay)
+    }
+
+    /// As `new`, with the relay's own limits (or none).
+    pub fn with_relay(
+        tracker: Tracker,
+        clock: Arc<dyn Clock>,
+        relay: Option<Arc<Relay>>,
+    ) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Arc::new(Self {
             tracker: Mutex::new(tracker),
@@ -91,6 +109,7 @@ impl Shared {
             verifying: Mutex::default(),
             verified: Notify::new(),
             hashing: Semaphore::new(cores.saturating_sub(1).max(1)),
+            relay,
         })
     }
 
@@ -416,7 +435,7 @@ async fn connection(
     tls: Tls,
     addr: SocketAddr,
     ip: IpAddr,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<(), Dropped> {
     debug!(conn = id, %addr, "connected");
     let waiting = Prelogin { shared, ip };
@@ -433,15 +452,20 @@ async fn connection(
         None => Box::new(tcp),
     };
     let (r, w) = tokio::io::split(stream);
+    let mut reader =
+        FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START);
+    let left = hello_by.saturating_duration_since(tokio::time::Instant::now());
+    let first = next_login_frame(&mut reader, left).await?;
+    if let ClientMsg::RelayJoin { version, circuit } = first {
+        return relayed(reader, w, version, circuit, waiting).await;
+    }
     let mut conn = Conn {
         id,
-        reader: FramedRead::with_capacity(r, WireCodec::with_max(MAX_CLIENT_FRAME), BUFFER_START),
+        reader,
         writer: w,
         outbox: Arc::new(Outbox::default()),
     };
-
-    let left = hello_by.saturating_duration_since(tokio::time::Instant::now());
-    match next_login_frame(&mut conn.reader, left).await? {
+    match first {
         ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {
             conn.reply(&ServerMsg::Hello { version })?;
             conn.write_out().await?;
@@ -456,10 +480,11 @@ async fn connection(
         _ => return Err(Dropped::Unexpected("first frame must be Hello")),
     }
 
-    let user = match tokio::time::timeout(LOGIN_DEADLINE, login(&mut conn, ip, shared)).await {
-        Ok(user) => user?,
-        Err(_) => return Err(Dropped::LoginDeadline),
-    };
+    let (user, p2p_port) =
+        match tokio::time::timeout(LOGIN_DEADLINE, login(&mut conn, addr, shared)).await {
+            Ok(user) => user?,
+            Err(_) => return Err(Dropped::LoginDeadline),
+        };
     drop(waiting);
     debug!(conn = id, %user, "logged in");
     // From here on, however the connection ends (a failed write of the welcome itself, an
@@ -469,9 +494,118 @@ async fn connection(
         user: user.clone(),
         conn: id,
     };
+    if p2p_port != 0 {
+        let listener = SocketAddr::new(ip, p2p_port);
+        tokio::spawn(probe(shared.clone(), user.clone(), id, addr, listener));
+    }
     // The welcome and the backlog `login` queued.
     conn.write_out().await?;
     session(&mut conn, &user, shared).await
+}
+
+/// How long the tracker tries to reach a client's listener. A router that drops incoming
+/// connections gives no answer at all, so this is how long "unreachable" takes to learn.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Tries to connect to `user`'s listener where the tracker sees it (the address of its
+/// connection, never one it claims), and records whether that worked. The connection is
+/// closed at once: the listener sees one that says nothing.
+async fn probe(
+    shared: Arc<Shared>,
+    user: UserName,
+    conn: ConnId,
+    observed: SocketAddr,
+    listener: SocketAddr,
+) {
+    let reachable = matches!(
+        tokio::time::timeout(PROBE_DEADLINE, TcpStream::connect(listener)).await,
+        Ok(Ok(_))
+    );
+    debug!(%user, %listener, reachable, "probed the listener");
+    shared.with(|t, _| t.probed(&user, conn, observed, reachable));
+}
+
+/// A connection that opened with `RelayJoin`: carried to the other side of its circuit
+/// (see `relay`), or refused saying why.
+async fn relayed(
+    reader: Reader,
+    mut writer: WriteHalf<Stream>,
+    version: u32,
+    circuit: Circuit,
+    waiting: Prelogin<'_>,
+) -> Result<(), Dropped> {
+    let shared = waiting.shared;
+    let users = match &shared.relay {
+        Some(_) if version == PROTOCOL_VERSION => {
+            shared.with(|t, now| t.join_circuit(&circuit, now))
+        }
+        _ => {
+            refuse_relay(&mut writer, RelayRefusal::Unavailable).await;
+            return Err(Dropped::Unexpected("relay unavailable"));
+        }
+    };
+    let (Some(users), Some(relay)) = (users, shared.relay.clone()) else {
+        refuse_relay(&mut writer, RelayRefusal::BadCircuit).await;
+        return Err(Dropped::Unexpected("unknown circuit"));
+    };
+    // Admitted: from here on the circuit's limits hold it, not the per-address gate.
+    drop(waiting);
+    let early = reader.read_buffer().clone();
+    let stream = reader.into_inner().unsplit(writer);
+    debug!(?circuit, ?users, "relay side arrived");
+    match relay.join(circuit, users, Half { stream, early }).await {
+        Ok(Joined::Handed) => Ok(()),
+        Ok(Joined::Both {
+            mut mine,
+            mut theirs,
+            slots,
+        }) => {
+            // Both told before either's bytes move: each then starts its handshake.
+            let ready = encode_frame(&ServerMsg::Relaying);
+            for half in [&mut mine, &mut theirs] {
+                let told = tokio::time::timeout(WRITE_STALL, async {
+                    half.stream.write_all(&ready).await?;
+                    half.stream.flush().await
+                })
+                .await;
+                if !matches!(told, Ok(Ok(()))) {
+                    return Err(Dropped::Stalled);
+                }
+            }
+            let (ab, ba) = relay::splice(mine, theirs, slots).await;
+            debug!(?circuit, ab, ba, "relay circuit ended");
+            Ok(())
+        }
+        Err((mut half, why)) => {
+            let why = match why {
+                JoinError::Alone => RelayRefusal::BadCircuit,
+                JoinError::TooMany => RelayRefusal::TooMany,
+            };
+            let _ = tokio::time::timeout(LAST_WRITE, async {
+                half.stream
+                    .write_all(&encode_frame(&ServerMsg::RelayRefused(why)))
+                    .await?;
+                half.stream.flush().await
+            })
+            .await;
+            Err(Dropped::Unexpected("relay join refused"))
+        }
+    }
+}
+
+fn encode_frame(msg: &ServerMsg) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    wire::encode(msg, &mut out, wire::MAX_FRAME_LEN).expect("small frame");
+    out.to_vec()
+}
+
+async fn refuse_relay(w: &mut WriteHalf<Stream>, why: RelayRefusal) {
+    let frame = encode_frame(&ServerMsg::RelayRefused(why));
+    let _ = tokio::time::timeout(LAST_WRITE, async {
+        w.write_all(&frame).await?;
+        w.flush().await
+    })
+    .await;
 }
 
 /// Counts its connection as waiting to log in (per address, see `gate`) until dropped.
@@ -527,7 +661,12 @@ async fn next_login_frame(reader: &mut Reader, wait: Duration) -> Result<ClientM
     }
 }
 
-async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName, Dropped> {
+async fn login(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Result<(UserName, u16), Dropped> {
+    let ip = addr.ip();
     for _ in 0..MAX_LOGIN_FRAMES {
         match next_login_frame(&mut conn.reader, LOGIN_IDLE).await? {
             ClientMsg::CheckUser { user } => {
@@ -558,6 +697,8 @@ async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName,
                                 ip,
                                 port: p2p_port,
                                 key,
+                                reachable: None,
+                                keeps_port: p2p_port == addr.port(),
                             };
                             t.login_verified(&user, ok, now, id, outbox, listener)
                         })
@@ -570,7 +711,7 @@ async fn login(conn: &mut Conn, ip: IpAddr, shared: &Shared) -> Result<UserName,
                 // A welcome was queued by `login` itself, ahead of the session's backlog;
                 // it is written once the session's guard exists.
                 if result == LoginResult::Welcome {
-                    return Ok(user);
+                    return Ok((user, p2p_port));
                 }
                 conn.reply(&ServerMsg::Login(result))?;
                 conn.write_out().await?;

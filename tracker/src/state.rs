@@ -32,6 +32,8 @@ pub struct Rules {
     pub timeout: Duration,
     /// A registered name nobody has held for this long is released (`--release-after`).
     pub release_after: Duration,
+    /// Whether this tracker relays connections between peers nothing else connects.
+    pub relay: bool,
 }
 
 /// A logged-in user.
@@ -43,6 +45,21 @@ pub struct Listener {
     /// 0: none (the client cannot be connected to).
     pub port: u16,
     pub key: PeerKey,
+    /// Whether the tracker could connect to it (`None`: not tried yet).
+    pub reachable: Option<bool>,
+    /// Whether the client's connection to the tracker came from its listening port (see
+    /// `route`).
+    pub keeps_port: bool,
+}
+
+impl Listener {
+    pub fn reach(&self) -> crate::route::Reach {
+        crate::route::Reach {
+            listening: self.port != 0,
+            reachable: self.reachable,
+            keeps_port: self.keeps_port,
+        }
+    }
 }
 
 pub struct Session {
@@ -85,6 +102,8 @@ pub struct Tracker {
     pub(crate) mailbox: HashMap<UserName, u64>,
     /// When the login history is next pruned (`presence`).
     pub(crate) next_prune: Millis,
+    /// Introductions that may use the relay (`private`).
+    pub(crate) circuits: crate::private::Circuits,
 }
 
 impl Tracker {
@@ -134,6 +153,7 @@ impl Tracker {
             involved: HashMap::new(),
             mailbox: HashMap::new(),
             next_prune: now,
+            circuits: Default::default(),
         })
     }
 
@@ -277,7 +297,7 @@ impl Tracker {
             Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
             Request::Block { user } => self.block(me, &user),
             Request::Unblock { user } => self.unblock(me, &user),
-            Request::StartPrivate { user } => self.start_private(me, &user),
+            Request::StartPrivate { user } => self.start_private(me, &user, now),
             Request::CheckPeer { user } => self.check_peer(me, &user),
             Request::Register { meta, have } => self.register(me, meta, have, now),
             Request::Announce { meta, have } => self.announce(me, meta, have, now),
@@ -285,7 +305,7 @@ impl Tracker {
             Request::HaveChunk { name, chunk } => self.have_chunk(me, &name, chunk),
             Request::SearchFile { name } => self.search_file(me, &name),
             Request::SearchChunk { name, chunks } => self.search_chunk(me, &name, &chunks),
-            Request::Locate { name, from } => self.locate(me, &name, from.as_ref()),
+            Request::Locate { name, from } => self.locate(me, &name, from.as_ref(), now),
             Request::Unwatch { name } => self.unwatch(me, &name),
             Request::Withdraw { name } => self.withdraw(me, &name, now),
             Request::Activity => Reply::Active,
@@ -326,6 +346,7 @@ pub(crate) mod testkit {
             block_duration: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
             release_after: RELEASE_AFTER,
+            relay: true,
         };
         Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
     }
@@ -340,6 +361,7 @@ pub(crate) mod testkit {
             block_duration: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
             release_after: RELEASE_AFTER,
+            relay: true,
         };
         let creds = Credentials::parse(&creds).unwrap();
         Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
@@ -406,6 +428,8 @@ pub(crate) mod testkit {
                 ip: Ipv4Addr::LOCALHOST.into(),
                 port: p2p_port,
                 key: key_of(user),
+                reachable: None,
+                keeps_port: true,
             },
         );
         assert_eq!(r, LoginResult::Welcome);

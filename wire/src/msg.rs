@@ -27,6 +27,41 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// Names one introduction's meeting point: a reversed connection presents it to the
+/// requester's listener, both sides of a relayed one present it to the relay. 128 random
+/// bits, given only to the two users introduced (over their tracker connections).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Circuit(pub [u8; 16]);
+
+impl std::fmt::Debug for Circuit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Circuit({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+/// How an introduced pair of peers gets a connection (see `tracker::route`). Whatever the
+/// path, the requester then runs the handshake as dialler (presenting the ticket) and the
+/// target as listener: the ticket and key checks are the same on every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    /// The requester connects to the target's listener.
+    Direct,
+    /// The target cannot be reached but the requester can: the target connects to the
+    /// requester's listener and opens with [`REVERSED_MAGIC`] and the circuit.
+    Reversed { circuit: Circuit },
+    /// Neither can be reached, both routers keep ports: both connect to each other's
+    /// address from their own listening port at once (TCP simultaneous open). If that
+    /// fails within a short window, both go through the relay with the same circuit.
+    Punched { circuit: Circuit },
+    /// Through the relay: both connect to the tracker and say `ClientMsg::RelayJoin`.
+    Relayed { circuit: Circuit },
+}
+
+/// The first bytes of a reversed connection, ahead of the circuit's 16. Neither a valid
+/// frame length (far over any cap) nor a valid Noise message length, so a listener tells
+/// it from a dialler's first message by looking.
+pub const REVERSED_MAGIC: [u8; 8] = *b"SWRVRS09";
+
 /// A client's long-term public key (X25519), which it proves it holds in the Noise
 /// handshake that opens every connection between peers. The tracker only passes it on: to
 /// each side of a private grant or a chunk fetch, the other side's.
@@ -61,6 +96,11 @@ pub enum ClientMsg {
     /// The client has stored/shown offline messages up to and including this id; the tracker
     /// may now forget them. Not answered.
     OfflineAck { up_to: u64 },
+    /// First frame of a connection to the relay, instead of `Hello`: carry `circuit`'s
+    /// bytes to the other side. Answered by `ServerMsg::Relaying` once both sides are
+    /// there (from then on the connection carries only the other side's bytes), or
+    /// `ServerMsg::RelayRefused` and closed.
+    RelayJoin { version: u32, circuit: Circuit },
 }
 
 /// A logged-in user's command.
@@ -166,6 +206,20 @@ pub enum ServerMsg {
     Login(LoginResult),
     Reply(Reply),
     Event(Event),
+    /// Both sides of the circuit are here: what follows is the other side's bytes.
+    Relaying,
+    RelayRefused(RelayRefusal),
+}
+
+/// Why the relay turned a `RelayJoin` away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayRefusal {
+    /// Unknown, expired or already joined by both sides; or the other side never came.
+    BadCircuit,
+    /// That user has as many relayed connections as the relay allows one user.
+    TooMany,
+    /// This tracker relays nothing (`--no-relay`), or the protocol version differs.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +292,7 @@ pub enum Reply {
         addr: SocketAddr,
         ticket: Ticket,
         key: PeerKey,
+        via: Via,
     },
     Registered {
         name: FileName,
@@ -345,12 +400,24 @@ pub enum Event {
     },
     /// The tracker logged this user out for inactivity; the connection closes after this.
     TimedOut,
+    /// Sent soon after login: the address (and port) the tracker sees this client's
+    /// connection come from, and whether the tracker could open a connection to the
+    /// client's listener there (if not, others cannot either: the client is behind a
+    /// router that drops incoming connections, or a firewall).
+    Reachability {
+        observed: SocketAddr,
+        reachable: bool,
+    },
     /// `from` was granted a private connection to this user's listener with `ticket`; the
     /// program presenting it must prove it holds `key`.
     PrivateTicket {
         from: UserName,
         ticket: Ticket,
         key: PeerKey,
+        /// How the connection will be made; for `Reversed` and `Punched`, `addr` is where
+        /// to connect to `from` (its listener, where the tracker sees it).
+        via: Via,
+        addr: SocketAddr,
     },
     /// To watchers of `name` (see `Request::Locate`): `user` now also holds `chunks`.
     /// Ask `Locate { from: Some(user) }` for an address and a ticket to fetch from them.
@@ -391,6 +458,7 @@ pub struct Holder {
     pub ticket: Ticket,
     /// The key the holder's listener must prove it holds.
     pub key: PeerKey,
+    pub via: Via,
     /// 0-based chunk numbers it holds.
     pub chunks: Vec<u32>,
 }

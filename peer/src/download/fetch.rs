@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use wire::{Digest, FileMeta, PeerMsg, Purpose, UserName};
 
+use crate::establish::Path;
 use crate::p2p::{Dialer, Grant, PeerFramed};
 use crate::ratelimit::RateLimiter;
 
@@ -38,6 +39,8 @@ pub enum Event {
         chunks: Vec<u32>,
         partial: Vec<(u32, Vec<u32>)>,
         received: Arc<AtomicU64>,
+        /// How the connection was made.
+        path: Path,
     },
     Choked {
         peer: UserName,
@@ -127,7 +130,7 @@ async fn talk(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    let mut framed = target.dialer.dial(&grant, Purpose::Transfer).await?;
+    let (mut framed, path) = target.dialer.dial(&grant, Purpose::Transfer).await?;
     let name = target.meta.name().clone();
     send(&mut framed, PeerMsg::Interested { name }).await?;
     let (chunks, partial) = match tokio::time::timeout(ANSWER, framed.next()).await {
@@ -154,6 +157,7 @@ async fn talk(
         chunks,
         partial: blocks,
         received,
+        path,
     };
     if events.send(connected).await.is_err() {
         return Ok(());

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wire::{FileMeta, FileName, Holder, UserName, BLOCK_LEN};
 
+use crate::establish::Path;
 use crate::library::{Leaves, Library};
 use crate::p2p::{Dialer, Grant};
 use crate::ratelimit::RateLimiter;
@@ -182,6 +183,9 @@ struct Driver {
     /// Who sent the blocks of each chunk not yet verified, and of all verified ones.
     senders: HashMap<u32, BTreeSet<UserName>>,
     served: BTreeSet<UserName>,
+    /// How each connection was made, and the bytes kept per path.
+    paths: HashMap<UserName, Path>,
+    by_path: BTreeMap<Path, u64>,
     /// The holders the tracker listed at the start.
     holders: Vec<Holder>,
     /// Chunks already held when the download started.
@@ -223,6 +227,8 @@ impl Driver {
             why: BTreeMap::new(),
             senders: HashMap::new(),
             served: BTreeSet::new(),
+            paths: HashMap::new(),
+            by_path: BTreeMap::new(),
             from: plan.holders.first().map(|h| h.user.clone()),
             holders: plan.holders,
             resumed: 0,
@@ -389,9 +395,13 @@ impl Driver {
                 Some(ev) = events.recv() => {
                     let now = self.now();
                     match ev {
-                        fetch::Event::Connected { peer, chunks, partial, received } => {
+                        fetch::Event::Connected { peer, chunks, partial, received, path } => {
                             if let Some(c) = self.conns.get_mut(&peer) {
                                 c.received = Some(received);
+                                if path == Path::Relayed {
+                                    sched.relayed(&peer);
+                                }
+                                self.paths.insert(peer.clone(), path);
                                 sched.connected(&peer, chunks, partial, now);
                             }
                         }
@@ -417,6 +427,8 @@ impl Driver {
                                 // Checked against its hash already: it counts as verified.
                                 progress.received(bytes.len() as u64);
                                 progress.verified(bytes.len() as u64);
+                                let path = self.paths.get(&peer).copied().unwrap_or(Path::Direct);
+                                *self.by_path.entry(path).or_default() += bytes.len() as u64;
                                 self.senders.entry(chunk).or_default().insert(peer);
                                 store.write(chunk, block, bytes).await;
                             }
@@ -715,6 +727,15 @@ impl Driver {
                         "  (resumed: {chunks} of {count} chunks and {} of others were already here)",
                         human_size(bytes)
                     )),
+                }
+                // Said only when some bytes came another way than directly.
+                if self.by_path.keys().any(|p| *p != Path::Direct) {
+                    let parts: Vec<String> = self
+                        .by_path
+                        .iter()
+                        .map(|(p, n)| format!("{} {}", p.name(), human_size(*n)))
+                        .collect();
+                    lines.push(format!("  (paths: {})", parts.join(", ")));
                 }
                 if !self.bad_bytes.is_empty() {
                     let total: u64 = self.bad_bytes.values().sum();

@@ -6,6 +6,7 @@ mod auth;
 mod chat;
 mod hardening;
 mod lab;
+mod nat;
 mod newuser;
 mod private;
 mod registry;

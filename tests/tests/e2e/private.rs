@@ -283,3 +283,43 @@ fn forged_stolen_and_reused_tickets_are_refused() {
     hans.expect("luke(private): yes");
     assert!(!luke.transcript().contains("hans here, honest"));
 }
+
+/// A client can only name a port, never an address: the tracker sends others to the
+/// address the client's connection comes from, after checking that something answers
+/// there. One that names a port it does not listen on is told nobody can reach it, and a
+/// peer asking to talk to it is not sent to that port: the liar is asked to connect out.
+#[test]
+fn a_client_naming_a_port_it_does_not_listen_on_gains_nothing() {
+    use wire::{Event, ServerMsg, Via};
+    let t = Tracker::start(60, 120);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut liar = Raw::login_p2p(t.addr, "vader", port);
+    let told = (0..8).find_map(|_| match liar.recv::<ServerMsg>() {
+        Some(ServerMsg::Event(Event::Reachability {
+            observed,
+            reachable,
+        })) => Some((observed, reachable)),
+        _ => None,
+    });
+    let (observed, reachable) = told.expect("a reachability event");
+    assert!(!reachable, "nothing listens on {port}");
+    assert_eq!(observed.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let mut hans = t.login("hans");
+    hans.reachability();
+    hans.send("startprivate vader");
+    // vader is asked to connect to hans's real listener, not hans to vader's claim.
+    let ticket = (0..8).find_map(|_| match liar.recv::<ServerMsg>() {
+        Some(ServerMsg::Event(Event::PrivateTicket { via, addr, .. })) => Some((via, addr)),
+        _ => None,
+    });
+    let (via, addr) = ticket.expect("a ticket for vader");
+    assert!(matches!(via, Via::Reversed { .. }), "{via:?}");
+    assert_ne!(addr.port(), port);
+    // Nobody connects back for the liar, so hans's start fails in a while, with the reason.
+    hans.expect_within(
+        "Error. Could not start private messaging with vader: cannot be reached, and did not connect to us in turn",
+        Duration::from_secs(15),
+    );
+}

@@ -1,0 +1,259 @@
+//! Users behind home routers (the lab's NAT routers, see tests/src/lab.rs): private chat and
+//! chunk transfers between every pair of a user with a public address, one behind a router
+//! that keeps ports ("cone") and one behind a router that gives every connection a random
+//! port ("symmetric"), each way. Needs root.
+//!
+//! What the tracker decides (`tracker::route`): a public target is dialled directly, a
+//! target behind NAT is dialled back from a public requester (reversal), two cone users
+//! punch through, and anything with a symmetric router on both ends of a punch goes through
+//! the relay. Users see only the last: "(through the server's relay)".
+
+use std::time::Duration;
+
+use harness::*;
+
+/// A tracker on host 0 (public), and `kinds` hosts: `None` public, `Some(nat)` behind a
+/// router of that kind.
+struct NatNet {
+    lab: Lab,
+    tracker: Tracker,
+    hosts: Vec<usize>,
+}
+
+fn nat_net(kinds: &[Option<Nat>], tracker_args: &[&str]) -> NatNet {
+    let publics = kinds.iter().filter(|k| k.is_none()).count();
+    let mut lab =
+        Lab::new(&vec![Link::FREE; 1 + publics]).unwrap_or_else(|e| panic!("the network lab: {e}"));
+    let tracker = Tracker::start_on_args(lab.place(0), lab.ip(0), tracker_args);
+    let mut next_public = 1;
+    let hosts = kinds
+        .iter()
+        .map(|k| match k {
+            None => {
+                next_public += 1;
+                next_public - 1
+            }
+            Some(nat) => lab
+                .add_behind_nat(Link::FREE, *nat)
+                .unwrap_or_else(|e| panic!("a NAT router: {e}")),
+        })
+        .collect();
+    NatNet {
+        lab,
+        tracker,
+        hosts,
+    }
+}
+
+impl NatNet {
+    /// `user` logged in on the `i`th host of `kinds`, once the tracker has told it whether
+    /// others can connect to it.
+    fn peer(&self, i: usize, user: &str) -> Peer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let place = self.lab.place(self.hosts[i]);
+        let mut p = Peer::start_on(&place, self.tracker.addr, dir, Some(tmp), &[]);
+        p.login(user);
+        p.reachability();
+        p
+    }
+}
+
+const PUBLIC: Option<Nat> = None;
+const CONE: Option<Nat> = Some(Nat::Cone);
+const SYMMETRIC: Option<Nat> = Some(Nat::Symmetric);
+
+/// Whether a connection between these two kinds has to go through the relay.
+fn relayed(a: Option<Nat>, b: Option<Nat>) -> bool {
+    !matches!(
+        (a, b),
+        (None, _) | (_, None) | (Some(Nat::Cone), Some(Nat::Cone))
+    )
+}
+
+#[test]
+fn the_tracker_tells_each_user_whether_others_can_connect_to_it() {
+    let n = nat_net(&[PUBLIC, CONE, SYMMETRIC], &[]);
+    let mut users: Vec<Peer> = ["hans", "luke", "vader"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.peer(i, u))
+        .collect();
+    for (i, p) in users.iter_mut().enumerate() {
+        let line = p.reachability();
+        let at = n.lab.public_ip(n.hosts[i]).to_string();
+        assert!(line.contains(&format!("sees you at {at};")), "{line}");
+        let reachable = i == 0;
+        assert_eq!(
+            line.contains("others can connect to you"),
+            reachable,
+            "{}: {line}",
+            p.name
+        );
+    }
+}
+
+/// Private chat opens between every pair of kinds, each way, and texts flow both ways.
+#[test]
+fn private_chat_opens_between_every_pair_of_public_cone_and_symmetric_users() {
+    let kinds = [PUBLIC, PUBLIC, CONE, CONE, SYMMETRIC, SYMMETRIC];
+    let names = ["hans", "yoda", "luke", "leia", "vader", "r2d2"];
+    let n = nat_net(&kinds, &[]);
+    let mut users: Vec<Peer> = names
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.peer(i, u))
+        .collect();
+    // (requester, target): every ordered pair of kinds, two users of a kind for its pair
+    // with itself.
+    let pairs = [
+        (0, 1),
+        (0, 2),
+        (0, 4),
+        (2, 0),
+        (2, 3),
+        (2, 4),
+        (4, 0),
+        (4, 2),
+        (4, 5),
+    ];
+    for (a, b) in pairs {
+        let (ka, kb) = (kinds[a], kinds[b]);
+        let (x, y) = two(&mut users, a, b);
+        x.send(&format!("startprivate {}", y.name));
+        // Told on two different connections: wait for both, in either order.
+        let started = x.expect(&format!("Start private messaging with {}", y.name));
+        let incoming = y.expect(&format!("{} started private messaging with you", x.name));
+        for line in [&started, &incoming] {
+            assert_eq!(
+                line.contains("through the server's relay"),
+                relayed(ka, kb),
+                "{ka:?} -> {kb:?}: {line}"
+            );
+        }
+        x.send(&format!("private {} from {} to {}", y.name, x.name, y.name));
+        y.expect(&format!(
+            "{}(private): from {} to {}",
+            x.name, x.name, y.name
+        ));
+        y.send(&format!("private {} back from {}", x.name, y.name));
+        x.expect(&format!("{}(private): back from {}", y.name, y.name));
+        x.send(&format!("stopprivate {}", y.name));
+        x.expect(&format!("Stopped private messaging with {}", y.name));
+        y.expect(&format!("{} stopped private messaging", x.name));
+    }
+}
+
+fn two(v: &mut [Peer], a: usize, b: usize) -> (&mut Peer, &mut Peer) {
+    assert_ne!(a, b);
+    if a < b {
+        let (l, r) = v.split_at_mut(b);
+        (&mut l[a], &mut r[0])
+    } else {
+        let (l, r) = v.split_at_mut(a);
+        (&mut r[0], &mut l[b])
+    }
+}
+
+/// The path a download from a holder of kind `h` by a user of kind `d` takes, as the
+/// download's summary names it (`None`: direct, not named).
+fn download_path(d: Option<Nat>, h: Option<Nat>) -> Option<&'static str> {
+    match (d, h) {
+        (_, None) => None,
+        (None, Some(_)) => Some("reversed"),
+        (Some(Nat::Cone), Some(Nat::Cone)) => Some("punched"),
+        _ => Some("relayed"),
+    }
+}
+
+/// A download from a single holder completes between every pair of kinds, each way, and
+/// the summary names the path that carried it.
+#[test]
+fn downloads_complete_between_every_pair_of_kinds() {
+    let kinds = [PUBLIC, PUBLIC, CONE, CONE, SYMMETRIC, SYMMETRIC];
+    let names = ["hans", "yoda", "luke", "leia", "vader", "r2d2"];
+    let n = nat_net(&kinds, &[]);
+    let mut users: Vec<Peer> = names
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.peer(i, u))
+        .collect();
+    let data = random_bytes(256 << 10, 41);
+    // (downloader, holder), each ordered pair of kinds.
+    let pairs = [
+        (0, 1),
+        (0, 2),
+        (0, 4),
+        (2, 0),
+        (2, 3),
+        (2, 4),
+        (4, 0),
+        (4, 2),
+        (4, 5),
+    ];
+    for (k, (d, h)) in pairs.into_iter().enumerate() {
+        let name = format!("f{k}.bin");
+        let (dl, holder) = two(&mut users, d, h);
+        std::fs::write(holder.dir.join(&name), &data).unwrap();
+        holder.send(&format!("register {name} 4"));
+        holder.expect(&format!("{name} registered"));
+        dl.send(&format!("download {name}"));
+        let done = dl.expect(&format!(
+            "Downloaded {name} (256.0 KiB) from {}",
+            holder.name
+        ));
+        let after = dl.sync();
+        let paths = after.iter().find(|l| l.contains("(paths: "));
+        match download_path(kinds[d], kinds[h]) {
+            None => assert!(paths.is_none(), "{done}: {after:?}"),
+            Some(p) => {
+                let paths = paths.unwrap_or_else(|| panic!("{done}: no paths in {after:?}"));
+                assert!(paths.contains(&format!("{p} 256.0 KiB")), "{p}: {paths}");
+            }
+        }
+        assert!(std::fs::read(dl.dir.join(&name)).unwrap() == data, "{name}");
+    }
+}
+
+/// The relay holds each user to its connection limit: with one allowed, a second relayed
+/// private chat is refused, and allowed again once the first ends.
+#[test]
+fn the_relay_holds_a_user_to_its_connection_limit() {
+    let kinds = [SYMMETRIC, CONE, CONE];
+    let n = nat_net(&kinds, &["--relay-connections", "1"]);
+    let mut vader = n.peer(0, "vader");
+    let mut luke = n.peer(1, "luke");
+    let mut leia = n.peer(2, "leia");
+    vader.open_private(&mut luke);
+    vader.send("startprivate leia");
+    vader.expect(
+        "Error. Could not start private messaging with leia: the relay carries no more connections for one of us now",
+    );
+    vader.send("stopprivate luke");
+    vader.expect("Stopped private messaging with luke");
+    luke.expect("vader stopped private messaging");
+    vader.open_private(&mut leia);
+}
+
+/// The relay holds a user to its rate: 256 KiB through a relay capped at 64 KiB/s takes
+/// at least the 4 s the cap allows (less a quarter second's burst).
+#[test]
+fn the_relay_holds_a_user_to_its_rate() {
+    let kinds = [SYMMETRIC, CONE];
+    let n = nat_net(&kinds, &["--relay-rate", "64"]);
+    let mut vader = n.peer(0, "vader");
+    let mut luke = n.peer(1, "luke");
+    let data = random_bytes(256 << 10, 42);
+    std::fs::write(vader.dir.join("f.bin"), &data).unwrap();
+    vader.send("register f.bin 2");
+    vader.expect("f.bin registered");
+    let started = std::time::Instant::now();
+    luke.send("download f.bin");
+    luke.expect_within(
+        "Downloaded f.bin (256.0 KiB) from vader",
+        Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(3700), "{took:?}");
+    assert!(std::fs::read(luke.dir.join("f.bin")).unwrap() == data);
+}
