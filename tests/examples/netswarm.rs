@@ -351,7 +351,7 @@ fn nat_peer(lab: &Lab, host: usize, t: &Tracker, i: usize) -> Peer {
 fn run_nat() {
     println!("users behind NAT on the network lab (nftables masquerade routers; cone keeps ports, symmetric is fully-random)");
     println!();
-    println!("private chat: startprivate until both sides say it is open, 5 times per ordered pair (ms: median / max)");
+    println!("private chat: startprivate until both sides say it is open, 5 times per ordered pair (ms: median / max; the lab's links add no delay)");
     let kinds: Vec<usize> = vec![0, 0, 1, 1, 2, 2];
     let (lab, hosts) = match nat_lab(&kinds, &vec![Link::FREE; kinds.len()]) {
         Ok(l) => l,
@@ -381,6 +381,8 @@ fn run_nat() {
                     let (l, r) = users.split_at_mut(x);
                     (&mut r[0], &mut l[y])
                 };
+                // startprivate is rate-limited per user (a few a second): pace the tries.
+                std::thread::sleep(Duration::from_millis(1100));
                 let start = Instant::now();
                 px.send(&format!("startprivate {}", py.name));
                 let said = px.expect_any(

@@ -244,6 +244,25 @@ impl Lab {
         self.hosts[host].ip
     }
 
+    /// Runs `f` on a thread of its own inside `host`'s namespace: the sockets it opens are
+    /// `host`'s (a test double of a peer, in the lab).
+    pub fn run_in<T: Send>(&self, host: usize, f: impl FnOnce() -> T + Send) -> T {
+        let ns = &self.hosts[host].ns;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+                    .unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
+                // SAFETY: setns on a descriptor we own; it moves only this thread.
+                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
     /// The address others see `host` as: its own, or its router's.
     pub fn public_ip(&self, host: usize) -> Ipv4Addr {
         self.hosts[host]

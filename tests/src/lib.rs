@@ -658,9 +658,10 @@ pub struct Raw {
 /// Mixed into every peer handshake (the peer's `p2p::PROLOGUE`).
 pub const PEER_PROLOGUE: &[u8] = b"swarmchat peer connection, Noise IK";
 
-/// A blocking Noise session over TCP: what a test double of a peer speaks.
+/// A blocking Noise session over TCP (or over the relay): what a test double of a peer
+/// speaks.
 pub struct NoiseTcp {
-    tcp: std::net::TcpStream,
+    tcp: Box<dyn RawStream>,
     transport: link::noise::Transport,
     rbuf: Vec<u8>,
     plain: Vec<u8>,
@@ -668,7 +669,7 @@ pub struct NoiseTcp {
 }
 
 impl NoiseTcp {
-    fn new(tcp: std::net::TcpStream, transport: link::noise::Transport) -> NoiseTcp {
+    fn new(tcp: Box<dyn RawStream>, transport: link::noise::Transport) -> NoiseTcp {
         NoiseTcp {
             tcp,
             transport,
@@ -725,13 +726,12 @@ impl std::io::Write for NoiseTcp {
 
 impl RawStream for NoiseTcp {
     fn tcp(&self) -> &std::net::TcpStream {
-        &self.tcp
+        self.tcp.tcp()
     }
 }
 
 /// One length-prefixed handshake message read from `tcp`.
-fn read_handshake(tcp: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+fn read_handshake(tcp: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
     let mut head = [0u8; 2];
     tcp.read_exact(&mut head)?;
     let mut body = vec![0u8; u16::from_be_bytes(head) as usize];
@@ -795,8 +795,18 @@ impl Raw {
         theirs: &wire::PeerKey,
         hello: &wire::PeerMsg,
     ) -> Result<(Raw, wire::PeerMsg), String> {
-        let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(WAIT)).unwrap();
+        Raw::dial_peer_over(Box::new(tcp), me, theirs, hello)
+    }
+
+    /// `dial_peer` over a connection made otherwise (reversed, or through the relay).
+    pub fn dial_peer_over(
+        mut tcp: Box<dyn RawStream>,
+        me: &link::noise::Identity,
+        theirs: &wire::PeerKey,
+        hello: &wire::PeerMsg,
+    ) -> Result<(Raw, wire::PeerMsg), String> {
         let (init, msg1) =
             link::noise::Initiator::start(me, &theirs.0, PEER_PROLOGUE, &frame_bytes(hello))
                 .map_err(|e| e.to_string())?;
@@ -810,6 +820,28 @@ impl Raw {
             identity: me.clone(),
         };
         Ok((raw, answer))
+    }
+
+    /// Joins `circuit` at the tracker's relay at `tracker`: the connection, once the
+    /// relay says both sides are there, or its refusal.
+    pub fn relay_join(
+        tracker: SocketAddr,
+        circuit: wire::Circuit,
+    ) -> Result<Box<dyn RawStream>, String> {
+        let mut raw = Raw::connect(tracker);
+        raw.send(&wire::ClientMsg::RelayJoin {
+            version: wire::PROTOCOL_VERSION,
+            circuit,
+        });
+        match raw.recv::<wire::ServerMsg>() {
+            Some(wire::ServerMsg::Relaying) => {
+                // The other side says nothing before our handshake: nothing read ahead.
+                assert!(raw.buf.is_empty());
+                Ok(raw.stream)
+            }
+            Some(other) => Err(format!("{other:?}")),
+            None => Err("closed".into()),
+        }
     }
 
     /// As a peer's listener holding `me`: reads a dialler's handshake on `tcp` and answers
@@ -828,7 +860,7 @@ impl Raw {
         let (transport, msg2) = resp.answer(&frame_bytes(answer)).ok()?;
         tcp.write_all(&msg2).ok()?;
         let raw = Raw {
-            stream: Box::new(NoiseTcp::new(tcp, transport)),
+            stream: Box::new(NoiseTcp::new(Box::new(tcp), transport)),
             buf: bytes::BytesMut::new(),
             identity: me.clone(),
         };

@@ -257,3 +257,124 @@ fn the_relay_holds_a_user_to_its_rate() {
     assert!(took >= Duration::from_millis(3700), "{took:?}");
     assert!(std::fs::read(luke.dir.join("f.bin")).unwrap() == data);
 }
+
+/// A ticket opens one connection once on a reversed and on a relayed path too: a test
+/// double of a requester (in the lab, where the tracker chooses those paths for it) uses
+/// each ticket once, then presents it again on the next introduction's connection, and is
+/// refused; the user behind the router sees only the first.
+#[test]
+fn a_ticket_opens_one_connection_once_when_reversed_and_when_relayed() {
+    use wire::{PeerMsg, PeerRefusal, Purpose, Reply, Request, UserName, Via, PROTOCOL_VERSION};
+    // Host 1 public (yoda, dialled back), host 2 public (vader, claims a closed port: can
+    // be reached by nobody and its router keeps no port: relayed), host 3 hans behind a
+    // cone router.
+    let n = nat_net(&[PUBLIC, PUBLIC, CONE], &[]);
+    let mut hans = n.peer(2, "hans");
+    let tracker = n.tracker.addr;
+    let hello = |ticket| PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket,
+        purpose: Purpose::Chat,
+    };
+    let start = |raw: &mut Raw| match raw.request(Request::StartPrivate {
+        user: UserName::new("hans").unwrap(),
+    }) {
+        Reply::PrivateGranted {
+            ticket, key, via, ..
+        } => (ticket, key, via),
+        other => panic!("{other:?}"),
+    };
+
+    n.lab.run_in(n.hosts[0], || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut yoda = Raw::login_p2p(tracker, "yoda", port);
+        assert!(reachability(&mut yoda), "yoda's listener answers");
+        let first = start(&mut yoda);
+        let Via::Reversed { circuit } = first.2 else {
+            panic!("{:?}", first.2)
+        };
+        let tcp = reversed_for(&listener, circuit);
+        let (_chat, answer) =
+            Raw::dial_peer_over(Box::new(tcp), &yoda.identity, &first.1, &hello(first.0)).unwrap();
+        assert_eq!(answer, PeerMsg::Accepted);
+        // The next introduction, with the first ticket again.
+        let second = start(&mut yoda);
+        let Via::Reversed { circuit } = second.2 else {
+            panic!("{:?}", second.2)
+        };
+        let tcp = reversed_for(&listener, circuit);
+        let (_, answer) =
+            Raw::dial_peer_over(Box::new(tcp), &yoda.identity, &second.1, &hello(first.0)).unwrap();
+        assert_eq!(answer, PeerMsg::Refused(PeerRefusal::BadTicket));
+    });
+    hans.expect("yoda started private messaging with you");
+
+    n.lab.run_in(n.hosts[1], || {
+        let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut vader = Raw::login_p2p(tracker, "vader", port);
+        assert!(
+            !reachability(&mut vader),
+            "nothing listens where vader says"
+        );
+        let grant = start(&mut vader);
+        let Via::Relayed { circuit } = grant.2 else {
+            panic!("{:?}", grant.2)
+        };
+        let stream = Raw::relay_join(tracker, circuit).unwrap();
+        let (_chat, answer) =
+            Raw::dial_peer_over(stream, &vader.identity, &grant.1, &hello(grant.0)).unwrap();
+        assert_eq!(answer, PeerMsg::Accepted);
+        let again = start(&mut vader);
+        let Via::Relayed { circuit } = again.2 else {
+            panic!("{:?}", again.2)
+        };
+        let stream = Raw::relay_join(tracker, circuit).unwrap();
+        let (_, answer) =
+            Raw::dial_peer_over(stream, &vader.identity, &again.1, &hello(grant.0)).unwrap();
+        assert_eq!(answer, PeerMsg::Refused(PeerRefusal::BadTicket));
+    });
+    hans.expect("vader started private messaging with you (through the server's relay)");
+}
+
+/// What the tracker's probe found for a test double just logged in.
+fn reachability(raw: &mut Raw) -> bool {
+    use wire::{Event, ServerMsg};
+    for _ in 0..16 {
+        match raw.recv::<ServerMsg>() {
+            Some(ServerMsg::Event(Event::Reachability { reachable, .. })) => return reachable,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    panic!("no reachability event");
+}
+
+/// The reversed connection to `listener` for `circuit`, past others (the tracker's probe,
+/// which says nothing).
+fn reversed_for(listener: &std::net::TcpListener, circuit: wire::Circuit) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let mut tcp = match listener.accept() {
+            Ok((tcp, _)) => tcp,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => panic!("accept: {e}"),
+        };
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut opening = [0u8; 24];
+        if std::io::Read::read_exact(&mut tcp, &mut opening).is_ok()
+            && opening[..8] == wire::REVERSED_MAGIC
+            && opening[8..] == circuit.0
+        {
+            return tcp;
+        }
+    }
+    panic!("no reversed connection for the circuit");
+}
