@@ -113,7 +113,12 @@ fn main() {
             from: u("yoda"),
             text: text.clone(),
         }),
-        ServerMsg::Event(Event::LoggedIn { user: u("luke") }),
+        ServerMsg::Event(Event::Presence {
+            changes: vec![
+                PresenceChange::LoggedIn(u("luke")),
+                PresenceChange::LoggedOut(u("yoda")),
+            ],
+        }),
         ServerMsg::Reply(Reply::PrivateGranted {
             user: u("luke"),
             addr: "10.0.0.2:4001".parse().unwrap(),

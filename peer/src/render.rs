@@ -377,8 +377,13 @@ pub fn event(e: &Event) -> Vec<String> {
             .iter()
             .map(|m| format!("{}: {}", m.from, m.text))
             .collect(),
-        Event::LoggedIn { user } => vec![format!("{user} logged in")],
-        Event::LoggedOut { user } => vec![format!("{user} logged out")],
+        Event::Presence { changes } => changes
+            .iter()
+            .map(|c| match c {
+                wire::PresenceChange::LoggedIn(user) => format!("{user} logged in"),
+                wire::PresenceChange::LoggedOut(user) => format!("{user} logged out"),
+            })
+            .collect(),
         Event::TimedOut => vec![TIMED_OUT.into()],
         // The session says what it did about it (`file_gone`).
         Event::PrivateTicket { .. }

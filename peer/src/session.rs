@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
-    ClientMsg, Event, FileName, LoginResult, Password, PeerKey, PeerMsg, Refusal, Reply, Request,
-    ServerMsg, UserCheck, UserName,
+    ClientMsg, Event, FileName, LoginResult, Password, PeerKey, PeerMsg, PresenceChange, Refusal,
+    Reply, Request, ServerMsg, UserCheck, UserName,
 };
 
 use crate::announce::{Announcer, Answered};
@@ -999,11 +999,20 @@ impl Session {
                         self.control(&name, Control::HolderGone { user });
                     }
                     Event::FileGone { name, why } => self.file_gone(name, &why),
-                    Event::LoggedOut { user } if self.chats.open.contains_key(&user) => {
-                        self.chats.departed.insert(user);
-                    }
-                    Event::LoggedIn { user } => {
-                        self.chats.departed.remove(&user);
+                    Event::Presence { changes } => {
+                        for change in changes {
+                            match change {
+                                PresenceChange::LoggedOut(user)
+                                    if self.chats.open.contains_key(&user) =>
+                                {
+                                    self.chats.departed.insert(user);
+                                }
+                                PresenceChange::LoggedOut(_) => {}
+                                PresenceChange::LoggedIn(user) => {
+                                    self.chats.departed.remove(&user);
+                                }
+                            }
+                        }
                     }
                     Event::TimedOut => return Ok(Next::Exit(ExitCode::SUCCESS)),
                     _ => {}

@@ -500,15 +500,27 @@ fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, cre
     let addr = t.addr;
     let idle = a.idle;
     let start = Instant::now();
+    // Presence frames the idle clients receive, and the changes they carry.
+    let frames = Arc::new(AtomicU64::new(0));
+    let changes = Arc::new(AtomicU64::new(0));
+    let (f, c) = (frames.clone(), changes.clone());
     let conns = rt.block_on(async move {
         let limit = Arc::new(Semaphore::new(256));
         let mut tasks = Vec::new();
         for i in 0..idle {
             let permit = limit.clone().acquire_owned().await.unwrap();
+            let (f, c) = (f.clone(), c.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut rd, wr) = login(addr, tls, i).await;
                 drop(permit);
-                tokio::spawn(async move { while let Some(Ok(_)) = rd.next().await {} });
+                tokio::spawn(async move {
+                    while let Some(Ok(m)) = rd.next().await {
+                        if let ServerMsg::Event(wire::Event::Presence { changes }) = m {
+                            f.fetch_add(1, Ordering::Relaxed);
+                            c.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                });
                 wr
             }));
         }
@@ -528,6 +540,15 @@ fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, cre
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         after.saturating_sub(before) as f64 / 1024.0 / idle as f64
+    );
+    let (frames, changes) = (
+        frames.load(Ordering::Relaxed),
+        changes.load(Ordering::Relaxed),
+    );
+    println!(
+        "  presence: {frames} frames carrying {changes} changes ({:.2} changes per frame; one frame per login and user online would be {})",
+        changes as f64 / frames.max(1) as f64,
+        (idle as u64) * (idle as u64 - 1) / 2
     );
     drop(conns);
 }

@@ -121,9 +121,10 @@ impl Tracker {
                 quota: crate::quota::Quota::new(now),
                 offline_sent: 0,
                 offline_acked: 0,
+                presence_seen: self.presence.end(),
             },
         );
-        self.notify_presence(user, Event::LoggedIn { user: user.clone() });
+        self.notify_presence(user, true);
         self.queue_offline(user);
         self.settle(now);
         LoginResult::Welcome

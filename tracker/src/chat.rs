@@ -157,7 +157,7 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::state::testkit::*;
-    use wire::{OfflineMessage, Request};
+    use wire::{OfflineMessage, PresenceChange, Request};
 
     fn text(s: &str) -> Text {
         Text::new(s).unwrap()
@@ -244,6 +244,7 @@ mod tests {
         let hans = login(&mut t, "hans", T0);
         let mut yoda = login(&mut t, "yoda", T0);
         let mut luke = login(&mut t, "luke", T0);
+        t.flush_presence();
         yoda.events();
         assert_eq!(
             req(&mut t, &luke, Request::Block { user: u("hans") }, T0),
@@ -303,12 +304,17 @@ mod tests {
                 skipped: false
             }
         );
+        // The presence changes gathered for yoda go out ahead of the broadcast.
         assert_eq!(
             yoda.events(),
             [
-                Event::LoggedOut { user: u("luke") },
-                Event::LoggedIn { user: u("luke") },
-                said("hans", "stormtroopers")
+                Event::Presence {
+                    changes: vec![
+                        PresenceChange::LoggedOut(u("luke")),
+                        PresenceChange::LoggedIn(u("luke"))
+                    ]
+                },
+                said("hans", "stormtroopers"),
             ]
         );
     }

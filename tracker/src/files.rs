@@ -830,6 +830,7 @@ mod tests {
             Reply::Noted
         );
         req(&mut t, &hans, Request::Logout, T0);
+        t.flush_presence();
         assert_eq!(
             luke.events(),
             [
@@ -841,7 +842,9 @@ mod tests {
                     name: f("a.bin"),
                     user: u("hans")
                 },
-                Event::LoggedOut { user: u("hans") },
+                Event::Presence {
+                    changes: vec![wire::PresenceChange::LoggedOut(u("hans"))]
+                },
             ]
         );
         // After unwatching, nothing more.

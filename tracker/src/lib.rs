@@ -14,7 +14,7 @@ mod files;
 pub mod gate;
 pub mod lockout;
 pub mod outbox;
-mod presence;
+pub mod presence;
 mod private;
 pub mod quota;
 pub mod rate;

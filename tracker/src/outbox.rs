@@ -189,8 +189,10 @@ mod tests {
     use wire::{Event, UserName};
 
     fn ev(n: u32) -> ServerMsg {
-        ServerMsg::Event(Event::LoggedIn {
-            user: UserName::new(format!("u{n}")).unwrap(),
+        ServerMsg::Event(Event::Presence {
+            changes: vec![wire::PresenceChange::LoggedIn(
+                UserName::new(format!("u{n}")).unwrap(),
+            )],
         })
     }
 

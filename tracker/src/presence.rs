@@ -4,9 +4,10 @@
 //! Privacy rule: if A has blocked B, B learns nothing of A's presence: no `logged in` /
 //! `logged out` notices, and A is left out of B's `whoelse` and `whoelsesince`.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use wire::{Event, Reply, ServerMsg, UserName, MAX_LISTED};
+use wire::{Event, PresenceChange, Reply, ServerMsg, UserName, MAX_LISTED, MAX_PRESENCE_CHANGES};
 
 use crate::clock::Millis;
 use crate::state::{listed, ConnId, Tracker};
@@ -16,21 +17,136 @@ pub const HISTORY_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Sessions forgotten per step: a few milliseconds under the lock at most.
 const PRUNE_STEP: usize = 1_000;
 
+/// How often gathered presence changes go out to everyone (a recipient that sends a
+/// request gets its own at once, ahead of the reply).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Presence changes not yet told to everyone, in order. Each session remembers how far it
+/// has been told (`Session::presence_seen`); a change costs one entry here, not one frame
+/// per online user, and each recipient gets the changes since it was last told in one
+/// frame.
+#[derive(Default)]
+pub struct PresenceLog {
+    changes: std::collections::VecDeque<(UserName, bool)>,
+    /// Sequence number of the first entry of `changes`.
+    first: u64,
+}
+
+impl PresenceLog {
+    /// Sequence number the next change gets: where a new session starts.
+    pub fn end(&self) -> u64 {
+        self.first + self.changes.len() as u64
+    }
+}
+
+fn change((who, online): &(UserName, bool)) -> PresenceChange {
+    match online {
+        true => PresenceChange::LoggedIn(who.clone()),
+        false => PresenceChange::LoggedOut(who.clone()),
+    }
+}
+
 impl Tracker {
-    /// Tells every other online user about `who`, except those `who` has blocked.
-    pub(crate) fn notify_presence(&mut self, who: &UserName, event: Event) {
-        let Some(frame) = crate::state::encode(&ServerMsg::Event(event)) else {
+    /// Notes that `who` logged in (`online`) or out, for every other online user except
+    /// those `who` has blocked (checked when told).
+    pub(crate) fn notify_presence(&mut self, who: &UserName, online: bool) {
+        self.presence.changes.push_back((who.clone(), online));
+    }
+
+    /// Whether some presence change is waiting for the periodic flush.
+    pub fn presence_pending(&self) -> bool {
+        !self.presence.changes.is_empty()
+    }
+
+    /// Tells `user` the presence changes since it was last told, in as few frames as fit.
+    pub(crate) fn tell_presence(&mut self, user: &UserName) {
+        let end = self.presence.end();
+        let Some(seen) = self.sessions.get(user).map(|s| s.presence_seen) else {
             return;
         };
-        let targets: Vec<UserName> = self
-            .sessions
-            .keys()
-            .filter(|u| *u != who && !self.has_blocked(who, u))
-            .cloned()
-            .collect();
-        for u in targets {
-            self.push_frame(&u, &frame);
+        if seen >= end {
+            return;
         }
+        let from = seen.saturating_sub(self.presence.first) as usize;
+        let changes: Vec<PresenceChange> = self
+            .presence
+            .changes
+            .range(from..)
+            .filter(|(who, _)| who != user && !self.has_blocked(who, user))
+            .map(change)
+            .collect();
+        if let Some(s) = self.sessions.get_mut(user) {
+            s.presence_seen = end;
+        }
+        for part in changes.chunks(MAX_PRESENCE_CHANGES) {
+            let event = ServerMsg::Event(Event::Presence {
+                changes: part.to_vec(),
+            });
+            if !self.push(user, &event) {
+                return; // logged out for a full outbox
+            }
+        }
+    }
+
+    /// Tells everyone the changes gathered since the last flush, then forgets them.
+    ///
+    /// Recipients told up to the same point get the same frames, encoded once, unless a
+    /// change is their own or from someone who blocked them (those get their own): in a
+    /// burst of logins, the flush costs one encoding per 50 ms and one queued frame per
+    /// online user, not one per (login, online user).
+    pub fn flush_presence(&mut self) {
+        if self.presence.changes.is_empty() {
+            return;
+        }
+        let told = self.presence.end();
+        let mut by_seen: HashMap<u64, Vec<UserName>> = HashMap::new();
+        for (u, s) in &self.sessions {
+            if s.presence_seen < told {
+                by_seen.entry(s.presence_seen).or_default().push(u.clone());
+            }
+        }
+        for (seen, users) in by_seen {
+            let from = seen.saturating_sub(self.presence.first) as usize;
+            let upto = (told - self.presence.first) as usize;
+            let span: Vec<&(UserName, bool)> = self.presence.changes.range(from..upto).collect();
+            let involved: HashSet<&UserName> = span.iter().map(|(who, _)| who).collect();
+            // Users in the span who block anyone at all: only their blocked ones differ.
+            let blockers: Vec<&UserName> = involved
+                .iter()
+                .copied()
+                .filter(|who| self.blocks.get(*who).is_some_and(|b| !b.is_empty()))
+                .collect();
+            let changes: Vec<PresenceChange> = span.iter().map(|c| change(c)).collect();
+            let frames: Vec<_> = changes
+                .chunks(MAX_PRESENCE_CHANGES)
+                .filter_map(|part| {
+                    crate::state::encode(&ServerMsg::Event(Event::Presence {
+                        changes: part.to_vec(),
+                    }))
+                })
+                .collect();
+            let (own, shared): (Vec<UserName>, Vec<UserName>) = users.into_iter().partition(|u| {
+                involved.contains(u) || blockers.iter().any(|b| self.has_blocked(b, u))
+            });
+            for u in shared {
+                if let Some(s) = self.sessions.get_mut(&u) {
+                    s.presence_seen = told;
+                }
+                for f in &frames {
+                    if !self.push_frame(&u, f) {
+                        break;
+                    }
+                }
+            }
+            for u in own {
+                self.tell_presence(&u);
+            }
+        }
+        // Everyone has now seen up to `told` (a user logged out above for a full outbox
+        // added its own logout after it, for the next flush).
+        let n = (told - self.presence.first) as usize;
+        self.presence.changes.drain(..n);
+        self.presence.first = told;
     }
 
     /// Ends `user`'s session if it still belongs to `conn`: records the logout in the
@@ -51,7 +167,7 @@ impl Tracker {
         s.outbox.close();
         tracing::debug!(%user, "logged out");
         self.forget_holdings(user, now);
-        self.notify_presence(user, Event::LoggedOut { user: user.clone() });
+        self.notify_presence(user, false);
     }
 
     /// Connection `conn` closed without a logout: the same as a logout.
@@ -139,6 +255,51 @@ mod tests {
     use crate::state::testkit::*;
     use wire::Request;
 
+    fn presence(changes: &[(&str, bool)]) -> Event {
+        Event::Presence {
+            changes: changes
+                .iter()
+                .map(|(who, online)| match online {
+                    true => PresenceChange::LoggedIn(u(who)),
+                    false => PresenceChange::LoggedOut(u(who)),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_burst_of_logins_reaches_each_user_as_one_frame_and_a_request_gets_it_first() {
+        let mut t = tracker();
+        let mut hans = login(&mut t, "hans", T0);
+        let mut yoda = login(&mut t, "yoda", T0);
+        t.flush_presence();
+        hans.events();
+        let mut vader = None;
+        for user in ["luke", "vader", "r2d2"] {
+            let c = login(&mut t, user, T0);
+            if user == "vader" {
+                vader = Some(c);
+            }
+        }
+        req(&mut t, &vader.unwrap(), Request::Logout, T0);
+        // Nothing yet: gathered for the next flush...
+        assert!(hans.events().is_empty());
+        // ...except for a user who asks something: the changes first, then the reply.
+        req(&mut t, &yoda, Request::WhoElse, T0);
+        let want = presence(&[
+            ("luke", true),
+            ("vader", true),
+            ("r2d2", true),
+            ("vader", false),
+        ]);
+        assert_eq!(yoda.events(), std::slice::from_ref(&want));
+        t.flush_presence();
+        assert_eq!(hans.events(), [want]);
+        // yoda was told already; the log is empty after a flush.
+        assert!(yoda.events().is_empty());
+        assert!(!t.presence_pending());
+    }
+
     fn names(users: &[&str]) -> Vec<UserName> {
         users.iter().map(|s| u(s)).collect()
     }
@@ -148,19 +309,23 @@ mod tests {
         let mut t = tracker();
         let mut hans = login(&mut t, "hans", T0);
         let mut luke = login(&mut t, "luke", T0);
-        assert_eq!(hans.events(), [Event::LoggedIn { user: u("luke") }]);
+        t.flush_presence();
+        assert_eq!(hans.events(), [presence(&[("luke", true)])]);
         assert!(luke.events().is_empty(), "no notice about yourself");
 
         // luke blocks hans: hans hears nothing more of luke's presence.
         req(&mut t, &luke, Request::Block { user: u("hans") }, T0);
         req(&mut t, &luke, Request::Logout, T0);
+        t.flush_presence();
         assert!(hans.events().is_empty());
         let luke = login(&mut t, "luke", T0);
+        t.flush_presence();
         assert!(hans.events().is_empty());
         // ...but luke still hears about hans.
         let mut yoda = login(&mut t, "yoda", T0);
         req(&mut t, &hans, Request::Logout, T0);
-        assert_eq!(yoda.events(), [Event::LoggedOut { user: u("hans") }]);
+        t.flush_presence();
+        assert_eq!(yoda.events(), [presence(&[("hans", false)])]);
         drop(luke);
     }
 
@@ -251,7 +416,8 @@ mod tests {
         assert_eq!(t.expire(deadline), [u("hans")]);
         let ev = hans.events();
         assert_eq!(ev.last(), Some(&Event::TimedOut));
-        assert_eq!(yoda.events(), [Event::LoggedOut { user: u("hans") }]);
+        t.flush_presence();
+        assert_eq!(yoda.events(), [presence(&[("hans", false)])]);
         assert!(!t.is_online(&u("hans")));
         assert!(hans.outbox.take().last, "outbox closed after the notice");
         // A request on the dead session does nothing.

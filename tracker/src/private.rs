@@ -271,6 +271,7 @@ mod tests {
         reach(&mut t, "hans", false, true);
         reach(&mut t, "luke", false, true);
         reach(&mut t, "yoda", true, true);
+        t.flush_presence();
         luke.events();
         // Both behind routers that keep ports: punched, and luke learns the same circuit.
         let punched = via(&mut t, &hans, "luke");

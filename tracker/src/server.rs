@@ -172,11 +172,23 @@ pub type Tls = Option<Arc<ServerIdentity>>;
 /// Serves until `shutdown` completes.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Tls, shutdown: impl Future) {
     let sweeper = tokio::spawn(sweep(shared.clone()));
+    let presence = tokio::spawn(flush_presence(shared.clone()));
     tokio::select! {
         _ = accept_loop(listener, shared, tls) => {}
         _ = shutdown => info!("shutting down"),
     }
     sweeper.abort();
+    presence.abort();
+}
+
+/// Sends gathered presence changes to everyone every `presence::FLUSH_EVERY`.
+async fn flush_presence(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(crate::presence::FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.with(|t, _| t.flush_presence());
+    }
 }
 
 /// Accepts connections without handing them to the reactor until the gate has let them

@@ -75,6 +75,8 @@ pub struct Session {
     /// `OfflineAck` outside (acked, sent] deletes nothing and costs no query.
     pub offline_sent: u64,
     pub offline_acked: u64,
+    /// How far into the presence log this session has been told (`presence`).
+    pub presence_seen: u64,
 }
 
 pub struct Tracker {
@@ -104,6 +106,8 @@ pub struct Tracker {
     pub(crate) next_prune: Millis,
     /// Introductions that may use the relay (`private`).
     pub(crate) circuits: crate::private::Circuits,
+    /// Presence changes not yet told to everyone (`presence`).
+    pub(crate) presence: crate::presence::PresenceLog,
 }
 
 impl Tracker {
@@ -154,6 +158,7 @@ impl Tracker {
             mailbox: HashMap::new(),
             next_prune: now,
             circuits: Default::default(),
+            presence: Default::default(),
         })
     }
 
@@ -191,6 +196,16 @@ impl Tracker {
         user: &UserName,
         push: impl FnOnce(&Outbox) -> Result<(), Refused>,
     ) -> bool {
+        // Presence changes gathered for `user` go first: "luke logged in" always comes
+        // before anything from luke. (`tell_presence` marks them told before it pushes, so
+        // its own push does not come back here for them.)
+        if self
+            .sessions
+            .get(user)
+            .is_some_and(|s| s.presence_seen < self.presence.end())
+        {
+            self.tell_presence(user);
+        }
         let Some(s) = self.sessions.get(user) else {
             return false;
         };
@@ -290,6 +305,8 @@ impl Tracker {
             // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
             _ => return Reply::LoggedOut,
         }
+        // Presence changes so far go out ahead of the reply, as every other event does.
+        self.tell_presence(me);
         let reply = match req {
             Request::Message { to, text } => self.message(me, &to, &text, now),
             Request::Broadcast { text } => self.broadcast(me, &text),

@@ -27,6 +27,16 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// One user's presence change, in an `Event::Presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceChange {
+    LoggedIn(UserName),
+    LoggedOut(UserName),
+}
+
+/// Changes in one `Event::Presence`: 4,096 of the longest names fit a frame many times.
+pub const MAX_PRESENCE_CHANGES: usize = 4096;
+
 /// Names one introduction's meeting point: a reversed connection presents it to the
 /// requester's listener, both sides of a relayed one present it to the relay. 128 random
 /// bits, given only to the two users introduced (over their tracker connections).
@@ -60,7 +70,7 @@ pub enum Via {
 /// The first bytes of a reversed connection, ahead of the circuit's 16. Neither a valid
 /// frame length (far over any cap) nor a valid Noise message length, so a listener tells
 /// it from a dialler's first message by looking.
-pub const REVERSED_MAGIC: [u8; 8] = *b"SWRVRS09";
+pub const REVERSED_MAGIC: [u8; 8] = *b"SWRVRS10";
 
 /// A client's long-term public key (X25519), which it proves it holds in the Noise
 /// handshake that opens every connection between peers. The tracker only passes it on: to
@@ -383,21 +393,16 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// A message (direct or broadcast) relayed while the recipient is online.
-    Message {
-        from: UserName,
-        text: Text,
-    },
+    Message { from: UserName, text: Text },
     /// Messages stored while the recipient was offline, oldest first. Acknowledge with
     /// `ClientMsg::OfflineAck`; unacknowledged ones are delivered again at the next login.
-    Offline {
-        messages: Vec<OfflineMessage>,
-    },
-    LoggedIn {
-        user: UserName,
-    },
-    LoggedOut {
-        user: UserName,
-    },
+    Offline { messages: Vec<OfflineMessage> },
+    /// Who logged in and out, in order, since this recipient's last such event. The
+    /// tracker gathers presence changes per recipient and sends them every
+    /// `tracker::presence::FLUSH_EVERY`, and before its reply to any request, so a burst of
+    /// logins costs each online user one frame per interval instead of one per login. At
+    /// most [`MAX_PRESENCE_CHANGES`] per frame.
+    Presence { changes: Vec<PresenceChange> },
     /// The tracker logged this user out for inactivity; the connection closes after this.
     TimedOut,
     /// Sent soon after login: the address (and port) the tracker sees this client's
@@ -427,16 +432,10 @@ pub enum Event {
         chunks: Vec<u32>,
     },
     /// To watchers of `name`: `user` no longer holds any of it (logged out or withdrew).
-    HolderGone {
-        name: FileName,
-        user: UserName,
-    },
+    HolderGone { name: FileName, user: UserName },
     /// To the holders and watchers of `name`: the name no longer means what they hold or
     /// download. Their copies are no longer shared.
-    FileGone {
-        name: FileName,
-        why: Gone,
-    },
+    FileGone { name: FileName, why: Gone },
 }
 
 /// Why a registered name stopped meaning the file it described.
