@@ -770,6 +770,12 @@ impl Raw {
     /// Connects to the tracker at `addr` (TLS).
     pub fn connect(addr: SocketAddr) -> Raw {
         let tcp = std::net::TcpStream::connect(addr).unwrap();
+        Raw::tls_over(tcp, addr)
+    }
+
+    /// TLS to the tracker at `addr` over `tcp`, a connection made otherwise (from a
+    /// chosen port, say).
+    pub fn tls_over(tcp: std::net::TcpStream, addr: SocketAddr) -> Raw {
         tcp.set_read_timeout(Some(WAIT)).unwrap();
         let (config, _) = link::tls::client_config(link::tls::KeyCheck::Any);
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
@@ -976,8 +982,19 @@ impl Raw {
     /// Connects, says Hello, and sends `user`'s login with the right password, without
     /// reading the answer.
     pub fn send_login(tracker: SocketAddr, user: &str, p2p_port: u16) -> Raw {
+        Raw::send_login_over(Raw::connect(tracker), user, p2p_port)
+    }
+
+    /// `login_p2p` on a connection to the tracker opened already (`tls_over`).
+    pub fn login_over(raw: Raw, user: &str, p2p_port: u16) -> Raw {
+        use wire::{LoginResult, ServerMsg};
+        let mut raw = Raw::send_login_over(raw, user, p2p_port);
+        assert_eq!(raw.recv(), Some(ServerMsg::Login(LoginResult::Welcome)));
+        raw
+    }
+
+    fn send_login_over(mut raw: Raw, user: &str, p2p_port: u16) -> Raw {
         use wire::{ClientMsg, Password, ServerMsg, UserName, PROTOCOL_VERSION};
-        let mut raw = Raw::connect(tracker);
         raw.send(&ClientMsg::Hello {
             version: PROTOCOL_VERSION,
         });

@@ -378,3 +378,86 @@ fn reversed_for(listener: &std::net::TcpListener, circuit: wire::Circuit) -> std
     }
     panic!("no reversed connection for the circuit");
 }
+
+/// The same on a punched path: a test double behind a router that keeps ports connects to
+/// the tracker from its listening port, punches through to hans with its ticket, then
+/// presents that ticket again on the next introduction's connection (the punch cannot
+/// repeat while the first connection holds the same addresses, so both sides meet at the
+/// relay): refused.
+#[test]
+fn a_ticket_opens_one_connection_once_when_punched() {
+    use socket2::{Domain, Socket, Type};
+    use wire::{PeerMsg, PeerRefusal, Purpose, Reply, Request, UserName, Via, PROTOCOL_VERSION};
+    let n = nat_net(&[CONE, CONE], &[]);
+    let mut hans = n.peer(1, "hans");
+    let tracker = n.tracker.addr;
+    let hello = |ticket| PeerMsg::Hello {
+        version: PROTOCOL_VERSION,
+        ticket,
+        purpose: Purpose::Chat,
+    };
+    // A socket on `port` that others may share (as the client's listener and the
+    // connections it opens from that port).
+    let shared = |port: u16| {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())
+            .unwrap();
+        s
+    };
+    n.lab.run_in(n.hosts[0], || {
+        let listener = shared(0);
+        listener.listen(16).unwrap();
+        let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+        let to_tracker = shared(port);
+        to_tracker.connect(&tracker.into()).unwrap();
+        let raw = Raw::tls_over(to_tracker.into(), tracker);
+        let mut luke = Raw::login_over(raw, "luke", port);
+        assert!(!reachability(&mut luke), "behind its router");
+        let me = luke.identity.clone();
+        let mut start = || match luke.request(Request::StartPrivate {
+            user: UserName::new("hans").unwrap(),
+        }) {
+            Reply::PrivateGranted {
+                addr,
+                ticket,
+                key,
+                via,
+                ..
+            } => (addr, ticket, key, via),
+            other => panic!("{other:?}"),
+        };
+        let (addr, ticket, key, via) = start();
+        let Via::Punched { .. } = via else {
+            panic!("{via:?}")
+        };
+        // Both dial at once: retried on a refusal, within the window hans gives it.
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        let tcp = loop {
+            let s = shared(port);
+            match s.connect_timeout(&addr.into(), Duration::from_millis(500)) {
+                Ok(()) => break std::net::TcpStream::from(s),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("the punch to {addr} failed: {e}"),
+            }
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (_chat, answer) =
+            Raw::dial_peer_over(Box::new(tcp), &me, &key, &hello(ticket)).unwrap();
+        assert_eq!(answer, PeerMsg::Accepted);
+        // The next introduction, the first ticket again.
+        let (_, _, key2, via) = start();
+        let Via::Punched { circuit } = via else {
+            panic!("{via:?}")
+        };
+        let stream = Raw::relay_join(tracker, circuit).unwrap();
+        let (_, answer) = Raw::dial_peer_over(stream, &me, &key2, &hello(ticket)).unwrap();
+        assert_eq!(answer, PeerMsg::Refused(PeerRefusal::BadTicket));
+    });
+    let opened = hans.expect("luke started private messaging with you");
+    assert!(!opened.contains("relay"), "{opened}");
+}
