@@ -81,6 +81,7 @@ fn main() {
             password: Password::new("falcon").unwrap(),
             p2p_port: 4000,
             key: PeerKey([9; 32]),
+            lan_ip: None,
         },
     ];
     client.extend(requests.iter().cloned().map(ClientMsg::Request));

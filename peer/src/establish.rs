@@ -257,7 +257,7 @@ pub async fn punch(port: u16, addr: SocketAddr, window: Duration) -> Option<TcpS
 async fn relay(ways: &Ways, circuit: Circuit) -> Result<Stream, String> {
     let dial = ways.relay.as_ref().ok_or("no relay to go through")?;
     let deadline = Instant::now() + CONNECT;
-    let (mut stream, _) = open(dial, 0, deadline)
+    let (mut stream, _, _) = open(dial, 0, deadline)
         .await
         .map_err(|e| format!("the relay: {e}"))?;
     let mut join = bytes::BytesMut::new();

@@ -257,6 +257,7 @@ async fn login(
             password,
             p2p_port,
             key,
+            lan_ip: link.local_ip(),
         };
         let text = match ask(link, dial, out, login).await? {
             ServerMsg::Login(LoginResult::Welcome) => {

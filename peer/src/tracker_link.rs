@@ -102,6 +102,8 @@ impl std::fmt::Display for FirstUse {
 pub struct TrackerLink {
     framed: Framed<Stream, WireCodec<ServerMsg, ClientMsg>>,
     addr: SocketAddr,
+    /// Our address on the network we reach the tracker through.
+    local_ip: Option<std::net::IpAddr>,
 }
 
 impl TrackerLink {
@@ -117,10 +119,11 @@ impl TrackerLink {
             secs: CONNECT_DEADLINE.as_secs(),
         };
         let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
-        let (stream, first_use) = open(dial, dial.from_port, deadline).await?;
+        let (stream, first_use, local_ip) = open(dial, dial.from_port, deadline).await?;
         let mut link = TrackerLink {
             framed: Framed::new(stream, WireCodec::new()),
             addr,
+            local_ip,
         };
         let hello = async {
             link.send(ClientMsg::Hello {
@@ -144,6 +147,12 @@ impl TrackerLink {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Our own address on the network the tracker is reached through (behind a router,
+    /// the home network's): told at login, for peers behind the same router.
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        self.local_ip
     }
 
     /// Sends `msg` and waits for the next frame, within [`ANSWER_DEADLINE`].
@@ -218,7 +227,7 @@ pub async fn open(
     dial: &Dial,
     from_port: u16,
     deadline: tokio::time::Instant,
-) -> Result<(Stream, Option<FirstUse>), LinkError> {
+) -> Result<(Stream, Option<FirstUse>, Option<std::net::IpAddr>), LinkError> {
     let addr = dial.addr;
     let silent = LinkError::Silent {
         addr,
@@ -231,6 +240,7 @@ pub async fn open(
         Err(_) => return Err(silent),
     };
     let _ = tcp.set_nodelay(true);
+    let local_ip = tcp.local_addr().ok().map(|a| a.ip());
     let mut first_use = None;
     let stream: Stream = match dial.security {
         Security::Plaintext => Box::new(tcp),
@@ -285,5 +295,5 @@ pub async fn open(
             }
         }
     };
-    Ok((stream, first_use))
+    Ok((stream, first_use, local_ip))
 }

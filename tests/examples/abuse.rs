@@ -199,6 +199,7 @@ async fn login(from: Ipv4Addr, to: SocketAddr, name: &str, p2p_port: u16) -> (Rd
         p2p_port,
         // Never dialled: the benchmark makes no peer connections.
         key: wire::PeerKey([0; 32]),
+        lan_ip: None,
     })
     .await
     .unwrap();

@@ -435,6 +435,7 @@ async fn login_as(addr: SocketAddr, tls: Tls, user: &str) -> (Rd, Wr) {
         p2p_port: 0,
         // Never dialled: the benchmark makes no peer connections.
         key: wire::PeerKey([0; 32]),
+        lan_ip: None,
     })
     .await
     .unwrap();

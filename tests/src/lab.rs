@@ -312,10 +312,9 @@ impl Lab {
         ])?;
         run(&["ip", "-n", &router, "link", "set", "wan", "up"])?;
         run(&["ip", "-n", &router, "link", "set", "lo", "up"])?;
-        run(&[
-            "ip", "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ])?;
+        // The home network: a bridge in the router (its address the hosts' gateway), one
+        // port per host (`add_beside` adds more).
+        run(&["ip", "-n", &router, "link", "add", "lan", "type", "bridge"])?;
         run(&[
             "ip",
             "-n",
@@ -327,28 +326,7 @@ impl Lab {
             "lan",
         ])?;
         run(&["ip", "-n", &router, "link", "set", "lan", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ])?;
+        self.plug_home_host(&router, &ns, i, ip, gw)?;
         run(&[
             "ip",
             "netns",
@@ -455,13 +433,86 @@ table ip filter {{
         }
     }
 
+    /// Adds a host on the home network of `neighbour` (a host behind a router): same
+    /// router, next address (`192.168.<n>.3`, `.4`, ...). `link` shapes its link to the
+    /// router. Returns its index.
+    pub fn add_beside(&mut self, neighbour: usize, link: Link) -> Result<usize, String> {
+        let Some((router, wan)) = self.hosts[neighbour].router.clone() else {
+            return Err(format!("host {neighbour} has no router"));
+        };
+        let i = self.hosts.len();
+        let o = self.hosts[neighbour].ip.octets();
+        let taken = self
+            .hosts
+            .iter()
+            .filter(|h| h.router.as_ref().is_some_and(|r| r.0 == router))
+            .count();
+        if taken >= 200 {
+            return Err("at most 200 hosts behind one router".into());
+        }
+        let ip = Ipv4Addr::new(o[0], o[1], o[2], 2 + taken as u8);
+        let gw = Ipv4Addr::new(o[0], o[1], o[2], 1);
+        let ns = format!("{}h{i}", self.id);
+        self.hosts.push(Host {
+            ns: ns.clone(),
+            ip,
+            router: Some((router.clone(), wan)),
+        });
+        run(&["ip", "netns", "add", &ns])?;
+        self.plug_home_host(&router, &ns, i, ip, gw)?;
+        self.shape(i, link)?;
+        Ok(i)
+    }
+
+    /// Connects host `i` (namespace `ns`, address `ip`) to its router's home network.
+    fn plug_home_host(
+        &self,
+        router: &str,
+        ns: &str,
+        i: usize,
+        ip: Ipv4Addr,
+        gw: Ipv4Addr,
+    ) -> Result<(), String> {
+        let port = format!("l{i}");
+        run(&[
+            "ip", "-n", router, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
+        ])?;
+        run(&[
+            "ip", "-n", router, "link", "set", &port, "master", "lan", "up",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
+        Ok(())
+    }
+
     /// Sets (or changes, mid-test) `host`'s rates.
     pub fn shape(&self, host: usize, link: Link) -> Result<(), String> {
         let h = &self.hosts[host];
         tbf(&h.ns, "eth0", link.up)?;
         match &h.router {
             // What the router sends the host.
-            Some((router, _)) => tbf(router, "lan", link.down),
+            Some((router, _)) => tbf(router, &format!("l{host}"), link.down),
             None => tbf(&self.switch, &format!("v{host}"), link.down),
         }
     }

@@ -1004,6 +1004,7 @@ impl Raw {
             password: Password::new(password(user)).unwrap(),
             p2p_port,
             key: wire::PeerKey(raw.identity.public()),
+            lan_ip: None,
         });
         raw
     }

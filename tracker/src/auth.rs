@@ -198,6 +198,7 @@ mod tests {
                 key: key_of(user),
                 reachable: None,
                 keeps_port: true,
+                lan_ip: None,
             },
         )
     }

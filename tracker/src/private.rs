@@ -93,8 +93,13 @@ impl Tracker {
         // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
         let ticket = Ticket(rand::random());
         let circuit = Circuit(rand::random());
-        let via = match route::route(mine.reach(), theirs.reach(), self.rules.relay) {
-            Path::Direct => Via::Direct,
+        let path = route::route(mine.reach(), theirs.reach(), self.rules.relay);
+        let addr = match (path, theirs.lan_ip) {
+            (Path::Inside, Some(lan)) => SocketAddr::new(lan, theirs.port),
+            _ => addr,
+        };
+        let via = match path {
+            Path::Inside | Path::Direct => Via::Direct,
             Path::Reversed => Via::Reversed { circuit },
             Path::Punched => Via::Punched { circuit },
             Path::Relayed => Via::Relayed { circuit },
@@ -300,6 +305,40 @@ mod tests {
         let late = T0.plus(CIRCUIT_LIFETIME);
         assert_eq!(t.join_circuit(&circuit, late), None);
         assert_eq!(t.join_circuit(&Circuit([9; 16]), T0), None);
+    }
+
+    #[test]
+    fn a_home_address_goes_only_to_neighbours_behind_the_same_router() {
+        let mut t = tracker();
+        let hans = login_p2p(&mut t, "hans", T0, 4001);
+        let luke = login_p2p(&mut t, "luke", T0, 4002);
+        login_p2p(&mut t, "yoda", T0, 4003);
+        let home: std::net::IpAddr = "192.168.1.3".parse().unwrap();
+        for (user, public, lan) in [
+            ("hans", "203.0.113.1", None),
+            ("luke", "203.0.113.7", Some("192.168.1.2")),
+            ("yoda", "203.0.113.7", Some("192.168.1.3")),
+        ] {
+            let l = &mut t.sessions.get_mut(&u(user)).unwrap().listener;
+            l.ip = public.parse().unwrap();
+            l.lan_ip = lan.map(|a| a.parse().unwrap());
+            l.reachable = Some(false);
+            l.keeps_port = false;
+        }
+        let granted = |t: &mut Tracker, from: &Client| match req(t, from, start("yoda"), T0) {
+            Reply::PrivateGranted { addr, via, .. } => (addr, via),
+            other => panic!("{other:?}"),
+        };
+        // luke shares yoda's public address: yoda's home address, directly.
+        assert_eq!(
+            granted(&mut t, &luke),
+            (SocketAddr::new(home, 4003), Via::Direct)
+        );
+        // hans does not: yoda's public address, and the relay (both unreachable, random
+        // ports); yoda's home address is never shown to him.
+        let (addr, via) = granted(&mut t, &hans);
+        assert_eq!(addr, "203.0.113.7:4003".parse().unwrap());
+        assert!(matches!(via, Via::Relayed { .. }), "{via:?}");
     }
 
     #[test]

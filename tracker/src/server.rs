@@ -691,6 +691,7 @@ async fn login(
                 password,
                 p2p_port,
                 key,
+                lan_ip,
             } => {
                 if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
                     let result = LoginResult::Throttled { retry_secs };
@@ -711,6 +712,7 @@ async fn login(
                                 key,
                                 reachable: None,
                                 keeps_port: p2p_port == addr.port(),
+                                lan_ip,
                             };
                             t.login_verified(&user, ok, now, id, outbox, listener)
                         })

@@ -50,11 +50,16 @@ pub struct Listener {
     /// Whether the client's connection to the tracker came from its listening port (see
     /// `route`).
     pub keeps_port: bool,
+    /// The address the client says it has on its own network: used only by peers at the
+    /// same public address `ip` (behind the same router), never shown to anyone else.
+    pub lan_ip: Option<IpAddr>,
 }
 
 impl Listener {
     pub fn reach(&self) -> crate::route::Reach {
         crate::route::Reach {
+            public: self.ip,
+            has_lan: self.lan_ip.is_some(),
             listening: self.port != 0,
             reachable: self.reachable,
             keeps_port: self.keeps_port,
@@ -447,6 +452,7 @@ pub(crate) mod testkit {
                 key: key_of(user),
                 reachable: None,
                 keeps_port: true,
+                lan_ip: None,
             },
         );
         assert_eq!(r, LoginResult::Welcome);

@@ -6,7 +6,7 @@
 //! exactly one `Reply`, in request order; `Event`s (incoming messages, presence) are pushed at
 //! any time in between and are never replies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,10 @@ pub enum ClientMsg {
         password: Password,
         p2p_port: u16,
         key: PeerKey,
+        /// The client's own address on the network it reaches the tracker through (its
+        /// home network's, behind a router). Handed only to peers the tracker sees at the
+        /// same public address as this client: they reach it there, inside that network.
+        lan_ip: Option<IpAddr>,
     },
     /// After login: one command; answered by exactly one `ServerMsg::Reply`.
     Request(Request),

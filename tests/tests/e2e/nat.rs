@@ -461,3 +461,33 @@ fn a_ticket_opens_one_connection_once_when_punched() {
     let opened = hans.expect("luke started private messaging with you");
     assert!(!opened.contains("relay"), "{opened}");
 }
+
+/// Two users behind the same router (an office, a home) reach each other inside their own
+/// network, even where the router would leave them only the relay (symmetric): the private
+/// chat does not go through the relay, and a download's summary names no other path.
+#[test]
+fn users_behind_the_same_router_connect_inside_their_network() {
+    let mut n = nat_net(&[SYMMETRIC], &[]);
+    let beside = n.lab.add_beside(n.hosts[0], Link::FREE).unwrap();
+    n.hosts.push(beside);
+    let mut luke = n.peer(0, "luke");
+    let mut leia = n.peer(1, "leia");
+    luke.send("startprivate leia");
+    let started = luke.expect("Start private messaging with leia");
+    let incoming = leia.expect("luke started private messaging with you");
+    assert!(
+        !started.contains("relay") && !incoming.contains("relay"),
+        "{started} / {incoming}"
+    );
+    luke.send("private leia next door");
+    leia.expect("luke(private): next door");
+    let data = random_bytes(256 << 10, 43);
+    std::fs::write(leia.dir.join("f.bin"), &data).unwrap();
+    leia.send("register f.bin 4");
+    leia.expect("f.bin registered");
+    luke.send("download f.bin");
+    luke.expect("Downloaded f.bin (256.0 KiB) from leia");
+    let after = luke.sync();
+    assert!(!after.iter().any(|l| l.contains("(paths: ")), "{after:?}");
+    assert!(std::fs::read(luke.dir.join("f.bin")).unwrap() == data);
+}
