@@ -114,6 +114,29 @@ const PREFIX: &str = "swl";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command; `Err` with its output when it fails.
+/// Runs `ip` with `args`, `input` on its standard input; its complaint if it fails.
+fn run_fed(args: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(())
+}
+
 fn run(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -360,27 +383,9 @@ table ip filter {{
 }}
 "
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &router, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run nft (apt-get install nftables): {e}"))?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(rules.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-        let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "nft rules for the router failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        run_fed(&["netns", "exec", &router, "nft", "-f", "-"], &rules).map_err(|e| {
+            format!("nft rules for the router failed (apt-get install nftables?): {e}")
+        })?;
         self.shape(i, link)?;
         Ok(i)
     }
@@ -400,29 +405,8 @@ table ip filter {{
         for ip in &ips {
             batch.push_str(&format!("address add {ip}/16 dev eth0\n"));
         }
-        let mut child = Command::new("ip")
-            .args(["-n", ns, "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(batch.as_bytes())
-            .map_err(|e| format!("ip -batch: {e}"))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("ip -batch: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "adding addresses failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        run_fed(&["-n", ns, "-batch", "-"], &batch)
+            .map_err(|e| format!("adding addresses failed: {e}"))?;
         Ok(ips)
     }
 

@@ -63,6 +63,35 @@ const PUBLIC: Option<Nat> = None;
 const CONE: Option<Nat> = Some(Nat::Cone);
 const SYMMETRIC: Option<Nat> = Some(Nat::Symmetric);
 
+/// Two users of each kind, on hosts of their own.
+const SIX: [Option<Nat>; 6] = [PUBLIC, PUBLIC, CONE, CONE, SYMMETRIC, SYMMETRIC];
+
+/// Indices into [`SIX`]: every ordered pair of kinds (requester or downloader first), the
+/// second user of a kind for its pair with itself.
+const PAIRS: [(usize, usize); 9] = [
+    (0, 1),
+    (0, 2),
+    (0, 4),
+    (2, 0),
+    (2, 3),
+    (2, 4),
+    (4, 0),
+    (4, 2),
+    (4, 5),
+];
+
+/// The lab of [`SIX`], each user logged in and told its reachability.
+fn six_users() -> (NatNet, Vec<Peer>) {
+    let n = nat_net(&SIX, &[]);
+    let names = ["hans", "yoda", "luke", "leia", "vader", "r2d2"];
+    let users = names
+        .iter()
+        .enumerate()
+        .map(|(i, u)| n.peer(i, u))
+        .collect();
+    (n, users)
+}
+
 /// Whether a connection between these two kinds has to go through the relay.
 fn relayed(a: Option<Nat>, b: Option<Nat>) -> bool {
     !matches!(
@@ -96,28 +125,10 @@ fn the_tracker_tells_each_user_whether_others_can_connect_to_it() {
 /// Private chat opens between every pair of kinds, each way, and texts flow both ways.
 #[test]
 fn private_chat_opens_between_every_pair_of_public_cone_and_symmetric_users() {
-    let kinds = [PUBLIC, PUBLIC, CONE, CONE, SYMMETRIC, SYMMETRIC];
-    let names = ["hans", "yoda", "luke", "leia", "vader", "r2d2"];
-    let n = nat_net(&kinds, &[]);
-    let mut users: Vec<Peer> = names
-        .iter()
-        .enumerate()
-        .map(|(i, u)| n.peer(i, u))
-        .collect();
-    // (requester, target): every ordered pair of kinds, two users of a kind for its pair
-    // with itself.
-    let pairs = [
-        (0, 1),
-        (0, 2),
-        (0, 4),
-        (2, 0),
-        (2, 3),
-        (2, 4),
-        (4, 0),
-        (4, 2),
-        (4, 5),
-    ];
-    for (a, b) in pairs {
+    let kinds = SIX;
+    // The lab and tracker live as long as `_net`.
+    let (_net, mut users) = six_users();
+    for (a, b) in PAIRS {
         let (ka, kb) = (kinds[a], kinds[b]);
         let (x, y) = two(&mut users, a, b);
         x.send(&format!("startprivate {}", y.name));
@@ -170,28 +181,11 @@ fn download_path(d: Option<Nat>, h: Option<Nat>) -> Option<&'static str> {
 /// the summary names the path that carried it.
 #[test]
 fn downloads_complete_between_every_pair_of_kinds() {
-    let kinds = [PUBLIC, PUBLIC, CONE, CONE, SYMMETRIC, SYMMETRIC];
-    let names = ["hans", "yoda", "luke", "leia", "vader", "r2d2"];
-    let n = nat_net(&kinds, &[]);
-    let mut users: Vec<Peer> = names
-        .iter()
-        .enumerate()
-        .map(|(i, u)| n.peer(i, u))
-        .collect();
+    let kinds = SIX;
+    // The lab and tracker live as long as `_net`.
+    let (_net, mut users) = six_users();
     let data = random_bytes(256 << 10, 41);
-    // (downloader, holder), each ordered pair of kinds.
-    let pairs = [
-        (0, 1),
-        (0, 2),
-        (0, 4),
-        (2, 0),
-        (2, 3),
-        (2, 4),
-        (4, 0),
-        (4, 2),
-        (4, 5),
-    ];
-    for (k, (d, h)) in pairs.into_iter().enumerate() {
+    for (k, (d, h)) in PAIRS.into_iter().enumerate() {
         let name = format!("f{k}.bin");
         let (dl, holder) = two(&mut users, d, h);
         std::fs::write(holder.dir.join(&name), &data).unwrap();
