@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use wire::{Event, LoginResult, Password, ServerMsg, UserCheck, UserName};
+use wire::{Event, LoginResult, OfflineMessage, Password, ServerMsg, UserCheck, UserName};
 
 use crate::clock::Millis;
 use crate::credentials::Secret;
 use crate::lockout::Strike;
 use crate::outbox::Outbox;
 use crate::state::{ConnId, Listener, Session, Tracker};
+use crate::store::{Cmd, StoreError};
 
 /// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
 const OFFLINE_BATCH: usize = 128;
-/// Offline frames queued at login; the rest waits, unacknowledged, for the next login.
-const OFFLINE_BATCHES_AT_LOGIN: usize = 64;
+/// Offline frames read in a row when a connection is told of stored messages; the rest
+/// waits, unacknowledged, for the next time (a new message, or the next login).
+pub const OFFLINE_BATCHES_AT_ONCE: usize = 64;
 
 impl Tracker {
     pub fn check_user(&self, user: &UserName) -> UserCheck {
@@ -88,10 +90,10 @@ impl Tracker {
             return match self.lockouts.fail(user, now) {
                 Strike::TryAgain => LoginResult::BadPassword,
                 Strike::LockedUntil(until) => {
-                    if let Err(e) = self.store.set_lockout(user, Some(until)) {
-                        // The lock still holds in memory; only a restart would forget it.
-                        tracing::error!(%user, error = %e, "could not persist lockout");
-                    }
+                    self.persist(Cmd::Lockout {
+                        user: user.clone(),
+                        until: Some(until),
+                    });
                     LoginResult::LockedNow
                 }
             };
@@ -99,17 +101,21 @@ impl Tracker {
         if self.sessions.contains_key(user) {
             return LoginResult::AlreadyLoggedIn;
         }
-        let history_id = match self.store.session_started(user, now) {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!(%user, error = %e, "could not record login");
-                -1
-            }
-        };
+        let history_id = rand::random::<i64>() & i64::MAX;
+        self.persist(Cmd::SessionStarted {
+            id: history_id,
+            user: user.clone(),
+            at: now,
+        });
         self.lockouts.succeed(user);
         if let Err(e) = outbox.push_reply(&ServerMsg::Login(LoginResult::Welcome)) {
             tracing::error!(error = %e, "cannot encode the welcome");
         }
+        // Whatever comes for the session waits behind its backlog, which the connection
+        // reads next (`read_mail`): so nothing sent after the login overtakes what was
+        // stored before it.
+        outbox.hold();
+        outbox.poke();
         self.sessions.insert(
             user.clone(),
             Session {
@@ -121,60 +127,90 @@ impl Tracker {
                 quota: crate::quota::Quota::new(now),
                 offline_sent: 0,
                 offline_acked: 0,
+                mail: true,
                 presence_seen: self.presence.end(),
             },
         );
         self.notify_presence(user, true);
-        self.queue_offline(user);
         self.settle(now);
         LoginResult::Welcome
     }
 
-    /// Queues the user's stored messages, oldest first. They stay in the store until the
-    /// client acknowledges them, so a connection lost mid-delivery loses nothing.
-    fn queue_offline(&mut self, user: &UserName) {
-        let mut after = 0;
-        for _ in 0..OFFLINE_BATCHES_AT_LOGIN {
-            let batch = match self.store.offline_for(user, after, OFFLINE_BATCH) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(%user, error = %e, "could not load offline messages");
-                    return;
-                }
-            };
-            let Some(last) = batch.last() else { return };
-            after = last.id;
+    /// The next read of `user`'s stored messages for its connection `conn`, if any were
+    /// stored since the last read: the index of the command among the effects handed to
+    /// the journal with it. The messages stay stored until the client acknowledges them,
+    /// so a connection lost mid-delivery loses nothing.
+    pub fn read_mail(&mut self, user: &UserName, conn: ConnId) -> Option<usize> {
+        let s = self.sessions.get_mut(user).filter(|s| s.conn == conn)?;
+        if !s.mail {
+            return None;
+        }
+        s.mail = false;
+        let cmd = Cmd::OfflineFor {
+            user: user.clone(),
+            after: s.offline_sent,
+            limit: OFFLINE_BATCH as u32,
+        };
+        Some(self.persist_at(cmd))
+    }
+
+    /// What [`Tracker::read_mail`]'s read found: queued for the client (ahead of anything
+    /// held behind the backlog at login). `true` if there may be more to read now.
+    pub fn mail_read(
+        &mut self,
+        user: &UserName,
+        conn: ConnId,
+        found: Result<Vec<OfflineMessage>, StoreError>,
+        now: Millis,
+    ) -> bool {
+        let Some(s) = self.sessions.get_mut(user).filter(|s| s.conn == conn) else {
+            return false;
+        };
+        // A failed read was logged by the journal; the messages wait for the next read (a
+        // new message, or the next login).
+        let mut batch = found.unwrap_or_default();
+        // Ids only grow: a message already handed out is never handed out again.
+        let sent = s.offline_sent;
+        batch.retain(|m| m.id > sent);
+        let Some(last) = batch.last() else {
+            s.outbox.release();
+            return false;
+        };
+        s.offline_sent = last.id;
+        let full = batch.len() == OFFLINE_BATCH;
+        let event = ServerMsg::Event(Event::Offline { messages: batch });
+        let queued = if s.outbox.is_held() {
+            // Right after the welcome, ahead of everything that came after the login.
+            s.outbox.release_with(&event).is_ok()
+        } else {
+            self.push(user, &event)
+        };
+        if queued && full {
+            // More, probably: read on.
             if let Some(s) = self.sessions.get_mut(user) {
-                s.offline_sent = after;
-            }
-            let was_last = batch.len() < OFFLINE_BATCH;
-            if !self.push(user, &ServerMsg::Event(Event::Offline { messages: batch })) || was_last {
-                return;
+                s.mail = true;
             }
         }
+        self.settle(now);
+        queued && full
     }
 
     /// The client has received offline messages up to `up_to`.
     pub fn ack_offline(&mut self, user: &UserName, conn: ConnId, up_to: u64) {
         // Only an ack that moves forward through what was handed out reaches the store: a
-        // client repeating acks (or inventing ids) costs nothing under the lock.
+        // client repeating acks (or inventing ids) costs nothing.
         match self.sessions.get_mut(user) {
             Some(s) if s.conn == conn && s.offline_acked < up_to && up_to <= s.offline_sent => {
                 s.offline_acked = up_to;
             }
             _ => return,
         }
-        match self.store.ack_offline(user, up_to) {
-            Ok(deleted) => {
-                if let Some(n) = self.mailbox.get_mut(user) {
-                    *n = n.saturating_sub(deleted as u64);
-                }
-            }
-            // Not fatal: they will be delivered again at the next login.
-            Err(e) => {
-                tracing::error!(%user, error = %e, "could not delete acknowledged offline messages")
-            }
-        }
+        // Counted afresh by the next message stored for them.
+        self.mailbox.remove(user);
+        self.persist(Cmd::AckOffline {
+            user: user.clone(),
+            up_to,
+        });
     }
 }
 
@@ -185,7 +221,7 @@ mod tests {
     use super::*;
     use crate::state::testkit::*;
 
-    fn attempt(t: &mut Tracker, user: &str, pw: &str, now: Millis) -> LoginResult {
+    fn attempt(t: &mut Rig, user: &str, pw: &str, now: Millis) -> LoginResult {
         t.login(
             &u(user),
             &Password::new(pw).unwrap(),
@@ -232,8 +268,7 @@ mod tests {
             attempt(&mut t, "vader", "x", T0);
         }
         // A new Tracker over the same store (as after a crash) still knows the lock.
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        let mut t2 = t.restart(T0);
         assert_eq!(
             attempt(
                 &mut t2,

@@ -7,7 +7,8 @@
 use wire::{Event, Refusal, Reply, ServerMsg, Text, UserName};
 
 use crate::clock::Millis;
-use crate::state::Tracker;
+use crate::state::{Outcome, Then, Tracker};
+use crate::store::{Cmd, Offline};
 
 /// Messages stored for one offline user at most: 4 MiB of the longest texts.
 pub const MAX_OFFLINE_PER_RECIPIENT: u64 = 1_000;
@@ -24,72 +25,78 @@ impl Tracker {
         Ok(())
     }
 
-    /// Offline messages waiting for `to`: counted in the database once, then kept here
-    /// (the tracker is the database's only writer). Counting on every message cost a
-    /// scan of up to 1,000 index entries under the lock: a sender flooding a full
-    /// mailbox took most of the tracker's CPU (`perf` on `bench/abuse`).
-    fn mailbox_len(&mut self, to: &UserName) -> Result<u64, crate::store::StoreError> {
-        if let Some(&n) = self.mailbox.get(to) {
-            return Ok(n);
-        }
-        let n = self.store.offline_count(to)?;
-        self.mailbox.insert(to.clone(), n);
-        Ok(n)
-    }
-
     pub(crate) fn message(
         &mut self,
         me: &UserName,
         to: &UserName,
         text: &Text,
         now: Millis,
-    ) -> Reply {
+    ) -> Outcome {
         if let Err(r) = self.other_user(me, to) {
-            return Reply::Refused(r);
+            return Outcome::Reply(Reply::Refused(r));
         }
         if self.has_blocked(to, me) {
-            return Reply::Refused(Refusal::BlockedByRecipient { user: to.clone() });
+            return Outcome::Reply(Reply::Refused(Refusal::BlockedByRecipient {
+                user: to.clone(),
+            }));
         }
         if self.is_busy(to) {
-            return Reply::Refused(Refusal::RecipientBusy { user: to.clone() });
+            return Outcome::Reply(Reply::Refused(Refusal::RecipientBusy { user: to.clone() }));
         }
         let event = ServerMsg::Event(Event::Message {
             from: me.clone(),
             text: text.clone(),
         });
         if self.push(to, &event) {
-            return Reply::Sent {
+            return Outcome::Reply(Reply::Sent {
                 to: to.clone(),
                 stored: false,
-            };
+            });
         }
         // Offline, or too far behind to take more: keep it for the next login, up to a
-        // quota (one sender could otherwise fill the disk, and the recipient's login would
-        // load it all under the state lock). Only a durable write earns an acknowledgement.
-        match self.mailbox_len(to) {
-            Ok(waiting) if waiting >= MAX_OFFLINE_PER_RECIPIENT => {
-                return Reply::Refused(Refusal::MailboxFull {
+        // quota (one sender could otherwise fill the disk). A mailbox last seen full is
+        // refused here without asking the store: a sender flooding a full mailbox must
+        // cost no query (`perf` on `bench/abuse`). Only a durable write earns an
+        // acknowledgement.
+        if let Some(&waiting) = self.mailbox.get(to) {
+            if waiting >= MAX_OFFLINE_PER_RECIPIENT {
+                return Outcome::Reply(Reply::Refused(Refusal::MailboxFull {
                     user: to.clone(),
                     waiting: waiting as u32,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "could not count offline messages");
-                return Reply::Refused(Refusal::Unavailable);
+                }));
             }
         }
-        match self.store.store_offline(to, me, text, now) {
-            Ok(_) => {
-                *self.mailbox.entry(to.clone()).or_default() += 1;
+        let cmd = Cmd::Offline {
+            to: to.clone(),
+            from: me.clone(),
+            text: text.clone(),
+            at: now,
+            max: MAX_OFFLINE_PER_RECIPIENT,
+        };
+        self.wait_for(cmd, Then::Offline { to: to.clone() })
+    }
+
+    /// A message for `to` was stored (or refused as the mailbox is full). If `to` came
+    /// online while it was being stored, its connection is woken to read it: the login
+    /// was recorded before its backlog was read, and this store committed before this
+    /// look, so the message is in that backlog or is read now (the session reads past what
+    /// it was handed, so never twice).
+    pub(crate) fn offline_stored(&mut self, to: &UserName, how: Offline) -> Reply {
+        match how {
+            Offline::Stored { waiting, .. } => {
+                self.mailbox.insert(to.clone(), waiting);
+                self.poke(to);
                 Reply::Sent {
                     to: to.clone(),
                     stored: true,
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not store offline message");
-                Reply::Refused(Refusal::Unavailable)
+            Offline::Full { waiting } => {
+                self.mailbox.insert(to.clone(), waiting);
+                Reply::Refused(Refusal::MailboxFull {
+                    user: to.clone(),
+                    waiting: waiting.min(u32::MAX as u64) as u32,
+                })
             }
         }
     }
@@ -117,39 +124,57 @@ impl Tracker {
         Reply::Broadcast { reached, skipped }
     }
 
-    pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Reply {
+    pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Outcome {
         if let Err(r) = self.other_user(me, user) {
-            return Reply::Refused(r);
+            return Outcome::Reply(Reply::Refused(r));
         }
         if self.has_blocked(me, user) {
-            return Reply::Refused(Refusal::AlreadyBlocked { user: user.clone() });
+            return Outcome::Reply(Reply::Refused(Refusal::AlreadyBlocked {
+                user: user.clone(),
+            }));
         }
-        if let Err(e) = self.store.set_block(me, user, true) {
-            tracing::error!(error = %e, "could not store block");
-            return Reply::Refused(Refusal::Unavailable);
-        }
-        self.blocks
-            .entry(me.clone())
-            .or_default()
-            .insert(user.clone());
-        Reply::Blocked { user: user.clone() }
+        self.set_blocked(me, user, true);
+        self.block_written(me, user, true)
     }
 
-    pub(crate) fn unblock(&mut self, me: &UserName, user: &UserName) -> Reply {
+    pub(crate) fn unblock(&mut self, me: &UserName, user: &UserName) -> Outcome {
         if let Err(r) = self.other_user(me, user) {
-            return Reply::Refused(r);
+            return Outcome::Reply(Reply::Refused(r));
         }
         if !self.has_blocked(me, user) {
-            return Reply::Refused(Refusal::NotBlocked { user: user.clone() });
+            return Outcome::Reply(Reply::Refused(Refusal::NotBlocked { user: user.clone() }));
         }
-        if let Err(e) = self.store.set_block(me, user, false) {
-            tracing::error!(error = %e, "could not store unblock");
-            return Reply::Refused(Refusal::Unavailable);
-        }
-        if let Some(set) = self.blocks.get_mut(me) {
+        self.set_blocked(me, user, false);
+        self.block_written(me, user, false)
+    }
+
+    /// The block holds from now on (nothing from `user` reaches `me` while it is being
+    /// written); `me` is told once it is durable, and it is undone if it cannot be.
+    fn block_written(&mut self, me: &UserName, user: &UserName, on: bool) -> Outcome {
+        let cmd = Cmd::Block {
+            blocker: me.clone(),
+            blocked: user.clone(),
+            on,
+        };
+        let then = Then::Block {
+            user: user.clone(),
+            on,
+        };
+        self.wait_for(cmd, then)
+    }
+
+    pub(crate) fn set_blocked(&mut self, me: &UserName, user: &UserName, on: bool) {
+        if on {
+            self.blocks
+                .entry(me.clone())
+                .or_default()
+                .insert(user.clone());
+        } else if let Some(set) = self.blocks.get_mut(me) {
             set.remove(user);
+            if set.is_empty() {
+                self.blocks.remove(me);
+            }
         }
-        Reply::Unblocked { user: user.clone() }
     }
 }
 
@@ -199,6 +224,32 @@ mod tests {
     }
 
     #[test]
+    fn what_is_sent_after_a_login_comes_after_the_backlog_stored_before_it() {
+        let mut t = tracker();
+        let hans = login(&mut t, "hans", T0);
+        req(&mut t, &hans, msg("luke", "one"), T0);
+        // luke is logged in; its connection has not read the backlog yet when hans,
+        // seeing luke online, sends again.
+        let mut luke = login_unread(&mut t, "luke", T0);
+        assert_eq!(
+            req_unread(&mut t, &hans, msg("luke", "two"), T0),
+            Reply::Sent {
+                to: u("luke"),
+                stored: false
+            }
+        );
+        assert!(luke.events().is_empty(), "held behind the backlog");
+        t.deliver_mail(T0);
+        let ev = luke.events();
+        let [Event::Offline { messages }, two] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].text.as_str(), "one");
+        assert_eq!(*two, said("hans", "two"));
+    }
+
+    #[test]
     fn offline_messages_arrive_in_order_at_next_login_until_acked() {
         let mut t = tracker();
         let hans = login(&mut t, "hans", T0);
@@ -231,7 +282,7 @@ mod tests {
         // An ack past what was handed out deletes nothing.
         let last = messages.last().unwrap().id;
         t.ack_offline(&luke.user, luke.conn, last + 100);
-        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 3);
+        assert_eq!(t.stored_for("luke"), 3);
         t.ack_offline(&luke.user, luke.conn, last);
         req(&mut t, &luke, Request::Logout, T0);
         let mut luke = login(&mut t, "luke", T0);
@@ -284,7 +335,7 @@ mod tests {
             req(&mut t, &hans, msg("luke", "sneaky"), T0),
             Reply::Refused(Refusal::BlockedByRecipient { user: u("luke") })
         );
-        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);
+        assert_eq!(t.stored_for("luke"), 0);
         let luke = login(&mut t, "luke", T0);
         assert_eq!(
             req(&mut t, &luke, Request::Unblock { user: u("hans") }, T0),
@@ -352,7 +403,7 @@ mod tests {
             }
         );
         assert!(t.is_online(&u("luke")));
-        assert_eq!(t.store().offline_count(&u("luke")).unwrap(), 0);
+        assert_eq!(t.stored_for("luke"), 0);
         // Once he has taken his queue, messages reach him again.
         assert_eq!(luke.events().len(), crate::outbox::BUSY_EVENTS);
         assert_eq!(

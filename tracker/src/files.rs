@@ -21,7 +21,8 @@ use wire::{
 };
 
 use crate::clock::Millis;
-use crate::state::{listed, Tracker};
+use crate::state::{listed, Outcome, Then, Tracker};
+use crate::store::Cmd;
 
 /// File names one user may register. Each is durable (a database row, and memory for as
 /// long as the tracker runs), so without a bound one user could reserve names without
@@ -82,11 +83,6 @@ fn conflict(registered: &FileMeta, meta: &FileMeta) -> Reply {
     })
 }
 
-fn unavailable(e: crate::store::StoreError) -> Reply {
-    tracing::error!(error = %e, "could not store the file registry");
-    Reply::Refused(Refusal::Unavailable)
-}
-
 impl Tracker {
     pub(crate) fn register(
         &mut self,
@@ -94,37 +90,37 @@ impl Tracker {
         meta: FileMeta,
         have: Vec<u32>,
         now: Millis,
-    ) -> Reply {
+    ) -> Outcome {
         let count = meta.chunk_count();
         if let Err(refused) = in_range(&have, count) {
-            return Reply::Refused(refused);
+            return Outcome::Reply(Reply::Refused(refused));
         }
         let name = meta.name().clone();
         let mut replaced = false;
+        let mut new = false;
         match self.files.get(&name) {
             Some(entry) if entry.meta == meta => {}
             Some(entry) if entry.owner.as_ref() == Some(me) => {
                 // The owner's new version (edited, or split differently): the name now
                 // means it, and whoever held or fetched the old one is told.
-                if let Err(e) = self.store.put_file(&meta, me) {
-                    return unavailable(e);
-                }
+                self.persist(Cmd::PutFile {
+                    meta: meta.clone(),
+                    owner: me.clone(),
+                });
                 self.end_name(&name, &Gone::Replaced { by: me.clone() }, Some(me));
                 self.files
                     .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
                 replaced = true;
             }
-            Some(entry) => return conflict(&entry.meta, &meta),
+            Some(entry) => return Outcome::Reply(conflict(&entry.meta, &meta)),
             None => {
                 let owned = self.owned.get(me).copied().unwrap_or(0);
                 if owned >= MAX_FILES_PER_USER {
-                    return Reply::Refused(Refusal::TooManyFiles {
+                    return Outcome::Reply(Reply::Refused(Refusal::TooManyFiles {
                         limit: MAX_FILES_PER_USER,
-                    });
+                    }));
                 }
-                if let Err(e) = self.store.put_file(&meta, me) {
-                    return unavailable(e);
-                }
+                new = true;
                 *self.owned.entry(me.clone()).or_default() += 1;
                 self.files
                     .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
@@ -132,11 +128,42 @@ impl Tracker {
         }
         self.add_holdings(me, &name, have);
         self.note_unheld(&name, now);
-        Reply::Registered {
-            name,
+        let reply = Reply::Registered {
+            name: name.clone(),
             size: meta.size(),
             chunks: count,
             replaced,
+        };
+        if new {
+            // The name is the owner's from now on; if that cannot be stored it is
+            // withdrawn again (`register_failed`).
+            let cmd = Cmd::PutFile {
+                meta: meta.clone(),
+                owner: me.clone(),
+            };
+            self.wait_for(cmd, Then::Registered { reply, meta })
+        } else if replaced {
+            // The replacement's write was recorded above, ahead of what it caused.
+            self.acked(reply)
+        } else {
+            Outcome::Reply(reply)
+        }
+    }
+
+    /// A new name `me` registered could not be stored: withdrawn again, as if `me` had
+    /// unregistered it (unless it changed meanwhile), so memory and store agree.
+    pub(crate) fn register_failed(&mut self, me: &UserName, meta: &FileMeta) {
+        let name = meta.name();
+        let ours = self
+            .files
+            .get(name)
+            .is_some_and(|e| e.meta == *meta && e.owner.as_ref() == Some(me));
+        if !ours {
+            return;
+        }
+        self.persist(Cmd::DeleteFile { name: name.clone() });
+        if let Some(gone) = self.end_name(name, &Gone::Withdrawn { by: me.clone() }, Some(me)) {
+            self.disown(gone.owner.as_ref());
         }
     }
 
@@ -164,33 +191,38 @@ impl Tracker {
     }
 
     /// `unregister`: the owner withdraws the name; anyone else stops sharing their copy.
-    pub(crate) fn unregister(&mut self, me: &UserName, name: &FileName, now: Millis) -> Reply {
+    pub(crate) fn unregister(&mut self, me: &UserName, name: &FileName, now: Millis) -> Outcome {
         let Some(entry) = self.files.get_mut(name) else {
-            return unknown(name);
+            return Outcome::Reply(unknown(name));
         };
         if entry.owner.as_ref() == Some(me) {
-            if let Err(e) = self.store.delete_file(name) {
-                return unavailable(e);
-            }
+            self.persist(Cmd::DeleteFile { name: name.clone() });
             if let Some(gone) = self.end_name(name, &Gone::Withdrawn { by: me.clone() }, Some(me)) {
                 self.disown(gone.owner.as_ref());
             }
-            return Reply::Unregistered {
+            return self.acked(Reply::Unregistered {
                 name: name.clone(),
                 for_everyone: true,
-            };
+            });
         }
         let held = entry.holders.remove(me).is_some();
         let watched = entry.watchers.remove(me);
         if !held && !watched {
-            return Reply::Refused(Refusal::NotSharing { name: name.clone() });
+            return Outcome::Reply(Reply::Refused(Refusal::NotSharing { name: name.clone() }));
         }
         self.fellow_gone(me, name);
         self.note_unheld(name, now);
-        Reply::Unregistered {
+        Outcome::Reply(Reply::Unregistered {
             name: name.clone(),
             for_everyone: false,
-        }
+        })
+    }
+
+    /// `reply` once everything recorded so far is durable. (Not undone if it cannot be:
+    /// others were told already. The name is then gone, or replaced, until the tracker
+    /// restarts; the owner is told the server could not store it and may do it again.)
+    fn acked(&mut self, reply: Reply) -> Outcome {
+        self.wait_for_recorded(Then::Ack(reply))
     }
 
     /// The name stops meaning its file: every holder and watcher but `except` is told
@@ -243,9 +275,10 @@ impl Tracker {
         }
         entry.unheld_since = Some(now);
         self.unheld.insert((now, name.clone()));
-        if let Err(e) = self.store.set_unheld(name, Some(now)) {
-            tracing::error!(error = %e, "could not store when a file went unheld");
-        }
+        self.persist(Cmd::SetUnheld {
+            name: name.clone(),
+            since: Some(now),
+        });
     }
 
     /// Someone holds `name` again: it no longer counts toward its release.
@@ -257,9 +290,10 @@ impl Tracker {
             return;
         };
         self.unheld.remove(&(since, name.clone()));
-        if let Err(e) = self.store.set_unheld(name, None) {
-            tracing::error!(error = %e, "could not store that a file is held");
-        }
+        self.persist(Cmd::SetUnheld {
+            name: name.clone(),
+            since: None,
+        });
     }
 
     /// Releases names nobody has held for `release_after` (oldest first, a bounded step a
@@ -281,10 +315,7 @@ impl Tracker {
             after_secs: after.as_secs(),
         };
         for name in due {
-            if let Err(e) = self.store.delete_file(&name) {
-                tracing::error!(error = %e, "could not release a file name");
-                return;
-            }
+            self.persist(Cmd::DeleteFile { name: name.clone() });
             tracing::debug!(%name, "released: nobody held it");
             if let Some(gone) = self.end_name(&name, &why, None) {
                 self.disown(gone.owner.as_ref());
@@ -925,8 +956,7 @@ mod tests {
         let mut t = tracker();
         let hans = login_p2p(&mut t, "hans", T0, 4001);
         req(&mut t, &hans, register(meta("a.bin", 1), &[0, 1, 2]), T0);
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        let mut t2 = t.restart(T0);
         let luke = login_p2p(&mut t2, "luke", T0, 4004);
         assert_eq!(
             req(&mut t2, &luke, Request::SearchFile { name: f("a.bin") }, T0),
@@ -1025,8 +1055,7 @@ mod tests {
         let r = req(&mut t, &hans, register(meta("theirs", 1), &[0]), more);
         assert!(matches!(r, Reply::Registered { .. }), "{r:?}");
         // The count is kept with the names.
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        let mut t2 = Tracker::new(t.creds.clone(), store, t.rules, more).unwrap();
+        let mut t2 = t.restart(more);
         let hans = login_p2p(&mut t2, "hans", more, 4001);
         assert_eq!(
             req(&mut t2, &hans, register(meta("one-more", 1), &[0]), more),
@@ -1119,7 +1148,7 @@ mod tests {
             }
         );
         let holders =
-            |t: &mut Tracker| match req(t, &luke, Request::SearchFile { name: f("a.bin") }, T0) {
+            |t: &mut Rig| match req(t, &luke, Request::SearchFile { name: f("a.bin") }, T0) {
                 Reply::FileHolders { users, .. } => users,
                 other => panic!("{other:?}"),
             };
@@ -1146,8 +1175,7 @@ mod tests {
             }
         ));
         // Withdrawn durably: gone after a restart too.
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        let t2 = Tracker::new(t.creds.clone(), store, t.rules, T0).unwrap();
+        let t2 = t.restart(T0);
         assert_eq!(t2.files[&f("a.bin")].meta, meta("a.bin", 9));
     }
 
@@ -1170,8 +1198,7 @@ mod tests {
         assert_eq!(req(&mut t, &hans, announce, at(2_400_000)), Reply::Noted);
         // The tracker restarts at +50 min: a.bin's time without a holder is kept (b.bin,
         // held when it stopped, counts from the restart).
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        let mut t = Tracker::new(t.creds.clone(), store, t.rules, at(3_000_000)).unwrap();
+        let mut t = t.restart(at(3_000_000));
         let mut luke = login_p2p(&mut t, "luke", at(3_000_000), 4003);
         let locate = Request::Locate {
             name: f("a.bin"),
@@ -1196,7 +1223,7 @@ mod tests {
         assert!(!t.files.contains_key(&f("b.bin")), "released");
         assert_eq!(t.owned[&u("hans")], 0);
         // Released names are gone from the store.
-        let store = std::mem::replace(&mut t.store, crate::store::Store::open_in_memory().unwrap());
-        assert!(store.files(at(3_000_000 + hour)).unwrap().is_empty());
+        let t = t.restart(at(3_000_000 + hour));
+        assert!(t.files.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use clap::Parser;
 use tracker::clock::{Clock, SystemClock};
 use tracker::credentials::Credentials;
 use tracker::relay::{Relay, RelayLimits};
-use tracker::store::Store;
+use tracker::store::{Journal, Sqlite};
 use tracker::{Rules, Shared, Tracker};
 
 /// swarmchat tracker: authentication, presence, message relay and the file registry.
@@ -156,8 +156,12 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(fingerprint = %identity.fingerprint(), made, cert = %cert.display(), "TLS key");
         Some(Arc::new(identity))
     };
-    let store = Store::open(&args.state)
+    let clock = Arc::new(SystemClock);
+    let store = Sqlite::open(&args.state)
         .with_context(|| format!("cannot open state database {}", args.state.display()))?;
+    let boot = store
+        .boot_now(clock.now())
+        .with_context(|| format!("cannot read state database {}", args.state.display()))?;
     let rules = Rules {
         block_duration: Duration::from_secs(args.block_duration),
         timeout: Duration::from_secs(args.timeout),
@@ -175,8 +179,9 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "checkpoint failed");
             }
         })?;
-    let clock = Arc::new(SystemClock);
-    let tracker = Tracker::new(creds, store, rules, clock.now())?;
+    let tracker = Tracker::new(creds, boot, rules, clock.now());
+    // SQLite's calls block: its journal runs on a thread of its own.
+    let journal = Journal::spawn_blocking(store)?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -189,7 +194,7 @@ fn main() -> anyhow::Result<()> {
                 circuits: args.relay_connections as usize,
             })
         });
-        let shared = Shared::with_relay(tracker, clock, relay);
+        let shared = Shared::with_relay(tracker, journal, clock, relay);
         tracker::serve(listener, shared, tls, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -40,6 +40,9 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes a writer stuck behind a client that stopped reading when the session ends.
     ended: Notify,
+    /// Holds one permit when messages were stored for the client since its connection last
+    /// read them (see `auth::read_mail`).
+    mail: Notify,
 }
 
 #[derive(Default)]
@@ -51,6 +54,9 @@ struct Inner {
     event_bytes: usize,
     /// No more events will be accepted: the session ended, or the connection is gone.
     closed: bool,
+    /// Where the session's backlog goes once read: bytes from here on are held back until
+    /// then (see [`Outbox::hold`]).
+    held_at: Option<usize>,
 }
 
 /// Why an event was not queued.
@@ -114,9 +120,67 @@ impl Outbox {
         wire::encode(msg, &mut self.lock().buf, MAX_FRAME_LEN)
     }
 
+    /// Holds back what is queued from now on until [`Outbox::release_with`] (or
+    /// [`Outbox::release`]): a new session's backlog, read from the store after the login,
+    /// still goes out ahead of what was sent to the user after it.
+    pub fn hold(&self) {
+        let mut g = self.lock();
+        g.held_at = Some(g.buf.len());
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.lock().held_at.is_some()
+    }
+
+    /// Queues `msg` as an event where the hold began, and lets everything through.
+    pub fn release_with(&self, msg: &ServerMsg) -> Result<(), Refused> {
+        let mut g = self.lock();
+        g.admit()?;
+        let Some(at) = g.held_at.take() else {
+            drop(g);
+            return self.push_event_msg(msg);
+        };
+        let mut frame = BytesMut::new();
+        if let Err(e) = wire::encode(msg, &mut frame, MAX_FRAME_LEN) {
+            tracing::error!(error = %e, "cannot encode an event");
+        } else {
+            let tail = g.buf.split_off(at);
+            g.buf.extend_from_slice(&frame);
+            g.buf.unsplit(tail);
+            g.events += 1;
+            g.event_bytes += frame.len();
+        }
+        // The writer found nothing to take while everything was held: wake it.
+        if !g.buf.is_empty() {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Lets everything held through (the backlog was empty).
+    pub fn release(&self) {
+        let mut g = self.lock();
+        if g.held_at.take().is_some() && !g.buf.is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Tells the connection messages were stored for its client.
+    pub fn poke(&self) {
+        self.mail.notify_one();
+    }
+
+    /// Waits until messages were stored for the client (at once if they were meanwhile).
+    pub async fn mail(&self) {
+        self.mail.notified().await
+    }
+
     /// Accepts no more events; the writer ends after writing what is queued.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut g = self.lock();
+        g.closed = true;
+        g.held_at = None;
+        drop(g);
         self.ready.notify_one();
         self.ended.notify_waiters();
     }
@@ -150,9 +214,17 @@ impl Outbox {
         g.events >= BUSY_EVENTS || g.event_bytes >= BUSY_BYTES
     }
 
-    /// Takes everything queued.
+    /// Takes everything queued (but what is held, see [`Outbox::hold`]).
     pub fn take(&self) -> Batch {
         let mut g = self.lock();
+        if let Some(at) = g.held_at {
+            // Only replies and the welcome come before a hold: no events to uncount.
+            g.held_at = Some(0);
+            return Batch {
+                bytes: g.buf.split_to(at),
+                last: false,
+            };
+        }
         g.events = 0;
         g.event_bytes = 0;
         Batch {

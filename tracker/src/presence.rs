@@ -10,7 +10,8 @@ use std::time::Duration;
 use wire::{Event, PresenceChange, Reply, ServerMsg, UserName, MAX_LISTED, MAX_PRESENCE_CHANGES};
 
 use crate::clock::Millis;
-use crate::state::{listed, ConnId, Tracker};
+use crate::state::{listed, ConnId, Outcome, Then, Tracker};
+use crate::store::Cmd;
 
 /// How long each session stays in the login history.
 pub const HISTORY_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -159,11 +160,11 @@ impl Tracker {
         let Some(s) = self.sessions.remove(user) else {
             return;
         };
-        if s.history_id >= 0 {
-            if let Err(e) = self.store.session_ended(s.history_id, user, now) {
-                tracing::error!(%user, error = %e, "could not record logout");
-            }
-        }
+        self.persist(Cmd::SessionEnded {
+            id: s.history_id,
+            user: user.clone(),
+            at: now,
+        });
         s.outbox.close();
         tracing::debug!(%user, "logged out");
         self.forget_holdings(user, now);
@@ -204,12 +205,10 @@ impl Tracker {
             return;
         }
         self.next_prune = now.plus(Duration::from_secs(1));
-        if let Err(e) = self
-            .store
-            .prune_history(now.saturating_sub(HISTORY_KEPT), PRUNE_STEP)
-        {
-            tracing::error!(error = %e, "could not prune login history");
-        }
+        self.persist(Cmd::PruneHistory {
+            before: now.saturating_sub(HISTORY_KEPT),
+            limit: PRUNE_STEP as u32,
+        });
     }
 
     /// When the next session could time out, if anyone is online; the sweeper sleeps until then.
@@ -230,17 +229,20 @@ impl Tracker {
         Reply::WhoElse { users, more }
     }
 
-    /// Users online at any moment of the last `secs` seconds, from the durable history.
-    pub(crate) fn who_else_since(&self, me: &UserName, secs: u64, now: Millis) -> Reply {
+    /// Users online at any moment of the last `secs` seconds: read from the durable
+    /// history, answered in [`Tracker::who_else_since_reply`].
+    pub(crate) fn who_else_since(&mut self, secs: u64, now: Millis) -> Outcome {
         let since = now.saturating_sub(Duration::from_secs(secs));
-        let mut users = match self.store.online_since(since) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::error!(error = %e, "history query failed");
-                // The online users are a correct subset when the history cannot be read.
-                self.sessions.keys().cloned().collect()
-            }
-        };
+        self.wait_for(Cmd::OnlineSince { since }, Then::WhoElseSince { secs })
+    }
+
+    /// `users` as `me` may see them.
+    pub(crate) fn who_else_since_reply(
+        &self,
+        me: &UserName,
+        secs: u64,
+        mut users: Vec<UserName>,
+    ) -> Reply {
         users.retain(|u| u != me && !self.has_blocked(u, me));
         users.sort();
         users.dedup();

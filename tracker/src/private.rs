@@ -254,13 +254,13 @@ mod tests {
     }
 
     /// Sets what the probe after login found for `user`, and its router's kind.
-    fn reach(t: &mut Tracker, user: &str, reachable: bool, keeps_port: bool) {
+    fn reach(t: &mut Rig, user: &str, reachable: bool, keeps_port: bool) {
         let s = t.sessions.get_mut(&u(user)).unwrap();
         s.listener.reachable = Some(reachable);
         s.listener.keeps_port = keeps_port;
     }
 
-    fn via(t: &mut Tracker, from: &Client, to: &str) -> Via {
+    fn via(t: &mut Rig, from: &Client, to: &str) -> Via {
         match req(t, from, start(to), T0) {
             Reply::PrivateGranted { via, .. } => via,
             other => panic!("{other:?}"),
@@ -325,7 +325,7 @@ mod tests {
             l.reachable = Some(false);
             l.keeps_port = false;
         }
-        let granted = |t: &mut Tracker, from: &Client| match req(t, from, start("yoda"), T0) {
+        let granted = |t: &mut Rig, from: &Client| match req(t, from, start("yoda"), T0) {
             Reply::PrivateGranted { addr, via, .. } => (addr, via),
             other => panic!("{other:?}"),
         };

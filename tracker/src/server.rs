@@ -31,7 +31,8 @@ use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::relay::{self, Half, JoinError, Joined, Relay, RelayLimits};
 use crate::shun::SynFilter;
-use crate::state::{ConnId, Listener, Tracker};
+use crate::state::{ConnId, Listener, Outcome, Tracker};
+use crate::store::{Answer, Journal, StoreError, Ticket};
 use link::tls::ServerIdentity;
 use link::tls_server::ServerStream;
 use link::Stream;
@@ -84,20 +85,23 @@ pub struct Shared {
     hashing: Semaphore,
     /// Connections carried for peers that cannot connect otherwise (`None`: `--no-relay`).
     relay: Option<Arc<Relay>>,
+    /// Where what the rules record as durable goes, in the order they recorded it.
+    journal: Journal,
 }
 
 impl Shared {
-    pub fn new(tracker: Tracker, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(tracker: Tracker, journal: Journal, clock: Arc<dyn Clock>) -> Arc<Self> {
         let relay = tracker
             .rules
             .relay
             .then(|| Relay::new(RelayLimits::default()));
-        Self::with_relay(tracker, clock, relay)
+        Self::with_relay(tracker, journal, clock, relay)
     }
 
     /// As `new`, with the relay's own limits (or none).
     pub fn with_relay(
         tracker: Tracker,
+        journal: Journal,
         clock: Arc<dyn Clock>,
         relay: Option<Arc<Relay>>,
     ) -> Arc<Self> {
@@ -110,6 +114,7 @@ impl Shared {
             verified: Notify::new(),
             hashing: Semaphore::new(cores.saturating_sub(1).max(1)),
             relay,
+            journal,
         })
     }
 
@@ -155,13 +160,27 @@ impl Shared {
         f(&mut guard, now)
     }
 
-    /// Runs `f` on the state with the current time. The only place the lock is taken.
+    /// Runs `f` on the state with the current time; what it recorded as durable goes to
+    /// the journal, nobody waiting for it.
     pub fn with<R>(&self, f: impl FnOnce(&mut Tracker, crate::clock::Millis) -> R) -> R {
+        self.act(f).0
+    }
+
+    /// Runs `f` on the state with the current time, and hands what it recorded as durable
+    /// to the journal before the lock goes (so in the order it happened everywhere): the
+    /// ticket for its answers, if it recorded anything. The only place the lock is taken.
+    pub fn act<R>(
+        &self,
+        f: impl FnOnce(&mut Tracker, crate::clock::Millis) -> R,
+    ) -> (R, Option<Ticket>) {
         let now = self.clock.now();
         // A panic while holding the lock would be a bug in a rule; the state is still
         // consistent enough to keep serving everyone else, so take it back.
         let mut guard = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard, now)
+        let r = f(&mut guard, now);
+        let effects = guard.take_effects();
+        let ticket = (!effects.is_empty()).then(|| self.journal.submit(effects));
+        (r, ticket)
     }
 }
 
@@ -752,6 +771,14 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
         // (`bench/relay`): more, smaller writes.
         tokio::select! {
             biased;
+            // Stored messages first: a new session's events wait behind its backlog
+            // (`Outbox::hold`), and a client sending flat out must not keep them there.
+            () = conn.outbox.mail() => {
+                read_mail(conn.id, user, shared).await;
+                if !conn.write_out().await? {
+                    return Ok(());
+                }
+            }
             frame = conn.reader.next(), if quiet_until.is_none() => {
                 let Some(frame) = frame else { return Ok(()) };
                 // Handle every request already received, then write all replies (and the
@@ -759,7 +786,7 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
                 let mut next = Some(frame?);
                 let mut handled = 0;
                 while let Some(frame) = next.take() {
-                    match handle(conn, user, frame, shared)? {
+                    match handle(conn.id, &conn.outbox, user, frame, shared).await? {
                         Flow::Continue => {}
                         Flow::End => {
                             conn.write_out().await?;
@@ -812,8 +839,9 @@ enum Flow {
 }
 
 /// One frame from a logged-in client; its reply is queued, not yet written.
-fn handle(
-    conn: &Conn,
+async fn handle(
+    conn: ConnId,
+    outbox: &Outbox,
     user: &UserName,
     frame: ClientMsg,
     shared: &Shared,
@@ -821,7 +849,19 @@ fn handle(
     match frame {
         ClientMsg::Request(req) => {
             let logout = matches!(req, wire::Request::Logout);
-            let reply = shared.with(|t, now| t.request(user, conn.id, req, now));
+            let (outcome, ticket) = shared.act(|t, now| t.request(user, conn, req, now));
+            let reply = match outcome {
+                Outcome::Reply(reply) => reply,
+                // This connection reads nothing more until its write is answered: one
+                // batch in the journal per connection at most.
+                Outcome::Wait(pending) => {
+                    let answers = match ticket {
+                        Some(t) => t.answers().await,
+                        None => Err(StoreError::Gone),
+                    };
+                    shared.with(|t, now| t.finish(user, pending, answers, now))
+                }
+            };
             // Queued after the lock is released (encoding it there would lengthen the one
             // critical section every connection shares). Every event queued for this user
             // before the request was handled is already in the outbox, so it still lands
@@ -834,14 +874,37 @@ fn handle(
                 }
                 _ => Flow::Continue,
             };
-            conn.reply(&ServerMsg::Reply(reply))?;
+            outbox.push_reply(&ServerMsg::Reply(reply))?;
             Ok(flow)
         }
         ClientMsg::OfflineAck { up_to } => {
-            shared.with(|t, _| t.ack_offline(user, conn.id, up_to));
+            shared.with(|t, _| t.ack_offline(user, conn, up_to));
             Ok(Flow::Continue)
         }
         _ => Err(Dropped::Unexpected("login frame after login")),
+    }
+}
+
+/// Reads the messages stored for the session's user since it last looked, and queues them
+/// (see `auth::read_mail`): a batch at a time, the next read asked for only once the
+/// last is queued.
+async fn read_mail(conn: ConnId, user: &UserName, shared: &Shared) {
+    for _ in 0..crate::auth::OFFLINE_BATCHES_AT_ONCE {
+        let (at, ticket) = shared.act(|t, _| t.read_mail(user, conn));
+        let (Some(at), Some(ticket)) = (at, ticket) else {
+            return;
+        };
+        let found = match ticket.answers().await {
+            Ok(mut answers) if at < answers.len() => match answers.swap_remove(at) {
+                Answer::Messages(m) => Ok(m),
+                _ => Err(StoreError::Gone),
+            },
+            Ok(_) => Err(StoreError::Gone),
+            Err(e) => Err(e),
+        };
+        if !shared.with(|t, now| t.mail_read(user, conn, found, now)) {
+            return;
+        }
     }
 }
 

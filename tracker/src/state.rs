@@ -3,12 +3,14 @@
 //! One `Tracker` sits behind a `std::sync::Mutex` (see `server.rs`). Every handler is a
 //! plain method that takes `now`, changes the state, pushes events to other users' outbound
 //! queues and returns the reply for the caller; the handlers are grouped by family in
-//! `auth.rs`, `presence.rs` and `chat.rs`.
+//! `auth.rs`, `presence.rs`, `chat.rs` and `files.rs`.
 //!
-//! Why one lock, held across short SQLite calls: a message for an offline user is stored,
-//! and a login loads stored messages, under the same lock, so no message can fall between
-//! "recipient is offline" and "recipient just loaded its backlog". The lock is never held
-//! across an `.await`; online relay touches no disk.
+//! No handler touches a database. What must become durable is recorded as a
+//! [`crate::store::Cmd`] in `effects`, in the order it happened; the server hands them to
+//! the journal before releasing the lock. A reply that depends on a write ("stored for
+//! later", "blocked") is an [`Outcome::Wait`]: the server awaits the journal's answer and
+//! calls [`Tracker::finish`] for the reply. The lock is never held across an `.await`, and
+//! so never across a database call.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -21,7 +23,7 @@ use crate::clock::Millis;
 use crate::credentials::Credentials;
 use crate::lockout::Lockouts;
 use crate::outbox::{Outbox, Refused};
-use crate::store::{Store, StoreError};
+use crate::store::{Answer, Boot, Cmd, StoreError};
 
 /// Identifies one TCP connection, so a stale connection can never end a newer session.
 pub type ConnId = u64;
@@ -72,6 +74,8 @@ pub struct Session {
     /// What this user's connection is to write, queued by whoever has something for them.
     pub outbox: Arc<Outbox>,
     pub last_active: Millis,
+    /// This session's row in the login history: chosen here, at random, so the logout can
+    /// name it without waiting for the login's write.
     pub history_id: i64,
     pub listener: Listener,
     /// How many of the costly kinds of request this user may still make (see `quota`).
@@ -80,6 +84,9 @@ pub struct Session {
     /// `OfflineAck` outside (acked, sent] deletes nothing and costs no query.
     pub offline_sent: u64,
     pub offline_acked: u64,
+    /// Messages were stored for this user since its connection last read its backlog
+    /// (see `auth::offline_query`); its connection task is woken to read them.
+    pub mail: bool,
     /// How far into the presence log this session has been told (`presence`).
     pub presence_seen: u64,
 }
@@ -87,7 +94,8 @@ pub struct Session {
 pub struct Tracker {
     pub(crate) rules: Rules,
     pub(crate) creds: Credentials,
-    pub(crate) store: Store,
+    /// What must become durable, in order, since the server last took it.
+    effects: Vec<Cmd>,
     pub(crate) sessions: HashMap<UserName, Session>,
     pub(crate) lockouts: Lockouts,
     /// blocker → users they block. A cache of the `blocks` table, written through.
@@ -105,7 +113,7 @@ pub struct Tracker {
     pub(crate) next_release: Millis,
     /// Online user → the files they hold or watch, so a logout touches only those.
     pub(crate) involved: HashMap<UserName, HashSet<wire::FileName>>,
-    /// Offline messages waiting per recipient, as far as counted (`chat`).
+    /// Offline messages waiting per recipient, as last counted by the store (`chat`).
     pub(crate) mailbox: HashMap<UserName, u64>,
     /// When the login history is next pruned (`presence`).
     pub(crate) next_prune: Millis,
@@ -116,24 +124,22 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(
-        creds: Credentials,
-        store: Store,
-        rules: Rules,
-        now: Millis,
-    ) -> Result<Self, StoreError> {
-        let closed = store.close_open_sessions(now)?;
-        if closed > 0 {
-            tracing::info!(closed, "closed sessions left open by an unclean shutdown");
+    /// The rules over the durable state `boot` read (see [`crate::store::Engine::boot`]).
+    pub fn new(creds: Credentials, boot: Boot, rules: Rules, now: Millis) -> Self {
+        if boot.closed > 0 {
+            tracing::info!(
+                closed = boot.closed,
+                "closed sessions left open by an unclean shutdown"
+            );
         }
         let mut lockouts = Lockouts::new(rules.block_duration);
-        for (user, until) in store.lockouts(now)? {
+        for (user, until) in boot.lockouts {
             lockouts.restore(user, until);
         }
         let mut files = HashMap::new();
         let mut owned: HashMap<UserName, u32> = HashMap::new();
         let mut unheld = BTreeSet::new();
-        for f in store.files(now)? {
+        for f in boot.files {
             if let Some(o) = &f.owner {
                 *owned.entry(o.clone()).or_default() += 1;
             }
@@ -144,13 +150,13 @@ impl Tracker {
             files.insert(name, entry);
         }
         let mut blocks: HashMap<UserName, HashSet<UserName>> = HashMap::new();
-        for (a, b) in store.blocks()? {
+        for (a, b) in boot.blocks {
             blocks.entry(a).or_default().insert(b);
         }
-        Ok(Self {
+        Self {
             rules,
             creds,
-            store,
+            effects: Vec::new(),
             sessions: HashMap::new(),
             lockouts,
             blocks,
@@ -164,7 +170,36 @@ impl Tracker {
             next_prune: now,
             circuits: Default::default(),
             presence: Default::default(),
-        })
+        }
+    }
+
+    /// Records something to make durable (see the module's comment).
+    pub(crate) fn persist(&mut self, cmd: Cmd) {
+        self.effects.push(cmd);
+    }
+
+    /// Records a command whose answer someone awaits: its index among the effects.
+    pub(crate) fn persist_at(&mut self, cmd: Cmd) -> usize {
+        self.effects.push(cmd);
+        self.effects.len() - 1
+    }
+
+    /// Records a write the reply waits for, answered in [`Tracker::finish`] by `then`.
+    pub(crate) fn wait_for(&mut self, cmd: Cmd, then: Then) -> Outcome {
+        let at = self.persist_at(cmd);
+        Outcome::Wait(Pending { then, at })
+    }
+
+    /// Waits for everything recorded so far (at least one command): one transaction.
+    pub(crate) fn wait_for_recorded(&mut self, then: Then) -> Outcome {
+        let at = self.effects.len().saturating_sub(1);
+        Outcome::Wait(Pending { then, at })
+    }
+
+    /// What must become durable since the last call, in order: the server hands it to the
+    /// journal before it releases the lock.
+    pub fn take_effects(&mut self) -> Vec<Cmd> {
+        std::mem::take(&mut self.effects)
     }
 
     /// Has `blocker` blocked `user`?
@@ -180,8 +215,12 @@ impl Tracker {
         self.sessions.len()
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Wakes `user`'s connection to read messages stored for it (see `auth`).
+    pub(crate) fn poke(&mut self, user: &UserName) {
+        if let Some(s) = self.sessions.get_mut(user) {
+            s.mail = true;
+            s.outbox.poke();
+        }
     }
 
     /// Queues `msg` for `user` if online. `false` if the user is offline or has fallen too far
@@ -289,52 +328,134 @@ pub(crate) fn encode(msg: &ServerMsg) -> Option<EncodedFrame> {
     }
 }
 
+/// What a request comes to.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(wire::Reply),
+    /// The reply waits for the journal's answer to a write (see [`Tracker::finish`]).
+    Wait(Pending),
+}
+
+/// A request waiting for its write: what to do with the answer, and where its command is
+/// in the batch handed to the journal with it.
+#[derive(Debug)]
+pub struct Pending {
+    pub(crate) then: Then,
+    pub(crate) at: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum Then {
+    /// This reply once the write is durable (`Unavailable` if it failed).
+    Ack(wire::Reply),
+    /// A message stored for `to`, or refused as its mailbox is full.
+    Offline { to: UserName },
+    /// `me` blocked (`on`) or unblocked `user`; undone if it could not be stored.
+    Block { user: UserName, on: bool },
+    /// `me` registered a new name; withdrawn again if it could not be stored.
+    Registered {
+        reply: wire::Reply,
+        meta: wire::FileMeta,
+    },
+    /// The users online since `since` in the history (`secs` ago).
+    WhoElseSince { secs: u64 },
+}
+
 impl Tracker {
-    /// Carries out one logged-in user's request and returns the reply for them. Every
-    /// request counts as activity for the inactivity timeout.
+    /// Carries out one logged-in user's request: its reply, or the write the reply waits
+    /// for. Every request counts as activity for the inactivity timeout.
     pub fn request(
         &mut self,
         me: &UserName,
         conn: ConnId,
         req: wire::Request,
         now: Millis,
-    ) -> wire::Reply {
+    ) -> Outcome {
         use wire::{Reply, Request};
         match self.sessions.get_mut(me) {
             Some(s) if s.conn == conn => {
                 s.last_active = now;
                 if let Err(retry_ms) = s.quota.take(&req, now) {
-                    return Reply::Refused(wire::Refusal::TooFast { retry_ms });
+                    return Outcome::Reply(Reply::Refused(wire::Refusal::TooFast { retry_ms }));
                 }
             }
             // Logged out meanwhile (timeout, slow-client disconnect): nothing to act on.
-            _ => return Reply::LoggedOut,
+            _ => return Outcome::Reply(Reply::LoggedOut),
         }
         // Presence changes so far go out ahead of the reply, as every other event does.
         self.tell_presence(me);
-        let reply = match req {
+        let outcome = match req {
             Request::Message { to, text } => self.message(me, &to, &text, now),
-            Request::Broadcast { text } => self.broadcast(me, &text),
-            Request::WhoElse => self.who_else(me),
-            Request::WhoElseSince { secs } => self.who_else_since(me, secs, now),
+            Request::Broadcast { text } => Outcome::Reply(self.broadcast(me, &text)),
+            Request::WhoElse => Outcome::Reply(self.who_else(me)),
+            Request::WhoElseSince { secs } => self.who_else_since(secs, now),
             Request::Block { user } => self.block(me, &user),
             Request::Unblock { user } => self.unblock(me, &user),
-            Request::StartPrivate { user } => self.start_private(me, &user, now),
-            Request::CheckPeer { user } => self.check_peer(me, &user),
+            Request::StartPrivate { user } => Outcome::Reply(self.start_private(me, &user, now)),
+            Request::CheckPeer { user } => Outcome::Reply(self.check_peer(me, &user)),
             Request::Register { meta, have } => self.register(me, meta, have, now),
-            Request::Announce { meta, have } => self.announce(me, meta, have, now),
+            Request::Announce { meta, have } => Outcome::Reply(self.announce(me, meta, have, now)),
             Request::Unregister { name } => self.unregister(me, &name, now),
-            Request::HaveChunk { name, chunk } => self.have_chunk(me, &name, chunk),
-            Request::SearchFile { name } => self.search_file(me, &name),
-            Request::SearchChunk { name, chunks } => self.search_chunk(me, &name, &chunks),
-            Request::Locate { name, from } => self.locate(me, &name, from.as_ref(), now),
-            Request::Unwatch { name } => self.unwatch(me, &name),
-            Request::Withdraw { name } => self.withdraw(me, &name, now),
-            Request::Activity => Reply::Active,
+            Request::HaveChunk { name, chunk } => Outcome::Reply(self.have_chunk(me, &name, chunk)),
+            Request::SearchFile { name } => Outcome::Reply(self.search_file(me, &name)),
+            Request::SearchChunk { name, chunks } => {
+                Outcome::Reply(self.search_chunk(me, &name, &chunks))
+            }
+            Request::Locate { name, from } => {
+                Outcome::Reply(self.locate(me, &name, from.as_ref(), now))
+            }
+            Request::Unwatch { name } => Outcome::Reply(self.unwatch(me, &name)),
+            Request::Withdraw { name } => Outcome::Reply(self.withdraw(me, &name, now)),
+            Request::Activity => Outcome::Reply(Reply::Active),
             Request::Logout => {
                 self.end_session(me, conn, now);
-                Reply::LoggedOut
+                Outcome::Reply(Reply::LoggedOut)
             }
+        };
+        self.settle(now);
+        outcome
+    }
+
+    /// The reply to `me`'s request that waited for a write, given the batch's answers.
+    pub fn finish(
+        &mut self,
+        me: &UserName,
+        pending: Pending,
+        answers: Result<Vec<Answer>, StoreError>,
+        now: Millis,
+    ) -> wire::Reply {
+        use wire::{Refusal, Reply};
+        let answer = answers.and_then(|mut a| {
+            if pending.at < a.len() {
+                Ok(a.swap_remove(pending.at))
+            } else {
+                Err(StoreError::Gone)
+            }
+        });
+        let reply = match (pending.then, answer) {
+            (Then::Ack(reply), Ok(_)) => reply,
+            (Then::Offline { to }, Ok(Answer::Offline(o))) => self.offline_stored(&to, o),
+            (Then::Block { user, on }, Ok(_)) if on => Reply::Blocked { user },
+            (Then::Block { user, .. }, Ok(_)) => Reply::Unblocked { user },
+            (Then::Block { user, on }, Err(_)) => {
+                self.set_blocked(me, &user, !on);
+                Reply::Refused(Refusal::Unavailable)
+            }
+            (Then::Registered { reply, .. }, Ok(_)) => reply,
+            (Then::Registered { meta, .. }, Err(_)) => {
+                self.register_failed(me, &meta);
+                Reply::Refused(Refusal::Unavailable)
+            }
+            (Then::WhoElseSince { secs }, answer) => {
+                let users = match answer {
+                    Ok(Answer::Users(u)) => u,
+                    // The online users are a correct subset when the history cannot be read.
+                    _ => self.sessions.keys().cloned().collect(),
+                };
+                self.who_else_since_reply(me, secs, users)
+            }
+            // Failed (the journal logged why), or an answer of the wrong kind (a bug).
+            (_, _) => Reply::Refused(Refusal::Unavailable),
         };
         self.settle(now);
         reply
@@ -348,6 +469,7 @@ pub(crate) mod testkit {
 
     use super::*;
     use crate::clock::Millis;
+    use crate::store::Sqlite;
     use std::net::Ipv4Addr;
     use wire::{Event, LoginResult, Password, Reply, Request};
 
@@ -359,34 +481,116 @@ pub(crate) mod testkit {
         UserName::new(s).unwrap()
     }
 
-    pub fn tracker() -> Tracker {
-        let creds = Credentials::parse(
-            "hans falcon\nyoda wise\nluke lightsaber\nvader sithlord\nr2d2 socute\n",
+    /// A tracker and the database its journal would write, carried out in step (the
+    /// server does the same through the journal, asynchronously).
+    pub struct Rig {
+        pub t: Tracker,
+        pub db: Sqlite,
+    }
+
+    impl std::ops::Deref for Rig {
+        type Target = Tracker;
+        fn deref(&self) -> &Tracker {
+            &self.t
+        }
+    }
+
+    impl std::ops::DerefMut for Rig {
+        fn deref_mut(&mut self) -> &mut Tracker {
+            &mut self.t
+        }
+    }
+
+    impl Rig {
+        fn new(creds: Credentials) -> Rig {
+            let rules = Rules {
+                block_duration: Duration::from_secs(60),
+                timeout: Duration::from_secs(120),
+                release_after: RELEASE_AFTER,
+                relay: true,
+            };
+            let db = Sqlite::open_in_memory().unwrap();
+            let boot = db.boot_now(T0).unwrap();
+            Rig {
+                t: Tracker::new(creds, boot, rules, T0),
+                db,
+            }
+        }
+
+        /// Commits what the rules recorded; the answers.
+        pub fn flush(&mut self) -> Result<Vec<Answer>, StoreError> {
+            let effects = self.t.take_effects();
+            self.db.apply(&effects)
+        }
+
+        /// Reads the backlog of every session told of stored messages, as their
+        /// connections do.
+        pub fn deliver_mail(&mut self, now: Millis) {
+            let _ = self.flush();
+            let waiting: Vec<(UserName, ConnId)> = self
+                .t
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.mail)
+                .map(|(u, s)| (u.clone(), s.conn))
+                .collect();
+            for (user, conn) in waiting {
+                for _ in 0..crate::auth::OFFLINE_BATCHES_AT_ONCE {
+                    let Some(at) = self.t.read_mail(&user, conn) else {
+                        break;
+                    };
+                    let found = self.flush().map(|mut a| match a.swap_remove(at) {
+                        Answer::Messages(m) => m,
+                        other => panic!("{other:?}"),
+                    });
+                    if !self.t.mail_read(&user, conn, found, now) {
+                        break;
+                    }
+                }
+            }
+            let _ = self.flush();
+        }
+
+        /// The tracker stops (or crashes) and starts again at `now` over the same
+        /// database; what it had recorded was committed.
+        pub fn restart(mut self, now: Millis) -> Rig {
+            self.flush().unwrap();
+            let boot = self.db.boot_now(now).unwrap();
+            let t = Tracker::new(self.t.creds.clone(), boot, self.t.rules, now);
+            Rig { t, db: self.db }
+        }
+
+        /// How many offline messages wait for `user` in the database.
+        pub fn stored_for(&mut self, user: &str) -> usize {
+            self.flush().unwrap();
+            let read = Cmd::OfflineFor {
+                user: u(user),
+                after: 0,
+                limit: u32::MAX,
+            };
+            match &self.db.apply(&[read]).unwrap()[..] {
+                [Answer::Messages(m)] => m.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    pub fn tracker() -> Rig {
+        Rig::new(
+            Credentials::parse(
+                "hans falcon\nyoda wise\nluke lightsaber\nvader sithlord\nr2d2 socute\n",
+            )
+            .unwrap(),
         )
-        .unwrap();
-        let rules = Rules {
-            block_duration: Duration::from_secs(60),
-            timeout: Duration::from_secs(120),
-            release_after: RELEASE_AFTER,
-            relay: true,
-        };
-        Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
     }
 
     /// A tracker whose credentials also hold `n` users `p00`, `p01`, ... (password `pw`).
-    pub fn crowd(n: usize) -> Tracker {
+    pub fn crowd(n: usize) -> Rig {
         let mut creds = String::from("hans falcon\nluke lightsaber\n");
         for i in 0..n {
             creds.push_str(&format!("p{i:02} pw\n"));
         }
-        let rules = Rules {
-            block_duration: Duration::from_secs(60),
-            timeout: Duration::from_secs(120),
-            release_after: RELEASE_AFTER,
-            relay: true,
-        };
-        let creds = Credentials::parse(&creds).unwrap();
-        Tracker::new(creds, Store::open_in_memory().unwrap(), rules, T0).unwrap()
+        Rig::new(Credentials::parse(&creds).unwrap())
     }
 
     pub struct Client {
@@ -432,12 +636,24 @@ pub(crate) mod testkit {
         PeerKey(k)
     }
 
-    pub fn login(t: &mut Tracker, user: &str, now: Millis) -> Client {
+    pub fn login(t: &mut Rig, user: &str, now: Millis) -> Client {
         login_p2p(t, user, now, 0)
     }
 
-    /// Logs in a client whose private-chat listener is on `p2p_port` (0: none).
-    pub fn login_p2p(t: &mut Tracker, user: &str, now: Millis, p2p_port: u16) -> Client {
+    /// Logs in a client whose private-chat listener is on `p2p_port` (0: none), and reads
+    /// its backlog.
+    pub fn login_p2p(t: &mut Rig, user: &str, now: Millis, p2p_port: u16) -> Client {
+        let c = login_with(t, user, now, p2p_port);
+        t.deliver_mail(now);
+        c
+    }
+
+    /// Logs in a client whose connection has not read its backlog yet.
+    pub fn login_unread(t: &mut Rig, user: &str, now: Millis) -> Client {
+        login_with(t, user, now, 0)
+    }
+
+    fn login_with(t: &mut Rig, user: &str, now: Millis, p2p_port: u16) -> Client {
         let outbox = Arc::new(Outbox::default());
         let conn = rand::random();
         let r = t.login(
@@ -463,7 +679,25 @@ pub(crate) mod testkit {
         }
     }
 
-    pub fn req(t: &mut Tracker, c: &Client, r: Request, now: Millis) -> Reply {
-        t.request(&c.user, c.conn, r, now)
+    /// `c`'s request, carried out as the server does: the reply once what it waits for is
+    /// committed, and stored messages read by whoever they were for.
+    pub fn req(t: &mut Rig, c: &Client, r: Request, now: Millis) -> Reply {
+        let reply = req_unread(t, c, r, now);
+        t.deliver_mail(now);
+        reply
+    }
+
+    /// `c`'s request, with nobody's connection reading stored messages meanwhile.
+    pub fn req_unread(t: &mut Rig, c: &Client, r: Request, now: Millis) -> Reply {
+        match t.t.request(&c.user, c.conn, r, now) {
+            Outcome::Reply(reply) => {
+                t.flush().unwrap();
+                reply
+            }
+            Outcome::Wait(pending) => {
+                let answers = t.flush();
+                t.t.finish(&c.user, pending, answers, now)
+            }
+        }
     }
 }
