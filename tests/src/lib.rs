@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod lab;
+pub mod servers;
 pub mod tty;
 
 use std::io::{BufRead, BufReader, Write};

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tracker::clock::Millis;
 use tracker::clock::{Clock, SystemClock};
 use tracker::credentials::Credentials;
 use tracker::relay::{Relay, RelayLimits};
-use tracker::store::{Journal, Sqlite};
+use tracker::store::{Boot, Engine, Journal, Postgres, Sqlite};
 use tracker::{Rules, Shared, Tracker};
 
 /// swarmchat tracker: authentication, presence, message relay and the file registry.
@@ -30,9 +31,14 @@ struct Args {
     /// File of `user password` lines.
     #[arg(long, default_value = "credentials.txt")]
     credentials: PathBuf,
-    /// SQLite database holding offline messages, block lists and login history.
+    /// SQLite database holding offline messages, block lists and login history (unless
+    /// --store says otherwise); the TLS certificate is kept beside it.
     #[arg(long, default_value = "tracker.db")]
     state: PathBuf,
+    /// Keep the durable state in a PostgreSQL database instead of --state, e.g.
+    /// `postgres://swarm@127.0.0.1:5432/swarmchat`; its tables are made on first use.
+    #[arg(long, value_parser = postgres_url)]
+    store: Option<String>,
     /// Seconds a registered file name may go without anyone holding it before it is
     /// released (anyone may then register other content under it). Default: 30 days.
     #[arg(long, default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
@@ -65,6 +71,14 @@ struct Args {
     /// Print debugging information to stderr.
     #[arg(short, long)]
     debug: bool,
+}
+
+fn postgres_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_string())
+    } else {
+        Err("expected a PostgreSQL URL: postgres://USER@HOST:PORT/DATABASE".into())
+    }
 }
 
 /// Replaces every plain password in FILE by its Argon2id hash, in place and atomically;
@@ -156,35 +170,29 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(fingerprint = %identity.fingerprint(), made, cert = %cert.display(), "TLS key");
         Some(Arc::new(identity))
     };
-    let clock = Arc::new(SystemClock);
-    let store = Sqlite::open(&args.state)
-        .with_context(|| format!("cannot open state database {}", args.state.display()))?;
-    let boot = store
-        .boot_now(clock.now())
-        .with_context(|| format!("cannot read state database {}", args.state.display()))?;
     let rules = Rules {
         block_duration: Duration::from_secs(args.block_duration),
         timeout: Duration::from_secs(args.timeout),
         release_after: Duration::from_secs(args.release_after),
         relay: !args.no_relay,
     };
-    let checkpointer = store
-        .hand_checkpoints_to(&args.state)
-        .with_context(|| format!("cannot open state database {}", args.state.display()))?;
-    std::thread::Builder::new()
-        .name("checkpoint".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(1));
-            if let Err(e) = checkpointer.run() {
-                tracing::warn!(error = %e, "checkpoint failed");
-            }
-        })?;
-    let tracker = Tracker::new(creds, boot, rules, clock.now());
-    // SQLite's calls block: its journal runs on a thread of its own.
-    let journal = Journal::spawn_blocking(store)?;
-
+    let clock = Arc::new(SystemClock);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let (boot, journal) = match &args.store {
+            Some(url) => {
+                let mut pg = Postgres::connect(url)
+                    .await
+                    .with_context(|| format!("cannot use the state database {url}"))?;
+                let boot = pg
+                    .boot(clock.now())
+                    .await
+                    .with_context(|| format!("cannot read the state database {url}"))?;
+                (boot, Journal::spawn(pg))
+            }
+            None => open_sqlite(&args.state, clock.now())?,
+        };
+        let tracker = Tracker::new(creds, boot, rules, clock.now());
         let addr = SocketAddr::new(args.bind, args.server_port);
         let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -201,6 +209,29 @@ fn main() -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// The embedded store at `path`: what the tracker starts from, and its journal (on a
+/// thread of its own: SQLite's calls block), with a thread moving its write-ahead log into
+/// the database file.
+fn open_sqlite(path: &std::path::Path, now: Millis) -> anyhow::Result<(Boot, Journal)> {
+    let store = Sqlite::open(path)
+        .with_context(|| format!("cannot open state database {}", path.display()))?;
+    let boot = store
+        .boot_now(now)
+        .with_context(|| format!("cannot read state database {}", path.display()))?;
+    let checkpointer = store
+        .hand_checkpoints_to(path)
+        .with_context(|| format!("cannot open state database {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = checkpointer.run() {
+                tracing::warn!(error = %e, "checkpoint failed");
+            }
+        })?;
+    Ok((boot, Journal::spawn_blocking(store)?))
 }
 
 /// The kernel's backlog is the first line against a connect flood: connections wait there

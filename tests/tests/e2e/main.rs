@@ -12,5 +12,6 @@ mod private;
 mod registry;
 mod robustness;
 mod security;
+mod store;
 mod swarm;
 mod terminal;

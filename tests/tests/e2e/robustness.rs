@@ -69,7 +69,18 @@ fn bytes_of(msg: &wire::ClientMsg) -> Vec<u8> {
 /// block lists survive a restart on the same state.
 #[test]
 fn kill_9_keeps_offline_messages_and_blocks() {
-    let t = Tracker::start(60, 120);
+    kill_9_keeps_what_was_acknowledged(Tracker::start(60, 120));
+}
+
+/// The same with the state in PostgreSQL (`--store`).
+#[test]
+fn kill_9_keeps_offline_messages_and_blocks_in_postgres() {
+    let pg = harness::servers::Postgres::start();
+    let url = pg.database("swarmchat");
+    kill_9_keeps_what_was_acknowledged(Tracker::start_args(60, 120, &["--store", &url]));
+}
+
+fn kill_9_keeps_what_was_acknowledged(t: Tracker) {
     let port = t.port();
     let mut hans = t.login("hans");
     let mut yoda = t.login("yoda");
@@ -196,6 +207,28 @@ fn bad_tracker_command_lines_and_credentials_are_reported() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("creds.txt:2"), "{err}");
+
+    // A store that is not PostgreSQL's, and one nobody answers at: named.
+    std::fs::write(dir.path().join("credentials.txt"), "hans falcon\n").unwrap();
+    let base = ["0", "60", "120", "--bind", "127.0.0.1", "--store"];
+    let out = run_tracker(dir.path(), &[&base[..], &["mysql://db/chat"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--store") && err.contains("postgres://"),
+        "{err}"
+    );
+    let nobody = format!(
+        "postgres://swarm@127.0.0.1:{}/chat",
+        harness::servers::free_port()
+    );
+    let out = run_tracker(dir.path(), &[&base[..], &[nobody.as_str()]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot use the state database") && err.contains(&nobody),
+        "{err}"
+    );
 }
 
 #[test]

@@ -29,14 +29,18 @@ use wire::{FileMeta, FileName, OfflineMessage, Text, UserName};
 
 use crate::clock::Millis;
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("state database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("state database holds an invalid value: {0}")]
     Corrupt(#[from] wire::IdError),
     #[error("state database holds an invalid file description: {0}")]

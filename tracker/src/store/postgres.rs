@@ -1,0 +1,393 @@
+//! The shared engine: a PostgreSQL server (`tracker … --store postgres://…`), which
+//! several trackers can use at once.
+//!
+//! One connection per tracker, the journal's: the journal is the tracker's one writer and
+//! keeps its commands in order, so a pool would only let them overtake each other. What
+//! makes one connection fast is pipelining: a group commit sends every statement of every
+//! batch waiting without waiting for each answer (PostgreSQL runs them in order, each
+//! seeing the ones before), then the commit: one round trip and one WAL flush for the lot.
+//!
+//! Each command is one statement (data-modifying CTEs where it touches two tables), so the
+//! pipeline needs no answer before it can send the next. A lost connection is opened
+//! again for the next batch; the batch it failed answers an error (its reply, if any, says
+//! the server is unavailable), nothing half-done: it was one transaction.
+//!
+//! No TLS to the database: it is meant to sit beside the trackers on a trusted network.
+
+use futures_util::future::try_join_all;
+use tokio_postgres::{Client, NoTls, Statement};
+use wire::{FileMeta, OfflineMessage, Text, UserName};
+
+use super::{Answer, Boot, Cmd, Engine, Offline, StoreError, StoredFile};
+use crate::clock::Millis;
+
+/// Created by the first tracker to start; later ones (and upgrades) find them there. An
+/// advisory lock keeps two trackers starting at once from racing on `CREATE`.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS offline (
+    id        BIGSERIAL PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    sender    TEXT NOT NULL,
+    text      TEXT NOT NULL,
+    sent_at   BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offline_by_recipient ON offline (recipient, id);
+CREATE TABLE IF NOT EXISTS blocks (
+    blocker TEXT NOT NULL,
+    blocked TEXT NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id        BIGINT PRIMARY KEY,
+    username  TEXT NOT NULL,
+    login_at  BIGINT NOT NULL,
+    logout_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_logout ON sessions (logout_at);
+CREATE TABLE IF NOT EXISTS last_seen (
+    username  TEXT PRIMARY KEY,
+    logout_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS last_seen_by_logout ON last_seen (logout_at);
+CREATE TABLE IF NOT EXISTS files (
+    name      TEXT PRIMARY KEY,
+    meta      BYTEA NOT NULL,
+    owner     TEXT,
+    unheld_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS lockouts (
+    username TEXT PRIMARY KEY,
+    until    BIGINT NOT NULL
+);
+";
+
+/// `pg_advisory_xact_lock` key for the schema: any number other programs sharing the
+/// database do not use.
+const SCHEMA_LOCK: i64 = 0x5357_4152_4d43_4854; // "SWARMCHT"
+
+pub struct Postgres {
+    url: String,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    client: Client,
+    st: Statements,
+}
+
+/// One prepared statement per command.
+struct Statements {
+    session_started: Statement,
+    session_ended: Statement,
+    prune: Statement,
+    lock: Statement,
+    unlock: Statement,
+    block: Statement,
+    unblock: Statement,
+    put_file: Statement,
+    set_unheld: Statement,
+    delete_file: Statement,
+    offline: Statement,
+    ack: Statement,
+    offline_for: Statement,
+    online_since: Statement,
+}
+
+impl Statements {
+    async fn prepare(c: &Client) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            session_started: c
+                .prepare(
+                    "WITH s AS (INSERT INTO sessions (id, username, login_at) VALUES ($1, $2, $3)) \
+                     INSERT INTO last_seen (username, logout_at) VALUES ($2, NULL) \
+                     ON CONFLICT (username) DO UPDATE SET logout_at = NULL",
+                )
+                .await?,
+            session_ended: c
+                .prepare(
+                    "WITH s AS (UPDATE sessions SET logout_at = $3 WHERE id = $1) \
+                     UPDATE last_seen SET logout_at = $3 WHERE username = $2",
+                )
+                .await?,
+            prune: c
+                .prepare(
+                    "DELETE FROM sessions WHERE id IN \
+                     (SELECT id FROM sessions WHERE logout_at < $1 LIMIT $2)",
+                )
+                .await?,
+            lock: c
+                .prepare(
+                    "INSERT INTO lockouts (username, until) VALUES ($1, $2) \
+                     ON CONFLICT (username) DO UPDATE SET until = EXCLUDED.until",
+                )
+                .await?,
+            unlock: c
+                .prepare("DELETE FROM lockouts WHERE username = $1")
+                .await?,
+            block: c
+                .prepare(
+                    "INSERT INTO blocks (blocker, blocked) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+            unblock: c
+                .prepare("DELETE FROM blocks WHERE blocker = $1 AND blocked = $2")
+                .await?,
+            put_file: c
+                .prepare(
+                    "INSERT INTO files (name, meta, owner, unheld_at) VALUES ($1, $2, $3, NULL) \
+                     ON CONFLICT (name) DO UPDATE \
+                     SET meta = EXCLUDED.meta, owner = EXCLUDED.owner, unheld_at = NULL",
+                )
+                .await?,
+            set_unheld: c
+                .prepare("UPDATE files SET unheld_at = $2 WHERE name = $1")
+                .await?,
+            delete_file: c.prepare("DELETE FROM files WHERE name = $1").await?,
+            // Counted and stored in one statement: the count sees every message stored
+            // before it, in this transaction too.
+            offline: c
+                .prepare(
+                    "WITH c AS (SELECT COUNT(*) AS n FROM offline WHERE recipient = $1), \
+                     ins AS (INSERT INTO offline (recipient, sender, text, sent_at) \
+                             SELECT $1, $2, $3, $4 FROM c WHERE c.n < $5 RETURNING id) \
+                     SELECT c.n, ins.id FROM c LEFT JOIN ins ON true",
+                )
+                .await?,
+            ack: c
+                .prepare("DELETE FROM offline WHERE recipient = $1 AND id <= $2")
+                .await?,
+            offline_for: c
+                .prepare(
+                    "SELECT id, sender, text FROM offline WHERE recipient = $1 AND id > $2 \
+                     ORDER BY id LIMIT $3",
+                )
+                .await?,
+            online_since: c
+                .prepare(
+                    "SELECT username FROM last_seen WHERE logout_at IS NULL OR logout_at >= $1 \
+                     ORDER BY username",
+                )
+                .await?,
+        })
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://user:password@host:port/database`, or key=value
+    /// pairs) and creates the tables if they are not there.
+    pub async fn connect(url: &str) -> Result<Postgres, StoreError> {
+        let mut pg = Postgres {
+            url: url.to_string(),
+            conn: None,
+        };
+        pg.conn().await?;
+        Ok(pg)
+    }
+
+    /// The connection, opened again if it was lost.
+    async fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            tracing::warn!("lost the state database's connection; connecting again");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let (mut client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "state database connection ended");
+                }
+            });
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await?;
+            tx.batch_execute(SCHEMA).await?;
+            tx.commit().await?;
+            let st = Statements::prepare(&client).await?;
+            self.conn = Some(Conn { client, st });
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+}
+
+fn ms(m: Millis) -> i64 {
+    m.0.min(i64::MAX as u64) as i64
+}
+
+impl Engine for Postgres {
+    async fn boot(&mut self, now: Millis) -> Result<Boot, StoreError> {
+        let Conn { client, .. } = self.conn().await?;
+        let tx = client.transaction().await?;
+        let now = ms(now);
+        let closed = tx
+            .execute(
+                "UPDATE sessions SET logout_at = $1 WHERE logout_at IS NULL",
+                &[&now],
+            )
+            .await?;
+        tx.execute(
+            "UPDATE last_seen SET logout_at = $1 WHERE logout_at IS NULL",
+            &[&now],
+        )
+        .await?;
+        tx.execute("DELETE FROM lockouts WHERE until <= $1", &[&now])
+            .await?;
+        let mut boot = Boot {
+            closed: closed as usize,
+            ..Boot::default()
+        };
+        for r in tx
+            .query("SELECT username, until FROM lockouts", &[])
+            .await?
+        {
+            let until: i64 = r.get(1);
+            boot.lockouts
+                .push((UserName::new(r.get::<_, String>(0))?, Millis(until as u64)));
+        }
+        for r in tx.query("SELECT blocker, blocked FROM blocks", &[]).await? {
+            boot.blocks.push((
+                UserName::new(r.get::<_, String>(0))?,
+                UserName::new(r.get::<_, String>(1))?,
+            ));
+        }
+        // Nobody holds anything before logging in again.
+        tx.execute(
+            "UPDATE files SET unheld_at = $1 WHERE unheld_at IS NULL",
+            &[&now],
+        )
+        .await?;
+        for r in tx
+            .query("SELECT meta, owner, unheld_at FROM files", &[])
+            .await?
+        {
+            let blob: Vec<u8> = r.get(0);
+            let owner: Option<String> = r.get(1);
+            let unheld: i64 = r.get(2);
+            boot.files.push(StoredFile {
+                meta: rmp_serde::from_slice::<FileMeta>(&blob)?,
+                owner: owner.and_then(|o| UserName::new(o).ok()),
+                unheld_since: Millis(unheld.max(0) as u64),
+            });
+        }
+        tx.commit().await?;
+        Ok(boot)
+    }
+
+    async fn run(&mut self, cmds: &[Cmd]) -> Result<Vec<Answer>, StoreError> {
+        let Conn { client, st } = self.conn().await?;
+        let tx = client.transaction().await?;
+        // Every statement sent before any answer is awaited (see the module's comment).
+        let answers = try_join_all(cmds.iter().map(|c| one(&tx, st, c))).await?;
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
+
+async fn one(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    cmd: &Cmd,
+) -> Result<Answer, StoreError> {
+    match cmd {
+        Cmd::SessionStarted { id, user, at } => {
+            tx.execute(&st.session_started, &[id, &user.as_str(), &ms(*at)])
+                .await?;
+        }
+        Cmd::SessionEnded { id, user, at } => {
+            tx.execute(&st.session_ended, &[id, &user.as_str(), &ms(*at)])
+                .await?;
+        }
+        Cmd::PruneHistory { before, limit } => {
+            let n = tx
+                .execute(&st.prune, &[&ms(*before), &(*limit as i64)])
+                .await?;
+            return Ok(Answer::Count(n));
+        }
+        Cmd::Lockout { user, until } => match until {
+            Some(t) => {
+                tx.execute(&st.lock, &[&user.as_str(), &ms(*t)]).await?;
+            }
+            None => {
+                tx.execute(&st.unlock, &[&user.as_str()]).await?;
+            }
+        },
+        Cmd::Block {
+            blocker,
+            blocked,
+            on,
+        } => {
+            let s = if *on { &st.block } else { &st.unblock };
+            tx.execute(s, &[&blocker.as_str(), &blocked.as_str()])
+                .await?;
+        }
+        Cmd::PutFile { meta, owner } => {
+            let blob = rmp_serde::to_vec(meta)?;
+            tx.execute(
+                &st.put_file,
+                &[&meta.name().as_str(), &blob, &owner.as_str()],
+            )
+            .await?;
+        }
+        Cmd::SetUnheld { name, since } => {
+            tx.execute(&st.set_unheld, &[&name.as_str(), &since.map(ms)])
+                .await?;
+        }
+        Cmd::DeleteFile { name } => {
+            tx.execute(&st.delete_file, &[&name.as_str()]).await?;
+        }
+        Cmd::Offline {
+            to,
+            from,
+            text,
+            at,
+            max,
+        } => {
+            let max = (*max).min(i64::MAX as u64) as i64;
+            let row = tx
+                .query_one(
+                    &st.offline,
+                    &[&to.as_str(), &from.as_str(), &text.as_str(), &ms(*at), &max],
+                )
+                .await?;
+            let before: i64 = row.get(0);
+            let id: Option<i64> = row.get(1);
+            let before = before.max(0) as u64;
+            return Ok(Answer::Offline(match id {
+                Some(id) => Offline::Stored {
+                    id: id as u64,
+                    waiting: before + 1,
+                },
+                None => Offline::Full { waiting: before },
+            }));
+        }
+        Cmd::AckOffline { user, up_to } => {
+            let up_to = (*up_to).min(i64::MAX as u64) as i64;
+            let n = tx.execute(&st.ack, &[&user.as_str(), &up_to]).await?;
+            return Ok(Answer::Count(n));
+        }
+        Cmd::OfflineFor { user, after, limit } => {
+            let after = (*after).min(i64::MAX as u64) as i64;
+            let rows = tx
+                .query(&st.offline_for, &[&user.as_str(), &after, &(*limit as i64)])
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let id: i64 = r.get(0);
+                out.push(OfflineMessage {
+                    id: id as u64,
+                    from: UserName::new(r.get::<_, String>(1))?,
+                    text: Text::new(r.get::<_, String>(2))?,
+                });
+            }
+            return Ok(Answer::Messages(out));
+        }
+        Cmd::OnlineSince { since } => {
+            let rows = tx.query(&st.online_since, &[&ms(*since)]).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(UserName::new(r.get::<_, String>(0))?);
+            }
+            return Ok(Answer::Users(out));
+        }
+    }
+    Ok(Answer::Done)
+}
