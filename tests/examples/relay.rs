@@ -10,7 +10,9 @@
 //! `--clients N` (100), `--messages M` per client (10000), `--rate R` offered msg/s (100000),
 //! `--seconds S` at that rate (5), `--idle K` idle clients (10000), `--logins L` a second
 //! (200) for `--login-seconds T` (10) while messages flow at `--login-rate Q` msg/s (10000),
-//! each logging out at once (`--logins-stay`: staying logged in).
+//! each logging out at once (`--logins-stay`: staying logged in); `--offline O` messages
+//! (100000) to users who are offline, acknowledged once stored, on each store engine
+//! (SQLite, then a PostgreSQL server the benchmark starts, with fsync on).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ struct Args {
     /// The users logging in stay logged in (each then costs a presence notice to every
     /// later one), instead of logging out at once.
     logins_stay: bool,
+    /// Messages to offline users, stored (0: skip that phase).
+    offline: usize,
 }
 
 fn args() -> Args {
@@ -68,6 +72,7 @@ fn args() -> Args {
         login_seconds: 10,
         login_rate: 10_000,
         logins_stay: false,
+        offline: 100_000,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let v: Vec<String> = v
@@ -93,6 +98,7 @@ fn args() -> Args {
             "--logins" => a.logins = n(),
             "--login-seconds" => a.login_seconds = n(),
             "--login-rate" => a.login_rate = n(),
+            "--offline" => a.offline = n() as usize,
             other => panic!("unknown option {other}"),
         }
     }
@@ -164,12 +170,17 @@ async fn reader(mut rd: Rd, t0: Instant, stats: Arc<Stats>, window: Arc<Semaphor
     stats.latencies.lock().unwrap().append(&mut lat);
 }
 
-/// Pseudo-random recipient other than `me`.
-fn pick(me: usize, n: usize, x: &mut u64) -> usize {
+/// xorshift64: the next pseudo-random number from `x`.
+fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
-    let r = (*x % (n as u64 - 1)) as usize;
+    *x
+}
+
+/// Pseudo-random recipient other than `me`.
+fn pick(me: usize, n: usize, x: &mut u64) -> usize {
+    let r = (xorshift(x) % (n as u64 - 1)) as usize;
     if r >= me {
         r + 1
     } else {
@@ -449,6 +460,105 @@ async fn login_as(addr: SocketAddr, tls: Tls, user: &str) -> (Rd, Wr) {
     }
 }
 
+/// Users nobody logs in as during the offline phase: messages to them are stored. Enough
+/// of them that no mailbox fills (`chat::MAX_OFFLINE_PER_RECIPIENT`).
+const OFFLINE_USERS: usize = 1_000;
+
+/// `a.clients` users send `a.offline` messages in all to offline users, each client with
+/// `WINDOW` unacknowledged at most: how many the tracker stores and acknowledges a second,
+/// on SQLite and on PostgreSQL.
+fn offline_store(rt: &tokio::runtime::Runtime, a: &Args) {
+    let per_recipient = a.offline.div_ceil(OFFLINE_USERS);
+    assert!(
+        per_recipient as u64 <= tracker::chat::MAX_OFFLINE_PER_RECIPIENT,
+        "--offline {} would fill mailboxes",
+        a.offline
+    );
+    let mut creds: String = (0..a.clients).map(|i| format!("u{i} pw\n")).collect();
+    creds.extend((0..OFFLINE_USERS).map(|i| format!("o{i} pw\n")));
+    let pg = harness::servers::Postgres::start_with(true);
+    let url = pg.database("bench");
+    for (label, extra) in [
+        ("SQLite (--state)", vec!["--insecure-plaintext".to_string()]),
+        (
+            "PostgreSQL (--store), fsync on",
+            vec![
+                "--insecure-plaintext".to_string(),
+                "--store".into(),
+                url.clone(),
+            ],
+        ),
+    ] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let t = Tracker::start_quiet_with(&creds, 3600, &extra);
+        let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
+        let (secs, acked, lat) = rt.block_on(offline_load(t.addr, a.clients, a.offline));
+        let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
+        println!(
+            "offline messages into {label}: {acked} of {} stored and acknowledged in {secs:.2} s: {:.0} msg/s; until acknowledged {}; tracker CPU {:.2} s",
+            a.offline,
+            acked as f64 / secs,
+            percentiles(lat),
+            cpu1 - cpu0
+        );
+    }
+}
+
+async fn offline_load(addr: SocketAddr, clients: usize, total: usize) -> (f64, u64, Vec<u32>) {
+    let per_client = total / clients;
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut conns = Vec::new();
+    for i in 0..clients {
+        conns.push(login(addr, Tls::Off, i).await);
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (mut rd, mut wr)) in conns.into_iter().enumerate() {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            let mut sent_at = std::collections::VecDeque::new();
+            let mut lat = Vec::with_capacity(per_client);
+            let (mut sent, mut got) = (0, 0);
+            while got < per_client {
+                while sent < per_client && sent - got < WINDOW {
+                    let to = xorshift(&mut x) % OFFLINE_USERS as u64;
+                    let to = UserName::new(format!("o{to}")).unwrap();
+                    let text = Text::new(format!("{sent:032}")).unwrap();
+                    wr.feed(ClientMsg::Request(Request::Message { to, text }))
+                        .await
+                        .unwrap();
+                    sent_at.push_back(Instant::now());
+                    sent += 1;
+                }
+                wr.flush().await.unwrap();
+                match rd.next().await {
+                    Some(Ok(ServerMsg::Reply(Reply::Sent { stored: true, .. }))) => {
+                        got += 1;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        let at = sent_at.pop_front().unwrap();
+                        lat.push(at.elapsed().as_micros() as u32);
+                    }
+                    Some(Ok(ServerMsg::Reply(other))) => panic!("unexpected reply {other:?}"),
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended: {other:?}"),
+                }
+            }
+            let _ = wr.send(ClientMsg::Request(Request::Logout)).await;
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    (
+        t0.elapsed().as_secs_f64(),
+        acked.load(Ordering::Relaxed),
+        lat,
+    )
+}
+
 /// Chat at `a.login_rate` msg/s for `a.login_seconds`, first alone, then again while
 /// `a.logins` users a second log in; prints both latencies and the logins'.
 fn logins_under_load(rt: &tokio::runtime::Runtime, a: &Args, label: &str, creds: &str) {
@@ -636,6 +746,10 @@ fn main() {
             "Argon2id passwords",
             &format!("{chatters}{hashed}"),
         );
+    }
+
+    if a.offline > 0 {
+        offline_store(&rt, &a);
     }
 
     if a.idle > 0 {

@@ -164,7 +164,18 @@ async fn a_full_mailbox_stores_nothing_more(db: Db) {
         one(&mut e, offline("luke", "hans", "too many", 3)).await,
         Answer::Offline(Offline::Full { waiting: 3 })
     );
-    assert_eq!(backlog(&mut e, "luke").await.len(), 3);
+    let waiting = backlog(&mut e, "luke").await;
+    assert_eq!(waiting.len(), 3);
+    // Acknowledged ones make room again.
+    let ack = Cmd::AckOffline {
+        user: u("luke"),
+        up_to: waiting[1].id,
+    };
+    assert_eq!(one(&mut e, ack).await, Answer::Count(2));
+    assert!(matches!(
+        one(&mut e, offline("luke", "hans", "room", 3)).await,
+        Answer::Offline(Offline::Stored { waiting: 2, .. })
+    ));
     // Another recipient's mailbox is its own.
     assert!(matches!(
         one(&mut e, offline("yoda", "hans", "hi", 3)).await,
