@@ -55,6 +55,8 @@ pub const LOCKED_NOW: &str =
 pub const LOCKED: &str =
     "Your account is blocked due to multiple login failures. Please try again later";
 pub const INVALID_USER: &str = "Error. Invalid user";
+pub const LOGIN_UNAVAILABLE: &str =
+    "The server cannot log you in just now (its database is unreachable). Please try again shortly";
 pub const TIMED_OUT: &str = "You have been logged out due to inactivity";
 
 /// The line closing a listing the tracker cut short.

@@ -274,6 +274,7 @@ async fn login(
             ServerMsg::Login(LoginResult::Throttled { retry_secs }) => {
                 render::throttled(retry_secs)
             }
+            ServerMsg::Login(LoginResult::Unavailable) => render::LOGIN_UNAVAILABLE.to_owned(),
             other => return Err(unexpected(out, &other)),
         };
         out.line(text);

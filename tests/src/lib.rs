@@ -335,10 +335,17 @@ impl Tracker {
     }
 }
 
-impl Drop for Tracker {
-    fn drop(&mut self) {
+impl Tracker {
+    /// `kill -9`: the process dies without closing anything.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

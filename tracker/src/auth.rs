@@ -7,10 +7,33 @@ use wire::{Event, LoginResult, OfflineMessage, Password, ServerMsg, UserCheck, U
 
 use crate::clock::Millis;
 use crate::credentials::Secret;
-use crate::lockout::Strike;
+use crate::lockout::{Strike, MAX_FAILURES};
 use crate::outbox::Outbox;
 use crate::state::{ConnId, Listener, Session, Tracker};
-use crate::store::{Cmd, StoreError};
+use crate::store::{Answer, Claim, Cmd, StoreError};
+
+/// Where a login is once its password was checked (see [`Tracker::login_verified`]).
+pub enum LoginStep {
+    Done(LoginResult),
+    /// Waiting for the store: the answer to the command at `at` among the effects handed
+    /// to the journal with it.
+    Wait(LoginWait),
+}
+
+pub struct LoginWait {
+    then: LoginThen,
+    pub at: usize,
+}
+
+enum LoginThen {
+    Strike,
+    Claim {
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        listener: Listener,
+        history_id: i64,
+    },
+}
 
 /// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
 const OFFLINE_BATCH: usize = 128;
@@ -40,9 +63,9 @@ impl Tracker {
         conn: ConnId,
         outbox: Arc<Outbox>,
         listener: Listener,
-    ) -> LoginResult {
+    ) -> LoginStep {
         match self.login_check(user, now) {
-            Err(refused) => refused,
+            Err(refused) => LoginStep::Done(refused),
             Ok(secret) => {
                 let ok = secret.verify(password);
                 self.login_verified(user, ok, now, conn, outbox, listener)
@@ -63,9 +86,11 @@ impl Tracker {
         Ok(secret)
     }
 
-    /// Once the password was checked (`ok`): the 3-strike rule, one session per user, and
-    /// on success the session, with the `Welcome` queued on `outbox` first, ahead of the
-    /// backlog and presence that follow; any other answer is the caller's to send.
+    /// Once the password was checked (`ok`): what the store must settle. A wrong password
+    /// is counted there ([`Cmd::Strike`]), and the right one claims the user's one session
+    /// there ([`Cmd::Claim`]): both atomic in the database, so trackers sharing it count
+    /// every attempt and let one session in, whichever tracker the attempts reach. The
+    /// answer goes to [`Tracker::login_settled`].
     ///
     /// The lock is looked at again: other attempts may have locked the account while this
     /// one's password was being checked. "Already logged in" is only said to someone who
@@ -79,35 +104,98 @@ impl Tracker {
         conn: ConnId,
         outbox: Arc<Outbox>,
         listener: Listener,
-    ) -> LoginResult {
+    ) -> LoginStep {
         if !self.creds.contains(user) {
-            return LoginResult::BadPassword;
+            return LoginStep::Done(LoginResult::BadPassword);
         }
         if self.lockouts.is_locked(user, now) {
-            return LoginResult::Locked;
+            return LoginStep::Done(LoginResult::Locked);
         }
         if !ok {
-            return match self.lockouts.fail(user, now) {
-                Strike::TryAgain => LoginResult::BadPassword,
-                Strike::LockedUntil(until) => {
-                    self.persist(Cmd::Lockout {
-                        user: user.clone(),
-                        until: Some(until),
-                    });
-                    LoginResult::LockedNow
-                }
-            };
+            let at = self.persist_at(Cmd::Strike {
+                user: user.clone(),
+                at: now,
+                max: MAX_FAILURES,
+                lock_ms: self.rules.block_duration.as_millis() as u64,
+            });
+            return LoginStep::Wait(LoginWait {
+                then: LoginThen::Strike,
+                at,
+            });
         }
         if self.sessions.contains_key(user) {
-            return LoginResult::AlreadyLoggedIn;
+            return LoginStep::Done(LoginResult::AlreadyLoggedIn);
         }
         let history_id = rand::random::<i64>() & i64::MAX;
+        let at = self.persist_at(Cmd::Claim {
+            user: user.clone(),
+            node: self.node,
+            session: history_id,
+            at: now,
+        });
+        LoginStep::Wait(LoginWait {
+            then: LoginThen::Claim {
+                conn,
+                outbox,
+                listener,
+                history_id,
+            },
+            at,
+        })
+    }
+
+    /// The store's answer to a login's [`LoginWait`]: on a claimed session, the session,
+    /// with the `Welcome` queued on its outbox first, ahead of the backlog and presence
+    /// that follow; any other answer is the caller's to send.
+    pub fn login_settled(
+        &mut self,
+        user: &UserName,
+        wait: LoginWait,
+        answers: Result<Vec<Answer>, StoreError>,
+        now: Millis,
+    ) -> LoginResult {
+        let answer = answers
+            .ok()
+            .and_then(|mut a| (wait.at < a.len()).then(|| a.swap_remove(wait.at)));
+        let (conn, outbox, listener, history_id) = match (wait.then, answer) {
+            (LoginThen::Strike, Some(Answer::Strike(Strike::LockedUntil(until)))) => {
+                self.lockouts.restore(user.clone(), until);
+                return LoginResult::LockedNow;
+            }
+            (LoginThen::Strike, Some(Answer::Strike(Strike::Locked(until)))) => {
+                self.lockouts.restore(user.clone(), until);
+                return LoginResult::Locked;
+            }
+            // Counted; or not (the store failed, and logged it): a wrong password is wrong.
+            (LoginThen::Strike, _) => return LoginResult::BadPassword,
+            (then, Some(Answer::Claim(claim))) => match (then, claim) {
+                (
+                    LoginThen::Claim {
+                        conn,
+                        outbox,
+                        listener,
+                        history_id,
+                    },
+                    Claim::Claimed,
+                ) => (conn, outbox, listener, history_id),
+                (_, Claim::Locked(until)) => {
+                    self.lockouts.restore(user.clone(), until);
+                    return LoginResult::Locked;
+                }
+                (_, _) => return LoginResult::AlreadyLoggedIn,
+            },
+            (LoginThen::Claim { .. }, _) => return LoginResult::Unavailable,
+        };
+        if self.sessions.contains_key(user) {
+            // Another connection of this user's got in meanwhile (the server lets one
+            // check a user's password at a time, so only a bug gets here).
+            return LoginResult::AlreadyLoggedIn;
+        }
         self.persist(Cmd::SessionStarted {
             id: history_id,
             user: user.clone(),
             at: now,
         });
-        self.lockouts.succeed(user);
         if let Err(e) = outbox.push_reply(&ServerMsg::Login(LoginResult::Welcome)) {
             tracing::error!(error = %e, "cannot encode the welcome");
         }
@@ -222,7 +310,7 @@ mod tests {
     use crate::state::testkit::*;
 
     fn attempt(t: &mut Rig, user: &str, pw: &str, now: Millis) -> LoginResult {
-        t.login(
+        let step = t.t.login(
             &u(user),
             &Password::new(pw).unwrap(),
             now,
@@ -236,7 +324,8 @@ mod tests {
                 keeps_port: true,
                 lan_ip: None,
             },
-        )
+        );
+        settle_login(t, user, step, now)
     }
 
     #[test]

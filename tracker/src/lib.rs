@@ -7,7 +7,7 @@
 //! entry point), `auth`/`presence`/`chat`/`private`/`files` (the rules, by family), `gate` (per-address admission before login), `quota` (per-user request rates), `rate` (their token buckets), `server` (sockets, tasks,
 //! timeouts), `clock` (injected time).
 
-mod auth;
+pub mod auth;
 pub mod chat;
 pub mod clock;
 pub mod credentials;

@@ -177,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         relay: !args.no_relay,
     };
     let clock = Arc::new(SystemClock);
+    let node = node_id(&args.state.with_extension("node"))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (boot, journal) = match &args.store {
@@ -185,14 +186,14 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot use the state database {url}"))?;
                 let boot = pg
-                    .boot(clock.now())
+                    .boot(clock.now(), node)
                     .await
                     .with_context(|| format!("cannot read the state database {url}"))?;
                 (boot, Journal::spawn(pg))
             }
             None => open_sqlite(&args.state, clock.now())?,
         };
-        let tracker = Tracker::new(creds, boot, rules, clock.now());
+        let tracker = Tracker::new(creds, boot, rules, node, clock.now());
         let addr = SocketAddr::new(args.bind, args.server_port);
         let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -209,6 +210,26 @@ fn main() -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// This tracker's id among trackers sharing a store, kept in `path` (beside the state
+/// database, `tracker.node`) so a restarted tracker is the same one: made on first start.
+fn node_id(path: &std::path::Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= i64::MAX as u64)
+            .with_context(|| format!("{} does not hold a tracker id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>() >> 1;
+            std::fs::write(path, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The embedded store at `path`: what the tracker starts from, and its journal (on a

@@ -25,6 +25,7 @@ use wire::{
     Circuit, ClientMsg, LoginResult, Password, RelayRefusal, ServerMsg, UserName, PROTOCOL_VERSION,
 };
 
+use crate::auth::LoginStep;
 use crate::clock::Clock;
 use crate::credentials::Secret;
 use crate::gate::Gate;
@@ -192,12 +193,24 @@ pub type Tls = Option<Arc<ServerIdentity>>;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Tls, shutdown: impl Future) {
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let presence = tokio::spawn(flush_presence(shared.clone()));
+    let lease = tokio::spawn(renew_lease(shared.clone()));
     tokio::select! {
         _ = accept_loop(listener, shared, tls) => {}
         _ = shutdown => info!("shutting down"),
     }
     sweeper.abort();
     presence.abort();
+    lease.abort();
+}
+
+/// Keeps this tracker's lease in the store (see `state::LEASE`).
+async fn renew_lease(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(crate::state::RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.with(|t, now| t.renew_lease(now));
+    }
 }
 
 /// Sends gathered presence changes to everyone every `presence::FLUSH_EVERY`.
@@ -724,7 +737,7 @@ async fn login(
                     Err(refused) => refused,
                     Ok(secret) => {
                         let ok = shared.verify(secret, password).await;
-                        shared.with(|t, now| {
+                        let (step, ticket) = shared.act(|t, now| {
                             let listener = Listener {
                                 ip,
                                 port: p2p_port,
@@ -734,7 +747,18 @@ async fn login(
                                 lan_ip,
                             };
                             t.login_verified(&user, ok, now, id, outbox, listener)
-                        })
+                        });
+                        match step {
+                            LoginStep::Done(result) => result,
+                            // The turn is still held: this user's next attempt waits for it.
+                            LoginStep::Wait(wait) => {
+                                let answers = match ticket {
+                                    Some(t) => t.answers().await,
+                                    None => Err(StoreError::Gone),
+                                };
+                                shared.with(|t, now| t.login_settled(&user, wait, answers, now))
+                            }
+                        }
                     }
                 };
                 drop(turn);

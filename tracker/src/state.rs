@@ -25,6 +25,12 @@ use crate::lockout::Lockouts;
 use crate::outbox::{Outbox, Refused};
 use crate::store::{Answer, Boot, Cmd, StoreError};
 
+/// How long a tracker's claims on its users' sessions hold without it renewing them: a
+/// tracker that dies is taken for dead this long after its last renewal (its users may
+/// then log in on another tracker sharing the store).
+pub const LEASE: Duration = Duration::from_secs(3);
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+
 /// Identifies one TCP connection, so a stale connection can never end a newer session.
 pub type ConnId = u64;
 
@@ -94,6 +100,10 @@ pub struct Session {
 pub struct Tracker {
     pub(crate) rules: Rules,
     pub(crate) creds: Credentials,
+    /// This tracker among those sharing a store: its claims on users' sessions are its
+    /// own (see `store::Cmd::Claim`). The same across restarts, so a restarted tracker
+    /// takes its own claims back.
+    pub(crate) node: u64,
     /// What must become durable, in order, since the server last took it.
     effects: Vec<Cmd>,
     pub(crate) sessions: HashMap<UserName, Session>,
@@ -124,15 +134,16 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// The rules over the durable state `boot` read (see [`crate::store::Engine::boot`]).
-    pub fn new(creds: Credentials, boot: Boot, rules: Rules, now: Millis) -> Self {
+    /// The rules of tracker `node` over the durable state `boot` read (see
+    /// [`crate::store::Engine::boot`]).
+    pub fn new(creds: Credentials, boot: Boot, rules: Rules, node: u64, now: Millis) -> Self {
         if boot.closed > 0 {
             tracing::info!(
                 closed = boot.closed,
                 "closed sessions left open by an unclean shutdown"
             );
         }
-        let mut lockouts = Lockouts::new(rules.block_duration);
+        let mut lockouts = Lockouts::default();
         for (user, until) in boot.lockouts {
             lockouts.restore(user, until);
         }
@@ -156,7 +167,12 @@ impl Tracker {
         Self {
             rules,
             creds,
-            effects: Vec::new(),
+            node,
+            // Alive from the start: see `renew_lease`.
+            effects: vec![Cmd::Lease {
+                node,
+                until: now.plus(LEASE),
+            }],
             sessions: HashMap::new(),
             lockouts,
             blocks,
@@ -171,6 +187,16 @@ impl Tracker {
             circuits: Default::default(),
             presence: Default::default(),
         }
+    }
+
+    /// Tells the store this tracker is alive for another [`LEASE`]; called every
+    /// [`RENEW_EVERY`]. Trackers sharing the store refuse a login of a user this tracker
+    /// holds a session of until its lease runs out.
+    pub fn renew_lease(&mut self, now: Millis) {
+        self.persist(Cmd::Lease {
+            node: self.node,
+            until: now.plus(LEASE),
+        });
     }
 
     /// Records something to make durable (see the module's comment).
@@ -209,6 +235,11 @@ impl Tracker {
 
     pub fn is_online(&self, user: &UserName) -> bool {
         self.sessions.contains_key(user)
+    }
+
+    /// This tracker's id among those sharing its store.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     pub fn online_count(&self) -> usize {
@@ -511,10 +542,12 @@ pub(crate) mod testkit {
             };
             let db = Sqlite::open_in_memory().unwrap();
             let boot = db.boot_now(T0).unwrap();
-            Rig {
-                t: Tracker::new(creds, boot, rules, T0),
+            let mut t = Rig {
+                t: Tracker::new(creds, boot, rules, 1, T0),
                 db,
-            }
+            };
+            t.flush().unwrap();
+            t
         }
 
         /// Commits what the rules recorded; the answers.
@@ -556,7 +589,7 @@ pub(crate) mod testkit {
         pub fn restart(mut self, now: Millis) -> Rig {
             self.flush().unwrap();
             let boot = self.db.boot_now(now).unwrap();
-            let t = Tracker::new(self.t.creds.clone(), boot, self.t.rules, now);
+            let t = Tracker::new(self.t.creds.clone(), boot, self.t.rules, 1, now);
             Rig { t, db: self.db }
         }
 
@@ -656,7 +689,7 @@ pub(crate) mod testkit {
     fn login_with(t: &mut Rig, user: &str, now: Millis, p2p_port: u16) -> Client {
         let outbox = Arc::new(Outbox::default());
         let conn = rand::random();
-        let r = t.login(
+        let step = t.t.login(
             &u(user),
             &Password::new(password_of(user)).unwrap(),
             now,
@@ -671,11 +704,30 @@ pub(crate) mod testkit {
                 lan_ip: None,
             },
         );
-        assert_eq!(r, LoginResult::Welcome);
+        assert_eq!(settle_login(t, user, step, now), LoginResult::Welcome);
         Client {
             user: u(user),
             conn,
             outbox,
+        }
+    }
+
+    /// A login's answer once the store settled it, as the server does.
+    pub fn settle_login(
+        t: &mut Rig,
+        user: &str,
+        step: crate::auth::LoginStep,
+        now: Millis,
+    ) -> LoginResult {
+        match step {
+            crate::auth::LoginStep::Done(r) => {
+                t.flush().unwrap();
+                r
+            }
+            crate::auth::LoginStep::Wait(wait) => {
+                let answers = t.flush();
+                t.t.login_settled(&u(user), wait, answers, now)
+            }
         }
     }
 

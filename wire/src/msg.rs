@@ -258,6 +258,9 @@ pub enum LoginResult {
     Throttled {
         retry_secs: u32,
     },
+    /// The server could not record the login (its database is unreachable); nothing was
+    /// counted against the account. The connection closes; try again shortly.
+    Unavailable,
 }
 
 /// Users named in one listing reply: 10,000 names of the longest kind fill 660 KB, so a

@@ -4,6 +4,7 @@
 
 mod auth;
 mod chat;
+mod cluster;
 mod hardening;
 mod lab;
 mod nat;

@@ -17,14 +17,14 @@ enum Db {
 
 enum Any {
     Sqlite(tracker::store::Sqlite),
-    Postgres(tracker::store::Postgres),
+    Postgres(Box<tracker::store::Postgres>),
 }
 
 impl Engine for Any {
-    async fn boot(&mut self, now: Millis) -> Result<Boot, StoreError> {
+    async fn boot(&mut self, now: Millis, node: u64) -> Result<Boot, StoreError> {
         match self {
-            Any::Sqlite(e) => e.boot(now).await,
-            Any::Postgres(e) => e.boot(now).await,
+            Any::Sqlite(e) => e.boot(now, node).await,
+            Any::Postgres(e) => e.boot(now, node).await,
         }
     }
     async fn run(&mut self, cmds: &[Cmd]) -> Result<Vec<Answer>, StoreError> {
@@ -39,9 +39,9 @@ impl Db {
     async fn open(&self) -> Any {
         match self {
             Db::Sqlite(p) => Any::Sqlite(tracker::store::Sqlite::open(p).unwrap()),
-            Db::Postgres(url) => {
-                Any::Postgres(tracker::store::Postgres::connect(url).await.unwrap())
-            }
+            Db::Postgres(url) => Any::Postgres(Box::new(
+                tracker::store::Postgres::connect(url).await.unwrap(),
+            )),
         }
     }
 }
@@ -209,7 +209,7 @@ async fn the_history_window_includes_sessions_ending_inside_it(db: Db) {
     // After a crash, open sessions are closed at the restart.
     drop(e);
     let mut e = db.open().await;
-    let boot = e.boot(Millis(300_000)).await.unwrap();
+    let boot = e.boot(Millis(300_000), 1).await.unwrap();
     assert_eq!(boot.closed, 1);
     assert_eq!(online_since(&mut e, 300_000).await, [u("hans")]);
     assert!(online_since(&mut e, 300_001).await.is_empty());
@@ -335,7 +335,7 @@ async fn blocks_lockouts_and_files_survive_a_restart(db: Db) {
     .unwrap();
     drop(e);
     let mut e = db.open().await;
-    let boot = e.boot(Millis(600)).await.unwrap();
+    let boot = e.boot(Millis(600), 1).await.unwrap();
     assert_eq!(boot.blocks, [(u("luke"), u("vader"))]);
     assert_eq!(
         boot.lockouts,
@@ -408,6 +408,118 @@ async fn a_batch_that_fails_in_a_group_fails_alone(db: Db) {
     );
 }
 
+fn strike(user: &str, at: u64) -> Cmd {
+    Cmd::Strike {
+        user: u(user),
+        at: Millis(at),
+        max: 3,
+        lock_ms: 60_000,
+    }
+}
+
+fn claim(user: &str, node: u64, session: i64, at: u64) -> Cmd {
+    Cmd::Claim {
+        user: u(user),
+        node,
+        session,
+        at: Millis(at),
+    }
+}
+
+async fn the_third_wrong_password_in_a_row_locks_and_the_right_one_resets_the_count(db: Db) {
+    use tracker::lockout::Strike;
+    use tracker::store::Claim;
+    let mut e = db.open().await;
+    assert_eq!(
+        one(&mut e, strike("yoda", 0)).await,
+        Answer::Strike(Strike::TryAgain)
+    );
+    assert_eq!(
+        one(&mut e, strike("yoda", 0)).await,
+        Answer::Strike(Strike::TryAgain)
+    );
+    assert_eq!(
+        one(&mut e, claim("yoda", 1, 10, 1)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+    // Counting starts again after a login; the third in a row locks.
+    let three = e
+        .run(&[
+            strike("yoda", 5),
+            strike("yoda", 5),
+            strike("yoda", 5),
+            strike("yoda", 6),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        three,
+        [
+            Answer::Strike(Strike::TryAgain),
+            Answer::Strike(Strike::TryAgain),
+            Answer::Strike(Strike::LockedUntil(Millis(60_005))),
+            Answer::Strike(Strike::Locked(Millis(60_005))),
+        ]
+    );
+    assert_eq!(
+        one(&mut e, claim("yoda", 2, 11, 60_004)).await,
+        Answer::Claim(Claim::Locked(Millis(60_005)))
+    );
+    // Users are counted apart; the lock survives a restart and expires.
+    assert_eq!(
+        one(&mut e, strike("luke", 6)).await,
+        Answer::Strike(Strike::TryAgain)
+    );
+    drop(e);
+    let mut e = db.open().await;
+    let boot = e.boot(Millis(7), 1).await.unwrap();
+    assert_eq!(boot.lockouts, [(u("yoda"), Millis(60_005))]);
+    assert_eq!(
+        one(&mut e, strike("yoda", 60_005)).await,
+        Answer::Strike(Strike::TryAgain)
+    );
+}
+
+/// A user's session is one tracker's: another tracker's claim is refused while the first
+/// is alive (its lease), and succeeds once it is not.
+async fn a_session_claimed_by_a_live_tracker_is_not_claimed_by_another(db: Db) {
+    use tracker::store::Claim;
+    let mut e = db.open().await;
+    let lease = |node: u64, until: u64| Cmd::Lease {
+        node,
+        until: Millis(until),
+    };
+    e.run(&[lease(1, 3_000), lease(2, 3_000)]).await.unwrap();
+    assert_eq!(
+        one(&mut e, claim("hans", 1, 10, 0)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+    assert_eq!(
+        one(&mut e, claim("hans", 2, 20, 100)).await,
+        Answer::Claim(Claim::Taken)
+    );
+    // Logged out on tracker 1: free for tracker 2.
+    let out = Cmd::SessionEnded {
+        id: 10,
+        user: u("hans"),
+        at: Millis(200),
+    };
+    one(&mut e, out).await;
+    assert_eq!(
+        one(&mut e, claim("hans", 2, 20, 300)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+    // Tracker 2 stops renewing its lease (it died): past it, tracker 1 may take hans.
+    assert_eq!(
+        one(&mut e, claim("hans", 1, 11, 2_999)).await,
+        Answer::Claim(Claim::Taken)
+    );
+    assert_eq!(
+        one(&mut e, claim("hans", 1, 11, 3_000)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+}
+
 /// Every check, each on a fresh database made by `fresh`.
 async fn suite(mut fresh: impl FnMut(&str) -> Db) {
     offline_messages_keep_order_until_acknowledged(fresh("order")).await;
@@ -416,6 +528,9 @@ async fn suite(mut fresh: impl FnMut(&str) -> Db) {
     the_history_is_pruned_in_bounded_steps_and_last_logouts_survive_it(fresh("prune")).await;
     blocks_lockouts_and_files_survive_a_restart(fresh("restart")).await;
     a_batch_that_fails_in_a_group_fails_alone(fresh("group")).await;
+    the_third_wrong_password_in_a_row_locks_and_the_right_one_resets_the_count(fresh("strike"))
+        .await;
+    a_session_claimed_by_a_live_tracker_is_not_claimed_by_another(fresh("claim")).await;
 }
 
 #[tokio::test]
@@ -429,4 +544,58 @@ async fn the_store_suite_passes_on_sqlite() {
 async fn the_store_suite_passes_on_postgres() {
     let pg = Postgres::start();
     suite(|name| Db::Postgres(pg.database(name))).await;
+}
+
+/// Two trackers' connections to one PostgreSQL, at once: of many attempts on the same
+/// account, exactly the third locks it; of two claims of one user, exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trackers_sharing_postgres_count_strikes_and_claims_once() {
+    use tracker::lockout::Strike;
+    use tracker::store::Claim;
+    let pg = Postgres::start();
+    let db = Db::Postgres(pg.database("race"));
+    let (mut a, mut b) = (db.open().await, db.open().await);
+    a.run(&[
+        Cmd::Lease {
+            node: 1,
+            until: Millis(u64::MAX / 2),
+        },
+        Cmd::Lease {
+            node: 2,
+            until: Millis(u64::MAX / 2),
+        },
+    ])
+    .await
+    .unwrap();
+    for round in 0..20u64 {
+        let user = format!("u{round}");
+        let at = round * 1_000;
+        let (sa, sb) = (
+            [strike(&user, at), strike(&user, at)],
+            [strike(&user, at), strike(&user, at)],
+        );
+        let (x, y) = tokio::join!(a.run(&sa), b.run(&sb));
+        let all: Vec<Answer> = x.unwrap().into_iter().chain(y.unwrap()).collect();
+        let locked = all
+            .iter()
+            .filter(|a| matches!(a, Answer::Strike(Strike::LockedUntil(_))))
+            .count();
+        let refused = all
+            .iter()
+            .filter(|a| matches!(a, Answer::Strike(Strike::Locked(_))))
+            .count();
+        assert_eq!((locked, refused), (1, 1), "round {round}: {all:?}");
+
+        let who = format!("c{round}");
+        let (ca, cb) = (
+            [claim(&who, 1, 2 * round as i64, at)],
+            [claim(&who, 2, 2 * round as i64 + 1, at)],
+        );
+        let (x, y) = tokio::join!(a.run(&ca), b.run(&cb));
+        let claimed = [x.unwrap(), y.unwrap()]
+            .iter()
+            .filter(|a| a[..] == [Answer::Claim(Claim::Claimed)])
+            .count();
+        assert_eq!(claimed, 1, "round {round}");
+    }
 }

@@ -54,7 +54,8 @@ pub enum StoreError {
 /// One thing to make durable, or to read in order with them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cmd {
-    /// A login, under an id the tracker chose (see `Tracker::login_verified`).
+    /// A login, under an id the tracker chose (see `Tracker::login_verified`), after its
+    /// [`Cmd::Claim`].
     SessionStarted {
         id: i64,
         user: UserName,
@@ -74,6 +75,30 @@ pub enum Cmd {
     Lockout {
         user: UserName,
         until: Option<Millis>,
+    },
+    /// A wrong password for `user` at `at`: counted, and the `max`-th in a row locks the
+    /// account for `lock_ms`. Answered with [`Answer::Strike`]. Atomic, so trackers
+    /// sharing the store count every attempt once and lock once.
+    Strike {
+        user: UserName,
+        at: Millis,
+        max: u32,
+        lock_ms: u64,
+    },
+    /// Tracker `node` is alive until `until`: its claims hold until then (see
+    /// [`Cmd::Claim`]). Written by trackers of a cluster every second.
+    Lease {
+        node: u64,
+        until: Millis,
+    },
+    /// The right password for `user`: the session `session` on tracker `node` is theirs,
+    /// unless the account is locked or another live tracker holds a session of theirs.
+    /// Answered with [`Answer::Claim`]. Resets the count of wrong passwords.
+    Claim {
+        user: UserName,
+        node: u64,
+        session: i64,
+        at: Millis,
     },
     Block {
         blocker: UserName,
@@ -127,6 +152,8 @@ pub enum Cmd {
 pub enum Answer {
     Done,
     Offline(Offline),
+    Strike(crate::lockout::Strike),
+    Claim(Claim),
     Count(u64),
     Messages(Vec<OfflineMessage>),
     Users(Vec<UserName>),
@@ -139,6 +166,16 @@ pub enum Offline {
     Stored { id: u64, waiting: u64 },
     /// Not stored: `waiting` already wait.
     Full { waiting: u64 },
+}
+
+/// How a [`Cmd::Claim`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// Locked until then (by wrong passwords here or on another tracker).
+    Locked(Millis),
+    /// Another tracker, alive, holds a session of this user's.
+    Taken,
 }
 
 /// What a tracker starts from: the durable state it keeps in memory.
@@ -161,10 +198,14 @@ pub struct StoredFile {
 
 /// A database the journal can carry commands out on.
 pub trait Engine: Send + 'static {
-    /// Everything a tracker starting at `now` keeps in memory. Sessions still open are
-    /// closed at `now` (their tracker stopped without closing them), and names held when it
-    /// stopped count as unheld from `now`.
-    fn boot(&mut self, now: Millis) -> impl Future<Output = Result<Boot, StoreError>> + Send;
+    /// Everything tracker `node` starting at `now` keeps in memory. Sessions it or a
+    /// tracker without a live lease left open are closed at `now` (their tracker stopped
+    /// without closing them), and names held when it stopped count as unheld from `now`.
+    fn boot(
+        &mut self,
+        now: Millis,
+        node: u64,
+    ) -> impl Future<Output = Result<Boot, StoreError>> + Send;
 
     /// Carries out `cmds` in order, in one transaction: one answer per command, or an
     /// error and nothing applied.
@@ -292,6 +333,9 @@ impl Cmd {
             Cmd::SessionEnded { .. } => "logout",
             Cmd::PruneHistory { .. } => "history pruning",
             Cmd::Lockout { .. } => "lockout",
+            Cmd::Strike { .. } => "wrong password",
+            Cmd::Claim { .. } => "login claim",
+            Cmd::Lease { .. } => "node lease",
             Cmd::Block { .. } => "block",
             Cmd::PutFile { .. } => "file",
             Cmd::SetUnheld { .. } => "file holding",

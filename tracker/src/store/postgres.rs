@@ -67,6 +67,24 @@ CREATE TABLE IF NOT EXISTS lockouts (
     username TEXT PRIMARY KEY,
     until    BIGINT NOT NULL
 );
+-- Wrong passwords in a row, per user (see Cmd::Strike): the row every attempt on every
+-- tracker updates, so they are counted one after another.
+CREATE TABLE IF NOT EXISTS strikes (
+    username TEXT PRIMARY KEY,
+    n        INTEGER NOT NULL
+);
+-- Who is logged in on which tracker (see Cmd::Claim), and until when each tracker of a
+-- cluster is known to be alive.
+CREATE TABLE IF NOT EXISTS online (
+    username TEXT PRIMARY KEY,
+    node     BIGINT NOT NULL,
+    session  BIGINT NOT NULL,
+    since    BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id          BIGINT PRIMARY KEY,
+    lease_until BIGINT NOT NULL
+);
 ";
 
 /// `pg_advisory_xact_lock` key for the schema: any number other programs sharing the
@@ -85,6 +103,9 @@ struct Conn {
 
 /// One prepared statement per command.
 struct Statements {
+    strike: Statement,
+    claim: Statement,
+    lease: Statement,
     session_started: Statement,
     session_ended: Statement,
     prune: Statement,
@@ -104,6 +125,45 @@ struct Statements {
 impl Statements {
     async fn prepare(c: &Client) -> Result<Statements, tokio_postgres::Error> {
         Ok(Statements {
+            // Counted on the user's row (trackers attempting at once wait for each other
+            // there); the `max`-th in a row resets the count and locks.
+            strike: c
+                .prepare(
+                    "WITH locked AS (SELECT until FROM lockouts WHERE username = $1 AND until > $2), \
+                     s AS (INSERT INTO strikes AS s (username, n) \
+                           SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM locked) \
+                           ON CONFLICT (username) DO UPDATE \
+                           SET n = CASE WHEN s.n + 1 >= $3 THEN 0 ELSE s.n + 1 END \
+                           RETURNING n), \
+                     l AS (INSERT INTO lockouts (username, until) SELECT $1, $4 FROM s WHERE s.n = 0 \
+                           ON CONFLICT (username) DO UPDATE SET until = EXCLUDED.until \
+                           RETURNING until) \
+                     SELECT (SELECT until FROM locked), (SELECT until FROM l)",
+                )
+                .await?,
+            // The user's row in `online` is taken unless another tracker with a live lease
+            // holds it: the condition is checked on the row as it is once locked, so of two
+            // trackers claiming at once the second sees the first's claim.
+            claim: c
+                .prepare(
+                    "WITH locked AS (SELECT until FROM lockouts WHERE username = $1 AND until > $4), \
+                     c AS (INSERT INTO online AS o (username, node, session, since) \
+                           SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM locked) \
+                           ON CONFLICT (username) DO UPDATE \
+                           SET node = EXCLUDED.node, session = EXCLUDED.session, since = EXCLUDED.since \
+                           WHERE o.node = $2 OR NOT EXISTS \
+                               (SELECT 1 FROM nodes n WHERE n.id = o.node AND n.lease_until > $4) \
+                           RETURNING 1), \
+                     r AS (DELETE FROM strikes WHERE username = $1 AND EXISTS (SELECT 1 FROM c)) \
+                     SELECT (SELECT until FROM locked), (SELECT COUNT(*) FROM c)",
+                )
+                .await?,
+            lease: c
+                .prepare(
+                    "INSERT INTO nodes (id, lease_until) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+                )
+                .await?,
             session_started: c
                 .prepare(
                     "WITH s AS (INSERT INTO sessions (id, username, login_at) VALUES ($1, $2, $3)) \
@@ -113,7 +173,8 @@ impl Statements {
                 .await?,
             session_ended: c
                 .prepare(
-                    "WITH s AS (UPDATE sessions SET logout_at = $3 WHERE id = $1) \
+                    "WITH s AS (UPDATE sessions SET logout_at = $3 WHERE id = $1), \
+                     o AS (DELETE FROM online WHERE username = $2 AND session = $1) \
                      UPDATE last_seen SET logout_at = $3 WHERE username = $2",
                 )
                 .await?,
@@ -230,18 +291,29 @@ fn ms(m: Millis) -> i64 {
 }
 
 impl Engine for Postgres {
-    async fn boot(&mut self, now: Millis) -> Result<Boot, StoreError> {
+    async fn boot(&mut self, now: Millis, node: u64) -> Result<Boot, StoreError> {
         let Conn { client, .. } = self.conn().await?;
         let tx = client.transaction().await?;
         let now = ms(now);
+        // Claims of this tracker's earlier run and of trackers that stopped (no live lease)
+        // are nobody's now, and their sessions over: closed at `now`, as far as
+        // `whoelsesince` can tell. Live trackers' sessions stay open.
+        tx.execute(
+            "DELETE FROM online o WHERE o.node = $2 OR NOT EXISTS \
+             (SELECT 1 FROM nodes n WHERE n.id = o.node AND n.lease_until > $1)",
+            &[&now, &(node as i64)],
+        )
+        .await?;
         let closed = tx
             .execute(
-                "UPDATE sessions SET logout_at = $1 WHERE logout_at IS NULL",
+                "UPDATE sessions SET logout_at = $1 WHERE logout_at IS NULL \
+                 AND id NOT IN (SELECT session FROM online)",
                 &[&now],
             )
             .await?;
         tx.execute(
-            "UPDATE last_seen SET logout_at = $1 WHERE logout_at IS NULL",
+            "UPDATE last_seen SET logout_at = $1 WHERE logout_at IS NULL \
+             AND username NOT IN (SELECT username FROM online)",
             &[&now],
         )
         .await?;
@@ -317,6 +389,53 @@ async fn one(
                 .execute(&st.prune, &[&ms(*before), &(*limit as i64)])
                 .await?;
             return Ok(Answer::Count(n));
+        }
+        Cmd::Strike {
+            user,
+            at,
+            max,
+            lock_ms,
+        } => {
+            use crate::lockout::Strike;
+            let until = ms(at.plus(std::time::Duration::from_millis(*lock_ms)));
+            let row = tx
+                .query_one(
+                    &st.strike,
+                    &[&user.as_str(), &ms(*at), &(*max as i32), &until],
+                )
+                .await?;
+            let locked: Option<i64> = row.get(0);
+            let now_locked: Option<i64> = row.get(1);
+            return Ok(Answer::Strike(match (locked, now_locked) {
+                (Some(u), _) => Strike::Locked(Millis(u as u64)),
+                (None, Some(u)) => Strike::LockedUntil(Millis(u as u64)),
+                (None, None) => Strike::TryAgain,
+            }));
+        }
+        Cmd::Claim {
+            user,
+            node,
+            session,
+            at,
+        } => {
+            use super::Claim;
+            let row = tx
+                .query_one(
+                    &st.claim,
+                    &[&user.as_str(), &(*node as i64), session, &ms(*at)],
+                )
+                .await?;
+            let locked: Option<i64> = row.get(0);
+            let claimed: i64 = row.get(1);
+            return Ok(Answer::Claim(match locked {
+                Some(u) => Claim::Locked(Millis(u as u64)),
+                None if claimed > 0 => Claim::Claimed,
+                None => Claim::Taken,
+            }));
+        }
+        Cmd::Lease { node, until } => {
+            tx.execute(&st.lease, &[&(*node as i64), &ms(*until)])
+                .await?;
         }
         Cmd::Lockout { user, until } => match until {
             Some(t) => {

@@ -82,6 +82,23 @@ CREATE TABLE IF NOT EXISTS lockouts (
     user  TEXT PRIMARY KEY,
     until INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Wrong passwords in a row, per user (see Cmd::Strike).
+CREATE TABLE IF NOT EXISTS strikes (
+    user TEXT PRIMARY KEY,
+    n    INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Who is logged in, on which tracker (see Cmd::Claim), and until when each tracker is
+-- known to be alive. One tracker per SQLite file: no leases, every claim its own.
+CREATE TABLE IF NOT EXISTS online (
+    user    TEXT PRIMARY KEY,
+    node    INTEGER NOT NULL,
+    session INTEGER NOT NULL,
+    since   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    id          INTEGER PRIMARY KEY,
+    lease_until INTEGER NOT NULL
+);
 ";
 
 /// Moves what the write-ahead log holds into the database file; see
@@ -101,7 +118,8 @@ impl Checkpointer {
 }
 
 impl Engine for Sqlite {
-    async fn boot(&mut self, now: Millis) -> Result<Boot, StoreError> {
+    /// One tracker per file: every claim and open session was this tracker's.
+    async fn boot(&mut self, now: Millis, _node: u64) -> Result<Boot, StoreError> {
         self.boot_now(now)
     }
 
@@ -184,6 +202,26 @@ impl Sqlite {
                     .execute(params![id, at.0 as i64])?;
                 db.prepare_cached("UPDATE last_seen SET logout_at = ?2 WHERE user = ?1")?
                     .execute(params![user.as_str(), at.0 as i64])?;
+                db.prepare_cached("DELETE FROM online WHERE user = ?1 AND session = ?2")?
+                    .execute(params![user.as_str(), id])?;
+            }
+            Cmd::Strike {
+                user,
+                at,
+                max,
+                lock_ms,
+            } => return Ok(Answer::Strike(self.strike(user, *at, *max, *lock_ms)?)),
+            Cmd::Claim {
+                user,
+                node,
+                session,
+                at,
+            } => return Ok(Answer::Claim(self.claim(user, *node, *session, *at)?)),
+            Cmd::Lease { node, until } => {
+                db.prepare_cached(
+                    "INSERT OR REPLACE INTO nodes (id, lease_until) VALUES (?1, ?2)",
+                )?
+                .execute(params![*node as i64, until.0 as i64])?;
             }
             Cmd::PruneHistory { before, limit } => {
                 let n = db
@@ -263,8 +301,9 @@ impl Sqlite {
     }
 
     /// Sessions left open by a crash are closed at `now`: those users were online until at
-    /// most then, which is what `whoelsesince` needs to know.
+    /// most then, which is what `whoelsesince` needs to know. Their claims go with them.
     fn close_open_sessions(&self, now: Millis) -> Result<usize, StoreError> {
+        self.db.execute("DELETE FROM online", [])?;
         let n = self.db.execute(
             "UPDATE sessions SET logout_at = ?1 WHERE logout_at IS NULL",
             params![now.0 as i64],
@@ -274,6 +313,81 @@ impl Sqlite {
             params![now.0 as i64],
         )?;
         Ok(n)
+    }
+
+    fn locked_until(&self, user: &UserName, at: Millis) -> Result<Option<Millis>, StoreError> {
+        Ok(self
+            .db
+            .prepare_cached("SELECT until FROM lockouts WHERE user = ?1 AND until > ?2")?
+            .query_row(params![user.as_str(), at.0 as i64], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|u| Millis(u as u64)))
+    }
+
+    fn strike(
+        &self,
+        user: &UserName,
+        at: Millis,
+        max: u32,
+        lock_ms: u64,
+    ) -> Result<crate::lockout::Strike, StoreError> {
+        use crate::lockout::Strike;
+        if let Some(until) = self.locked_until(user, at)? {
+            return Ok(Strike::Locked(until));
+        }
+        let n: i64 = self
+            .db
+            .prepare_cached(
+                "INSERT INTO strikes (user, n) VALUES (?1, 1) \
+                 ON CONFLICT (user) DO UPDATE SET n = n + 1 RETURNING n",
+            )?
+            .query_row(params![user.as_str()], |r| r.get(0))?;
+        if n < max as i64 {
+            return Ok(Strike::TryAgain);
+        }
+        let until = at.plus(std::time::Duration::from_millis(lock_ms));
+        self.db
+            .prepare_cached("DELETE FROM strikes WHERE user = ?1")?
+            .execute(params![user.as_str()])?;
+        self.db
+            .prepare_cached("INSERT OR REPLACE INTO lockouts (user, until) VALUES (?1, ?2)")?
+            .execute(params![user.as_str(), until.0 as i64])?;
+        Ok(Strike::LockedUntil(until))
+    }
+
+    fn claim(
+        &self,
+        user: &UserName,
+        node: u64,
+        session: i64,
+        at: Millis,
+    ) -> Result<super::Claim, StoreError> {
+        use super::Claim;
+        if let Some(until) = self.locked_until(user, at)? {
+            return Ok(Claim::Locked(until));
+        }
+        let held: Option<i64> = self
+            .db
+            .prepare_cached(
+                "SELECT o.node FROM online o JOIN nodes n ON n.id = o.node \
+                 WHERE o.user = ?1 AND o.node <> ?2 AND n.lease_until > ?3",
+            )?
+            .query_row(params![user.as_str(), node as i64, at.0 as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if held.is_some() {
+            return Ok(Claim::Taken);
+        }
+        self.db
+            .prepare_cached("DELETE FROM strikes WHERE user = ?1")?
+            .execute(params![user.as_str()])?;
+        self.db
+            .prepare_cached(
+                "INSERT OR REPLACE INTO online (user, node, session, since) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![user.as_str(), node as i64, session, at.0 as i64])?;
+        Ok(Claim::Claimed)
     }
 
     /// Users with a session overlapping `[since, now]`: still open, or closed at or after
@@ -462,7 +576,7 @@ mod tests {
         }
         // Opening runs the schema again (it upgrades older files in place): idempotent.
         let mut s = Sqlite::open(&path).unwrap();
-        let boot = futures_util::FutureExt::now_or_never(s.boot(Millis(1)))
+        let boot = futures_util::FutureExt::now_or_never(s.boot(Millis(1), 1))
             .unwrap()
             .unwrap();
         assert_eq!(boot.blocks, [(u("luke"), u("hans"))]);
