@@ -214,3 +214,54 @@ impl Drop for Postgres {
         stop(&mut self.child);
     }
 }
+
+/// A NATS server of this test's own (`nats-server`, Debian's package), on a free port of
+/// 127.0.0.1; killed by PID when dropped.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server (Debian: apt-get install nats-server)");
+            // Ready once it greets a connection with its INFO line.
+            let until = Instant::now() + WAIT;
+            while Instant::now() < until {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    use std::io::Read;
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    let mut greeting = [0u8; 4];
+                    if (&s).read_exact(&mut greeting).is_ok() && &greeting == b"INFO" {
+                        return Nats { child, port };
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -220,6 +220,7 @@ impl Tracker {
             },
         );
         self.notify_presence(user, true);
+        self.note_change(user, Some(listener));
         self.settle(now);
         LoginResult::Welcome
     }

@@ -53,6 +53,52 @@ impl Tracker {
                 stored: false,
             });
         }
+        if !self.sessions.contains_key(to) {
+            if let Some(node) = self.remote_node(to) {
+                return Outcome::Forward {
+                    node,
+                    to: to.clone(),
+                    text: text.clone(),
+                };
+            }
+        }
+        self.store_for_later(me, to, text, now)
+    }
+
+    /// The answer of the tracker a message was handed to (`Outcome::Forward`): as a
+    /// message to a user online here, or stored for later if it did not take it.
+    pub fn forwarded(
+        &mut self,
+        me: &UserName,
+        to: &UserName,
+        text: &Text,
+        how: crate::cluster::Delivery,
+        now: Millis,
+    ) -> Outcome {
+        use crate::cluster::Delivery;
+        match how {
+            Delivery::Delivered => Outcome::Reply(Reply::Sent {
+                to: to.clone(),
+                stored: false,
+            }),
+            Delivery::Blocked => Outcome::Reply(Reply::Refused(Refusal::BlockedByRecipient {
+                user: to.clone(),
+            })),
+            Delivery::Busy => {
+                Outcome::Reply(Reply::Refused(Refusal::RecipientBusy { user: to.clone() }))
+            }
+            Delivery::NotHere => self.store_for_later(me, to, text, now),
+        }
+    }
+
+    /// Keeps a message for `to`'s next login.
+    fn store_for_later(
+        &mut self,
+        me: &UserName,
+        to: &UserName,
+        text: &Text,
+        now: Millis,
+    ) -> Outcome {
         // Offline, or too far behind to take more: keep it for the next login, up to a
         // quota (one sender could otherwise fill the disk). A mailbox last seen full is
         // refused here without asking the store: a sender flooding a full mailbox must
@@ -86,11 +132,18 @@ impl Tracker {
             Offline::Stored { waiting, .. } => {
                 self.mailbox.insert(to.clone(), waiting);
                 self.poke(to);
+                // Online on another tracker after all (news of its login on the way):
+                // that tracker reads it now.
+                self.publish(
+                    crate::cluster::To::All,
+                    crate::cluster::BusMsg::Mail { user: to.clone() },
+                );
                 Reply::Sent {
                     to: to.clone(),
                     stored: true,
                 }
             }
+            Offline::Blocked => Reply::Refused(Refusal::BlockedByRecipient { user: to.clone() }),
             Offline::Full { waiting } => {
                 self.mailbox.insert(to.clone(), waiting);
                 Reply::Refused(Refusal::MailboxFull {
@@ -110,6 +163,25 @@ impl Tracker {
             return Reply::Refused(Refusal::Unavailable);
         };
         let (mut reached, mut skipped) = (0u32, false);
+        if self.clustered() {
+            self.publish(
+                crate::cluster::To::All,
+                crate::cluster::BusMsg::Broadcast {
+                    node: self.node,
+                    from: me.clone(),
+                    text: text.clone(),
+                },
+            );
+            // As far as this tracker knows: their own trackers skip the busy ones.
+            let remote: Vec<UserName> = self.remote_users().cloned().collect();
+            for u in remote {
+                if self.has_blocked(&u, me) {
+                    skipped = true;
+                } else {
+                    reached = reached.saturating_add(1);
+                }
+            }
+        }
         let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
         for u in targets {
             // A busy recipient is skipped like one who blocked the sender: the sender is

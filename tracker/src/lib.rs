@@ -8,8 +8,10 @@
 //! timeouts), `clock` (injected time).
 
 pub mod auth;
+pub mod bus;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
 pub mod credentials;
 mod files;
 pub mod gate;

@@ -35,6 +35,11 @@ struct Args {
     /// --store says otherwise); the TLS certificate is kept beside it.
     #[arg(long, default_value = "tracker.db")]
     state: PathBuf,
+    /// Join the trackers sharing the --store database into one service over this NATS
+    /// server (`nats://HOST:PORT`): users see and message each other whichever tracker
+    /// they are logged in through.
+    #[arg(long, requires = "store")]
+    bus: Option<String>,
     /// Keep the durable state in a PostgreSQL database instead of --state, e.g.
     /// `postgres://swarm@127.0.0.1:5432/swarmchat`; its tables are made on first use.
     #[arg(long, value_parser = postgres_url)]
@@ -203,7 +208,19 @@ fn main() -> anyhow::Result<()> {
                 circuits: args.relay_connections as usize,
             })
         });
-        let shared = Shared::with_relay(tracker, journal, clock, relay);
+        let mut shared = Shared::with_relay(tracker, journal, clock, relay);
+        if let Some(url) = &args.bus {
+            let bus = tracker::bus::Bus::connect(url)
+                .await
+                .with_context(|| format!("cannot use the bus {url}"))?;
+            shared = shared.with_bus(bus.clone());
+            let (s, node) = (shared.clone(), node);
+            tokio::spawn(async move {
+                if let Err(e) = bus.serve(s, node).await {
+                    tracing::error!(error = %e, "the bus stopped");
+                }
+            });
+        }
         tracker::serve(listener, shared, tls, async {
             let _ = tokio::signal::ctrl_c().await;
         })

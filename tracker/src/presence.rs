@@ -96,6 +96,8 @@ impl Tracker {
     /// burst of logins, the flush costs one encoding per 50 ms and one queued frame per
     /// online user, not one per (login, online user).
     pub fn flush_presence(&mut self) {
+        // The other trackers of a cluster get this tracker's changes in one bus message.
+        self.publish_changes();
         if self.presence.changes.is_empty() {
             return;
         }
@@ -166,6 +168,7 @@ impl Tracker {
             at: now,
         });
         s.outbox.close();
+        self.note_change(user, None);
         tracing::debug!(%user, "logged out");
         self.forget_holdings(user, now);
         self.notify_presence(user, false);
@@ -224,6 +227,7 @@ impl Tracker {
         let others = self
             .sessions
             .keys()
+            .chain(self.remote_users())
             .filter(|u| *u != me && !self.has_blocked(u, me));
         let (users, more) = listed(others, MAX_LISTED);
         Reply::WhoElse { users, more }

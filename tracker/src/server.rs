@@ -26,6 +26,7 @@ use wire::{
 };
 
 use crate::auth::LoginStep;
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::credentials::Secret;
 use crate::gate::Gate;
@@ -88,6 +89,8 @@ pub struct Shared {
     relay: Option<Arc<Relay>>,
     /// Where what the rules record as durable goes, in the order they recorded it.
     journal: Journal,
+    /// The other trackers of a cluster (`--bus`), if any.
+    bus: Option<Bus>,
 }
 
 impl Shared {
@@ -97,6 +100,18 @@ impl Shared {
             .relay
             .then(|| Relay::new(RelayLimits::default()));
         Self::with_relay(tracker, journal, clock, relay)
+    }
+
+    /// Makes this tracker one of a cluster talking over `bus` (before it serves anyone).
+    pub fn with_bus(mut self: Arc<Self>, bus: Bus) -> Arc<Self> {
+        Arc::get_mut(&mut self).expect("joined before serving").bus = Some(bus);
+        self.with(|t, _| t.join_cluster());
+        self
+    }
+
+    /// The bus, if this tracker is one of a cluster.
+    pub fn bus(&self) -> Option<&Bus> {
+        self.bus.as_ref()
     }
 
     /// As `new`, with the relay's own limits (or none).
@@ -116,6 +131,7 @@ impl Shared {
             hashing: Semaphore::new(cores.saturating_sub(1).max(1)),
             relay,
             journal,
+            bus: None,
         })
     }
 
@@ -181,6 +197,12 @@ impl Shared {
         let r = f(&mut guard, now);
         let effects = guard.take_effects();
         let ticket = (!effects.is_empty()).then(|| self.journal.submit(effects));
+        if let Some(bus) = &self.bus {
+            let out = guard.take_bus();
+            if !out.is_empty() {
+                bus.send(out);
+            }
+        }
         (r, ticket)
     }
 }
@@ -795,14 +817,6 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
         // (`bench/relay`): more, smaller writes.
         tokio::select! {
             biased;
-            // Stored messages first: a new session's events wait behind its backlog
-            // (`Outbox::hold`), and a client sending flat out must not keep them there.
-            () = conn.outbox.mail() => {
-                read_mail(conn.id, user, shared).await;
-                if !conn.write_out().await? {
-                    return Ok(());
-                }
-            }
             frame = conn.reader.next(), if quiet_until.is_none() => {
                 let Some(frame) = frame else { return Ok(()) };
                 // Handle every request already received, then write all replies (and the
@@ -835,12 +849,22 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
                         None => None,
                     };
                 }
+                // A client sending flat out must not keep its stored messages (and with a
+                // new session's, everything held behind them) waiting.
+                if conn.outbox.take_mail() {
+                    read_mail(conn.id, user, shared).await;
+                }
                 if !conn.write_out().await? {
                     return Ok(());
                 }
                 shrink(&mut conn.reader);
             }
             () = conn.outbox.ready() => {
+                // Stored messages first: a new session's events wait behind its backlog
+                // (`Outbox::hold`).
+                if conn.outbox.take_mail() {
+                    read_mail(conn.id, user, shared).await;
+                }
                 // The outbox closes when the tracker ends the session (timeout, slow
                 // client); what it queued before that, such as the reason, is written first.
                 if !conn.write_out().await? {
@@ -873,17 +897,28 @@ async fn handle(
     match frame {
         ClientMsg::Request(req) => {
             let logout = matches!(req, wire::Request::Logout);
-            let (outcome, ticket) = shared.act(|t, now| t.request(user, conn, req, now));
-            let reply = match outcome {
-                Outcome::Reply(reply) => reply,
-                // This connection reads nothing more until its write is answered: one
-                // batch in the journal per connection at most.
-                Outcome::Wait(pending) => {
-                    let answers = match ticket {
-                        Some(t) => t.answers().await,
-                        None => Err(StoreError::Gone),
-                    };
-                    shared.with(|t, now| t.finish(user, pending, answers, now))
+            let (mut outcome, mut ticket) = shared.act(|t, now| t.request(user, conn, req, now));
+            // At most: handed to another tracker, then stored for later.
+            let reply = loop {
+                match outcome {
+                    Outcome::Reply(reply) => break reply,
+                    // This connection reads nothing more until its write is answered: one
+                    // batch in the journal per connection at most.
+                    Outcome::Wait(pending) => {
+                        let answers = match ticket {
+                            Some(t) => t.answers().await,
+                            None => Err(StoreError::Gone),
+                        };
+                        break shared.with(|t, now| t.finish(user, pending, answers, now));
+                    }
+                    Outcome::Forward { node, to, text } => {
+                        let how = match &shared.bus {
+                            Some(bus) => bus.deliver(node, user, &to, &text).await,
+                            None => crate::cluster::Delivery::NotHere,
+                        };
+                        (outcome, ticket) =
+                            shared.act(|t, now| t.forwarded(user, &to, &text, how, now));
+                    }
                 }
             };
             // Queued after the lock is released (encoding it there would lengthen the one

@@ -47,7 +47,7 @@ pub struct Rules {
 /// A logged-in user.
 /// Where a user's client listens for other peers, and the key its listener proves it holds
 /// (see `link::noise`): what the tracker hands to whoever it introduces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Listener {
     pub ip: IpAddr,
     /// 0: none (the client cannot be connected to).
@@ -131,6 +131,9 @@ pub struct Tracker {
     pub(crate) circuits: crate::private::Circuits,
     /// Presence changes not yet told to everyone (`presence`).
     pub(crate) presence: crate::presence::PresenceLog,
+    /// Users online on other trackers of a cluster, and what to tell them (`cluster`);
+    /// `None` without a bus.
+    pub(crate) cluster: Option<crate::cluster::ClusterView>,
 }
 
 impl Tracker {
@@ -186,6 +189,7 @@ impl Tracker {
             next_prune: now,
             circuits: Default::default(),
             presence: Default::default(),
+            cluster: None,
         }
     }
 
@@ -363,6 +367,13 @@ pub(crate) fn encode(msg: &ServerMsg) -> Option<EncodedFrame> {
 #[derive(Debug)]
 pub enum Outcome {
     Reply(wire::Reply),
+    /// A message for `to`, online on tracker `node`: handed over there, and answered
+    /// with [`Tracker::forwarded`].
+    Forward {
+        node: u64,
+        to: UserName,
+        text: wire::Text,
+    },
     /// The reply waits for the journal's answer to a write (see [`Tracker::finish`]).
     Wait(Pending),
 }
@@ -466,8 +477,22 @@ impl Tracker {
         let reply = match (pending.then, answer) {
             (Then::Ack(reply), Ok(_)) => reply,
             (Then::Offline { to }, Ok(Answer::Offline(o))) => self.offline_stored(&to, o),
-            (Then::Block { user, on }, Ok(_)) if on => Reply::Blocked { user },
-            (Then::Block { user, .. }, Ok(_)) => Reply::Unblocked { user },
+            (Then::Block { user, on }, Ok(_)) => {
+                // The other trackers of a cluster hold it too from now on.
+                self.publish(
+                    crate::cluster::To::All,
+                    crate::cluster::BusMsg::Block {
+                        blocker: me.clone(),
+                        blocked: user.clone(),
+                        on,
+                    },
+                );
+                if on {
+                    Reply::Blocked { user }
+                } else {
+                    Reply::Unblocked { user }
+                }
+            }
             (Then::Block { user, on }, Err(_)) => {
                 self.set_blocked(me, &user, !on);
                 Reply::Refused(Refusal::Unavailable)
@@ -746,6 +771,7 @@ pub(crate) mod testkit {
                 t.flush().unwrap();
                 reply
             }
+            Outcome::Forward { .. } => panic!("forwarded: use cluster's tests' helpers"),
             Outcome::Wait(pending) => {
                 let answers = t.flush();
                 t.t.finish(&c.user, pending, answers, now)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::servers::Postgres;
+use harness::servers::{Nats, Postgres};
 use harness::{Peer, Tracker, WAIT};
 
 const ALREADY: &str = "is already logged in";
@@ -17,6 +17,28 @@ fn two_trackers(pg: &Postgres, block_duration: u64) -> (Tracker, Tracker) {
     let a = Tracker::start_args(block_duration, 120, &["--store", &url]);
     let b = Tracker::start_args(block_duration, 120, &["--store", &url]);
     (a, b)
+}
+
+/// A cluster: two trackers on one fresh database and one NATS server.
+fn cluster(pg: &Postgres, nats: &Nats) -> (Tracker, Tracker) {
+    let url = pg.database("swarmchat");
+    let bus = nats.url();
+    let args = ["--store", &url, "--bus", &bus];
+    let a = Tracker::start_args(60, 120, &args);
+    let b = Tracker::start_args(60, 120, &args);
+    (a, b)
+}
+
+/// Waits until `who`'s tracker lists `other` as online. News of a login on another tracker
+/// travels on its own (one presence batch every 50 ms): `who` may or may not have been told
+/// `other logged in` by then, and `whoelse` consumes that line if so. Once listed, no such
+/// notice is still to come (a reply goes out after the presence news before it).
+fn see(who: &mut Peer, other: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !who.run("whoelse").iter().any(|l| l == other) {
+        assert!(Instant::now() < deadline, "{other} never listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A login of `user` with `password` through `t`: the line it ended with.
@@ -115,5 +137,110 @@ fn after_kill_9_its_users_log_in_through_another_tracker_once_its_lease_ends() {
         }
         assert!(Instant::now() < deadline, "hans never got in through b");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn users_on_different_trackers_see_each_other_and_chat() {
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let (a, b) = cluster(&pg, &nats);
+    let mut hans = a.login("hans");
+    let mut luke = b.login("luke");
+    see(&mut hans, "luke");
+    see(&mut luke, "hans");
+    assert_eq!(hans.run("message luke hello across"), Vec::<String>::new());
+    luke.expect("hans: hello across");
+    assert_eq!(luke.run("message hans and back"), Vec::<String>::new());
+    hans.expect("luke: and back");
+    // A broadcast reaches both trackers' users.
+    let mut yoda = a.login("yoda");
+    hans.expect("yoda logged in");
+    luke.expect("yoda logged in");
+    see(&mut yoda, "luke");
+    luke.send("broadcast to everyone");
+    hans.expect("luke: to everyone");
+    yoda.expect("luke: to everyone");
+    // Logging out through one is seen through the other.
+    yoda.send("logout");
+    assert!(yoda.wait_exit().success());
+    luke.expect("yoda logged out");
+}
+
+#[test]
+fn a_block_set_through_one_tracker_holds_through_the_other() {
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let (a, b) = cluster(&pg, &nats);
+    let mut luke = a.login("luke");
+    let mut hans = b.login("hans");
+    let mut yoda = b.login("yoda");
+    see(&mut luke, "hans");
+    see(&mut hans, "luke");
+    see(&mut yoda, "luke");
+    assert_eq!(luke.run("block hans"), ["hans is blocked"]);
+    // At once, whatever the other tracker heard yet: luke's tracker decides.
+    assert_eq!(
+        hans.run("message luke let me in"),
+        ["Your message could not be delivered as the recipient has blocked you"]
+    );
+    // And while luke is offline, nothing is kept for him. (hans is not told luke left:
+    // he is blocked; yoda, on hans's tracker, is.)
+    luke.send("logout");
+    assert!(luke.wait_exit().success());
+    yoda.expect("luke logged out");
+    assert_eq!(
+        hans.run("message luke still me"),
+        ["Your message could not be delivered as the recipient has blocked you"]
+    );
+}
+
+/// `kill -9` of a tracker: its users are seen logged out through the others within its
+/// lease (3 s without a heartbeat).
+#[test]
+fn the_users_of_a_killed_tracker_are_seen_logged_out_through_the_others() {
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let (mut a, b) = cluster(&pg, &nats);
+    let mut hans = a.login("hans");
+    let mut luke = b.login("luke");
+    see(&mut luke, "hans");
+    a.kill();
+    assert!(!hans.wait_exit().success());
+    luke.expect("hans logged out");
+    assert_eq!(luke.run("whoelse"), ["No other users are online"]);
+    // And hans may log in through b (the lease in the store ran out with the heartbeats).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_p, line) = attempt(&b, "hans", "falcon", &[ALREADY, WELCOME]);
+        if line == WELCOME {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hans never got in through b");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    luke.expect("hans logged in");
+}
+
+/// `kill -9` of a tracker while its user's messages are in flight: every message the user
+/// was told is stored reaches its recipient, who logs in through the other tracker.
+#[test]
+fn kill_9_with_messages_in_flight_loses_nothing_acknowledged() {
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let (mut a, b) = cluster(&pg, &nats);
+    let stored = "luke is offline; the message will be delivered when they log in";
+    let mut hans = a.login("hans");
+    // Typed without waiting for the answers: the tracker dies with some in flight.
+    for i in 0..200 {
+        hans.send(&format!("message luke m{i}"));
+    }
+    for _ in 0..20 {
+        hans.expect(stored);
+    }
+    a.kill();
+    assert!(!hans.wait_exit().success());
+    let acked = hans.transcript().matches(stored).count();
+    assert!(acked >= 20);
+    let mut luke = b.login("luke");
+    // Acknowledged in order, so m0 .. m{acked-1}; any stored but not acknowledged follow.
+    for i in 0..acked {
+        assert_eq!(luke.next_line(), format!("hans: m{i}"));
     }
 }

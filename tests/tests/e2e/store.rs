@@ -176,6 +176,17 @@ async fn a_full_mailbox_stores_nothing_more(db: Db) {
         one(&mut e, offline("luke", "hans", "room", 3)).await,
         Answer::Offline(Offline::Stored { waiting: 2, .. })
     ));
+    // Nothing is kept from a sender the recipient blocks.
+    let block = Cmd::Block {
+        blocker: u("luke"),
+        blocked: u("vader"),
+        on: true,
+    };
+    one(&mut e, block).await;
+    assert_eq!(
+        one(&mut e, offline("luke", "vader", "let me in", 3)).await,
+        Answer::Offline(Offline::Blocked)
+    );
     // Another recipient's mailbox is its own.
     assert!(matches!(
         one(&mut e, offline("yoda", "hans", "hi", 3)).await,

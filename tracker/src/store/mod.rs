@@ -119,8 +119,8 @@ pub enum Cmd {
     DeleteFile {
         name: FileName,
     },
-    /// Store a message for later, unless `max` already wait for `to`: answered with
-    /// [`Answer::Offline`].
+    /// Store a message for later, unless `to` blocks `from` or `max` already wait for `to`:
+    /// answered with [`Answer::Offline`].
     Offline {
         to: UserName,
         from: UserName,
@@ -166,6 +166,9 @@ pub enum Offline {
     Stored { id: u64, waiting: u64 },
     /// Not stored: `waiting` already wait.
     Full { waiting: u64 },
+    /// Not stored: the recipient blocks the sender (the store's block list decides, so a
+    /// block set through another tracker holds whatever this one has heard of it).
+    Blocked,
 }
 
 /// How a [`Cmd::Claim`] went.

@@ -217,13 +217,16 @@ impl Statements {
             // is the count when it was full.)
             offline: c
                 .prepare(
-                    "WITH m AS (INSERT INTO mailbox AS b (recipient, n) VALUES ($1, 1) \
-                                ON CONFLICT (recipient) DO UPDATE SET n = b.n + 1 \
-                                WHERE b.n < $5 RETURNING b.n), \
+                    "WITH blocked AS (SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2), \
+                     m AS (INSERT INTO mailbox AS b (recipient, n) \
+                           SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM blocked) \
+                           ON CONFLICT (recipient) DO UPDATE SET n = b.n + 1 \
+                           WHERE b.n < $5 AND NOT EXISTS (SELECT 1 FROM blocked) RETURNING b.n), \
                      ins AS (INSERT INTO offline (recipient, sender, text, sent_at) \
                              SELECT $1, $2, $3, $4 FROM m RETURNING id) \
                      SELECT (SELECT n FROM m), (SELECT id FROM ins), \
-                            (SELECT n FROM mailbox WHERE recipient = $1)",
+                            (SELECT n FROM mailbox WHERE recipient = $1), \
+                            EXISTS (SELECT 1 FROM blocked)",
                 )
                 .await?,
             ack: c
@@ -486,7 +489,9 @@ async fn one(
             let now: Option<i64> = row.get(0);
             let id: Option<i64> = row.get(1);
             let before: Option<i64> = row.get(2);
+            let blocked: bool = row.get(3);
             return Ok(Answer::Offline(match (id, now) {
+                _ if blocked => Offline::Blocked,
                 (Some(id), Some(n)) => Offline::Stored {
                     id: id as u64,
                     waiting: n.max(0) as u64,

@@ -414,6 +414,15 @@ impl Sqlite {
         now: Millis,
         max: u64,
     ) -> Result<Offline, StoreError> {
+        let blocked = self
+            .db
+            .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+            .query_row(params![to.as_str(), from.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if blocked {
+            return Ok(Offline::Blocked);
+        }
         let waiting = self
             .db
             .prepare_cached("SELECT COUNT(*) FROM offline WHERE recipient = ?1")?

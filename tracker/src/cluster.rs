@@ -1,0 +1,447 @@
+//! Several trackers as one service: the rules for users online on other trackers.
+//!
+//! Trackers of a cluster share a PostgreSQL store (single sessions, lockouts, offline
+//! messages: see `store`) and talk over a NATS bus (`bus`). Each keeps a view of who is
+//! online on the others, fed by the presence batches they publish (one bus message per
+//! flush, whatever the number of logins in it), and of which trackers are alive (a tracker
+//! silent for [`crate::state::LEASE`] is taken for dead, and its users for logged out). A
+//! message for a user online elsewhere is handed to that user's tracker, which answers
+//! whether it queued it ([`Delivery`]); a block, a broadcast, a stored message's wake-up go
+//! to every tracker.
+//!
+//! Pure like the other rules: what goes on the bus is recorded in `bus_out` and sent by the
+//! server in order, as the store's commands are.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use wire::{Event, ServerMsg, Text, UserName};
+
+use crate::clock::Millis;
+use crate::state::{Listener, Tracker, LEASE};
+
+/// What one tracker tells the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BusMsg {
+    /// Logins and logouts on tracker `node` since its last batch.
+    Presence { node: u64, changes: Vec<Change> },
+    /// Tracker `node` just started: the others send it who is online on them.
+    Hello { node: u64 },
+    /// Who is online on tracker `node` (the answer to a `Hello`, in parts).
+    Snapshot {
+        node: u64,
+        users: Vec<(UserName, Listener)>,
+    },
+    /// Tracker `node` is alive (every second).
+    Alive { node: u64 },
+    Block {
+        blocker: UserName,
+        blocked: UserName,
+        on: bool,
+    },
+    Broadcast {
+        node: u64,
+        from: UserName,
+        text: Text,
+    },
+    /// Messages were stored for `user`: its tracker wakes its connection to read them.
+    Mail { user: UserName },
+    /// A message for `to`, online on the tracker this is sent to; answered with a
+    /// [`Delivery`].
+    Deliver {
+        from: UserName,
+        to: UserName,
+        text: Text,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    In(UserName, Listener),
+    Out(UserName),
+}
+
+/// How a message handed to another tracker went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Queued for the recipient's connection.
+    Delivered,
+    /// The recipient is not online there (any more): store it for later.
+    NotHere,
+    Blocked,
+    Busy,
+}
+
+/// Where a bus message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    All,
+    Node(u64),
+}
+
+/// A user online on another tracker.
+#[derive(Debug, Clone)]
+pub struct RemoteUser {
+    pub node: u64,
+    pub listener: Listener,
+}
+
+/// The cluster's part of the state; `None` in a tracker without a bus.
+#[derive(Default)]
+pub struct ClusterView {
+    pub(crate) remote: HashMap<UserName, RemoteUser>,
+    /// Other trackers, by when they were last heard from.
+    nodes: HashMap<u64, Millis>,
+    /// Logins and logouts here since the last presence batch.
+    changes: Vec<Change>,
+    /// What to send, in order.
+    out: Vec<(To, BusMsg)>,
+}
+
+impl Tracker {
+    /// Whether this tracker is part of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Makes this tracker part of a cluster: from now on it records what to tell the
+    /// others. (Its `Hello` is sent by the bus once it listens for the answers.)
+    pub fn join_cluster(&mut self) {
+        self.cluster = Some(ClusterView::default());
+    }
+
+    /// What to send on the bus since the last call, in order.
+    pub fn take_bus(&mut self) -> Vec<(To, BusMsg)> {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.out))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn publish(&mut self, to: To, msg: BusMsg) {
+        if let Some(c) = &mut self.cluster {
+            c.out.push((to, msg));
+        }
+    }
+
+    /// A login (`Some(listener)`) or logout here, for the next presence batch.
+    pub(crate) fn note_change(&mut self, who: &UserName, listener: Option<Listener>) {
+        if let Some(c) = &mut self.cluster {
+            c.changes.push(match listener {
+                Some(l) => Change::In(who.clone(), l),
+                None => Change::Out(who.clone()),
+            });
+        }
+    }
+
+    /// The presence batch since the last one, if any: one bus message for all of it.
+    pub(crate) fn publish_changes(&mut self) {
+        let node = self.node;
+        if let Some(c) = &mut self.cluster {
+            if !c.changes.is_empty() {
+                let changes = std::mem::take(&mut c.changes);
+                c.out.push((To::All, BusMsg::Presence { node, changes }));
+            }
+        }
+    }
+
+    /// The user's tracker, if they are online on another one.
+    pub(crate) fn remote_node(&self, user: &UserName) -> Option<u64> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.remote.get(user))
+            .map(|r| r.node)
+    }
+
+    /// Users online on other trackers.
+    pub(crate) fn remote_users(&self) -> impl Iterator<Item = &UserName> {
+        self.cluster.iter().flat_map(|c| c.remote.keys())
+    }
+
+    /// What came from the bus. `Deliver` is answered by [`Tracker::deliver_here`]
+    /// instead; `Hello` by [`Tracker::snapshot`].
+    pub fn from_bus(&mut self, msg: BusMsg, now: Millis) {
+        let me = self.node;
+        match msg {
+            BusMsg::Presence { node, changes } if node != me => {
+                self.heard_from(node, now);
+                for c in changes {
+                    self.remote_change(node, c);
+                }
+            }
+            BusMsg::Snapshot { node, users } if node != me => {
+                self.heard_from(node, now);
+                for (u, l) in users {
+                    self.remote_change(node, Change::In(u, l));
+                }
+            }
+            BusMsg::Alive { node } | BusMsg::Hello { node } if node != me => {
+                self.heard_from(node, now)
+            }
+            BusMsg::Block {
+                blocker,
+                blocked,
+                on,
+            } => self.set_blocked(&blocker, &blocked, on),
+            BusMsg::Broadcast { node, from, text } if node != me => {
+                self.broadcast_here(&from, &text);
+            }
+            BusMsg::Mail { user } => self.poke(&user),
+            _ => {}
+        }
+        self.settle(now);
+    }
+
+    fn heard_from(&mut self, node: u64, now: Millis) {
+        if let Some(c) = &mut self.cluster {
+            c.nodes.insert(node, now);
+        }
+    }
+
+    fn remote_change(&mut self, node: u64, change: Change) {
+        let Some(c) = &mut self.cluster else { return };
+        match change {
+            Change::In(user, listener) => {
+                // A user also online here would be a bug (one session per user is
+                // claimed in the store); the local session wins.
+                if self.sessions.contains_key(&user) {
+                    return;
+                }
+                if c.remote
+                    .insert(user.clone(), RemoteUser { node, listener })
+                    .is_none()
+                {
+                    self.notify_presence(&user, true);
+                }
+            }
+            Change::Out(user) => {
+                if c.remote.get(&user).is_some_and(|r| r.node == node) {
+                    c.remote.remove(&user);
+                    self.notify_presence(&user, false);
+                }
+            }
+        }
+    }
+
+    /// Trackers not heard from for [`LEASE`] are taken for dead: their users are logged
+    /// out here (their store claims lapse at the same time).
+    pub fn expire_nodes(&mut self, now: Millis) {
+        let Some(c) = &mut self.cluster else { return };
+        let dead: Vec<u64> = c
+            .nodes
+            .iter()
+            .filter(|(_, at)| at.plus(LEASE) <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let gone: Vec<UserName> = c
+            .remote
+            .iter()
+            .filter(|(_, r)| dead.contains(&r.node))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for n in &dead {
+            c.nodes.remove(n);
+            tracing::info!(node = n, "tracker taken for dead");
+        }
+        for u in gone {
+            if let Some(c) = &mut self.cluster {
+                c.remote.remove(&u);
+            }
+            self.notify_presence(&u, false);
+        }
+    }
+
+    /// Who is online here, for a tracker that just started.
+    pub fn snapshot(&self) -> Vec<(UserName, Listener)> {
+        self.sessions
+            .iter()
+            .map(|(u, s)| (u.clone(), s.listener))
+            .collect()
+    }
+
+    /// A message from another tracker for `to`, if `to` is online here.
+    pub fn deliver_here(
+        &mut self,
+        from: &UserName,
+        to: &UserName,
+        text: Text,
+        now: Millis,
+    ) -> Delivery {
+        if !self.sessions.contains_key(to) {
+            return Delivery::NotHere;
+        }
+        // The recipient's tracker has the last word on blocks: a block set here holds at
+        // once, whatever the sender's tracker has heard yet.
+        if self.has_blocked(to, from) {
+            return Delivery::Blocked;
+        }
+        if self.is_busy(to) {
+            return Delivery::Busy;
+        }
+        let event = ServerMsg::Event(Event::Message {
+            from: from.clone(),
+            text,
+        });
+        let delivered = self.push(to, &event);
+        self.settle(now);
+        if delivered {
+            Delivery::Delivered
+        } else {
+            Delivery::NotHere
+        }
+    }
+
+    /// A broadcast from a user on another tracker, to everyone here who has not blocked
+    /// them and is keeping up.
+    fn broadcast_here(&mut self, from: &UserName, text: &Text) {
+        let event = ServerMsg::Event(Event::Message {
+            from: from.clone(),
+            text: text.clone(),
+        });
+        let Some(frame) = crate::state::encode(&event) else {
+            return;
+        };
+        let targets: Vec<UserName> = self.sessions.keys().cloned().collect();
+        for u in targets {
+            if !self.has_blocked(&u, from) && !self.is_busy(&u) {
+                self.push_frame(&u, &frame);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testkit::*;
+    use crate::state::Outcome;
+    use std::time::Duration;
+    use wire::{PresenceChange, Reply, Request};
+
+    fn listener() -> Listener {
+        Listener {
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+            key: key_of("x"),
+            reachable: None,
+            keeps_port: true,
+            lan_ip: None,
+        }
+    }
+
+    fn presence_in(user: &str) -> BusMsg {
+        BusMsg::Presence {
+            node: 7,
+            changes: vec![Change::In(u(user), listener())],
+        }
+    }
+
+    #[test]
+    fn users_of_other_trackers_are_listed_and_go_when_their_tracker_falls_silent() {
+        let mut t = tracker();
+        t.join_cluster();
+        let mut hans = login(&mut t, "hans", T0);
+        t.from_bus(presence_in("luke"), T0);
+        t.flush_presence();
+        assert_eq!(
+            hans.events(),
+            [Event::Presence {
+                changes: vec![PresenceChange::LoggedIn(u("luke"))]
+            }]
+        );
+        assert_eq!(
+            req(&mut t, &hans, Request::WhoElse, T0),
+            Reply::WhoElse {
+                users: vec![u("luke")],
+                more: 0
+            }
+        );
+        // hans's login went into this tracker's presence batch, one bus message.
+        t.flush_presence();
+        let sent = t.take_bus();
+        assert!(
+            matches!(&sent[..], [(To::All, BusMsg::Presence { node: 1, changes })]
+            if changes == &[Change::In(u("hans"), t.sessions[&u("hans")].listener)]),
+            "{sent:?}"
+        );
+        // Heard from within the lease: still there; silent for it: gone.
+        let later = T0.plus(LEASE - Duration::from_millis(1));
+        t.expire_nodes(later);
+        assert_eq!(t.remote_node(&u("luke")), Some(7));
+        t.expire_nodes(T0.plus(LEASE));
+        t.flush_presence();
+        assert_eq!(t.remote_node(&u("luke")), None);
+        assert_eq!(
+            hans.events(),
+            [Event::Presence {
+                changes: vec![PresenceChange::LoggedOut(u("luke"))]
+            }]
+        );
+    }
+
+    #[test]
+    fn a_message_for_a_user_elsewhere_is_handed_over_and_stored_if_not_taken() {
+        let mut t = tracker();
+        t.join_cluster();
+        let hans = login(&mut t, "hans", T0);
+        t.from_bus(presence_in("luke"), T0);
+        let text = Text::new("hi").unwrap();
+        let msg = Request::Message {
+            to: u("luke"),
+            text: text.clone(),
+        };
+        let Outcome::Forward { node, to, .. } = t.t.request(&hans.user, hans.conn, msg, T0) else {
+            panic!("not forwarded")
+        };
+        assert_eq!((node, to.clone()), (7, u("luke")));
+        let refused = t.t.forwarded(&hans.user, &to, &text, Delivery::Blocked, T0);
+        assert!(matches!(
+            refused,
+            Outcome::Reply(Reply::Refused(wire::Refusal::BlockedByRecipient { .. }))
+        ));
+        // Not taken there: stored, and every tracker told to wake luke's connection.
+        let Outcome::Wait(pending) = t.t.forwarded(&hans.user, &to, &text, Delivery::NotHere, T0)
+        else {
+            panic!("not stored")
+        };
+        let answers = t.flush();
+        let reply = t.t.finish(&hans.user, pending, answers, T0);
+        assert_eq!(
+            reply,
+            Reply::Sent {
+                to: u("luke"),
+                stored: true
+            }
+        );
+        assert!(t
+            .take_bus()
+            .contains(&(To::All, BusMsg::Mail { user: u("luke") })));
+        assert_eq!(t.stored_for("luke"), 1);
+    }
+
+    #[test]
+    fn a_message_from_elsewhere_is_refused_here_if_the_recipient_blocked_the_sender() {
+        let mut t = tracker();
+        t.join_cluster();
+        let mut luke = login(&mut t, "luke", T0);
+        let text = Text::new("hi").unwrap();
+        assert_eq!(
+            t.deliver_here(&u("hans"), &u("luke"), text.clone(), T0),
+            Delivery::Delivered
+        );
+        req(&mut t, &luke, Request::Block { user: u("hans") }, T0);
+        assert_eq!(
+            t.deliver_here(&u("hans"), &u("luke"), text.clone(), T0),
+            Delivery::Blocked
+        );
+        assert_eq!(
+            t.deliver_here(&u("hans"), &u("yoda"), text, T0),
+            Delivery::NotHere
+        );
+        let ev = luke.events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+    }
+}
