@@ -12,7 +12,10 @@
 //! (200) for `--login-seconds T` (10) while messages flow at `--login-rate Q` msg/s (10000),
 //! each logging out at once (`--logins-stay`: staying logged in); `--offline O` messages
 //! (100000) to users who are offline, acknowledged once stored, on each store engine
-//! (SQLite, then a PostgreSQL server the benchmark starts, with fsync on).
+//! (SQLite, then a PostgreSQL server the benchmark starts, with fsync on); `--cluster`: only
+//! the cluster figures: one tracker against two sharing a PostgreSQL and a NATS server
+//! (both started here), 100 clients split between them, flat out and at `--cluster-rate`
+//! (50000) msg/s, then `--idle` logins spread over the two.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +62,9 @@ struct Args {
     logins_stay: bool,
     /// Messages to offline users, stored (0: skip that phase).
     offline: usize,
+    /// Only the cluster figures.
+    cluster: bool,
+    cluster_rate: u64,
 }
 
 fn args() -> Args {
@@ -73,14 +79,18 @@ fn args() -> Args {
         login_rate: 10_000,
         logins_stay: false,
         offline: 100_000,
+        cluster: false,
+        cluster_rate: 50_000,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let v: Vec<String> = v
         .into_iter()
         .filter(|o| {
             let stay = o == "--logins-stay";
+            let cluster = o == "--cluster";
             a.logins_stay |= stay;
-            !stay
+            a.cluster |= cluster;
+            !stay && !cluster
         })
         .collect();
     for pair in v.chunks(2) {
@@ -99,6 +109,7 @@ fn args() -> Args {
             "--login-seconds" => a.login_seconds = n(),
             "--login-rate" => a.login_rate = n(),
             "--offline" => a.offline = n() as usize,
+            "--cluster-rate" => a.cluster_rate = n(),
             other => panic!("unknown option {other}"),
         }
     }
@@ -217,7 +228,7 @@ struct Run {
 /// `clients` users each send `messages` 32-byte messages to random others, as fast as
 /// the window allows (`rate` = None), or at `rate` msg/s in total for `seconds`.
 async fn load(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     tls: Tls,
     clients: usize,
     messages: usize,
@@ -228,7 +239,8 @@ async fn load(
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for i in 0..clients {
-        let (rd, wr) = login(addr, tls, i).await;
+        // Spread over the trackers of a cluster: client i on tracker i mod n.
+        let (rd, wr) = login(addrs[i % addrs.len()], tls, i).await;
         let window = Arc::new(Semaphore::new(WINDOW));
         readers.push(tokio::spawn(reader(rd, t0, stats.clone(), window.clone())));
         writers.push((wr, window));
@@ -565,7 +577,7 @@ fn logins_under_load(rt: &tokio::runtime::Runtime, a: &Args, label: &str, creds:
     let t = Tracker::start_quiet(creds, 3600);
     let addr = t.addr;
     let rate = Some((a.login_rate, a.login_seconds));
-    let calm = rt.block_on(load(addr, Tls::On, a.clients, 0, rate));
+    let calm = rt.block_on(load(&[addr], Tls::On, a.clients, 0, rate));
     let n = (a.logins * a.login_seconds) as usize;
     let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
     let started = Instant::now();
@@ -576,7 +588,7 @@ fn logins_under_load(rt: &tokio::runtime::Runtime, a: &Args, label: &str, creds:
             tokio::time::sleep(Duration::from_millis(400)).await;
             login_driver(addr, n, per_sec, stay).await
         });
-        let busy = load(addr, Tls::On, a.clients, 0, rate).await;
+        let busy = load(&[addr], Tls::On, a.clients, 0, rate).await;
         (busy, driver.await.unwrap())
     });
     let secs = started.elapsed().as_secs_f64();
@@ -664,6 +676,101 @@ fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, cre
     drop(conns);
 }
 
+/// One tracker against two sharing a PostgreSQL and a NATS server, in the same run.
+fn cluster(rt: &tokio::runtime::Runtime, a: &Args, creds: &str) {
+    println!(
+        "cluster benchmark: {} clients x {} messages of 32 bytes flat out, then {} msg/s for {} s; {} logins; in clear",
+        a.clients, a.messages, a.cluster_rate, a.seconds, a.idle
+    );
+    let plain = ["--insecure-plaintext".to_string()];
+    let single = Tracker::start_quiet_with(creds, 3600, &["--insecure-plaintext"]);
+    let run = rt.block_on(load(&[single.addr], Tls::Off, a.clients, a.messages, None));
+    let one = report("one tracker, flat out", &run);
+    let fixed = Some((a.cluster_rate, a.seconds));
+    let run = rt.block_on(load(&[single.addr], Tls::Off, a.clients, 0, fixed));
+    report(&format!("one tracker, at {} msg/s", a.cluster_rate), &run);
+    drop(single);
+
+    let pg = harness::servers::Postgres::start_with(true);
+    let nats = harness::servers::Nats::start();
+    let url = pg.database("bench");
+    let bus = nats.url();
+    let args: Vec<String> = plain
+        .iter()
+        .cloned()
+        .chain(["--store".into(), url, "--bus".into(), bus])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ta = Tracker::start_quiet_with(creds, 3600, &args);
+    let tb = Tracker::start_quiet_with(creds, 3600, &args);
+    let addrs = [ta.addr, tb.addr];
+    let cpu = |t: &Tracker| cpu_seconds(t.pid()).unwrap_or(0.0);
+    let (a0, b0) = (cpu(&ta), cpu(&tb));
+    let run = rt.block_on(load(&addrs, Tls::Off, a.clients, a.messages, None));
+    let two = report(
+        "two trackers (PostgreSQL + NATS), flat out, half the messages across",
+        &run,
+    );
+    println!(
+        "  {:.2}x one tracker; trackers' CPU {:.2} s + {:.2} s",
+        two / one,
+        cpu(&ta) - a0,
+        cpu(&tb) - b0
+    );
+    let run = rt.block_on(load(&addrs, Tls::Off, a.clients, 0, fixed));
+    report(&format!("two trackers, at {} msg/s", a.cluster_rate), &run);
+    drop((ta, tb));
+
+    // Logins spread over two fresh trackers, each client staying.
+    let ta = Tracker::start_quiet_with(creds, 3600, &args);
+    let tb = Tracker::start_quiet_with(creds, 3600, &args);
+    let addrs = [ta.addr, tb.addr];
+    let idle = a.idle;
+    let frames = Arc::new(AtomicU64::new(0));
+    let changes = Arc::new(AtomicU64::new(0));
+    let (f, c) = (frames.clone(), changes.clone());
+    let start = Instant::now();
+    let conns = rt.block_on(async move {
+        let limit = Arc::new(Semaphore::new(256));
+        let mut tasks = Vec::new();
+        for i in 0..idle {
+            let permit = limit.clone().acquire_owned().await.unwrap();
+            let (f, c) = (f.clone(), c.clone());
+            let addr = addrs[i % 2];
+            tasks.push(tokio::spawn(async move {
+                let (mut rd, wr) = login(addr, Tls::Off, i).await;
+                drop(permit);
+                tokio::spawn(async move {
+                    while let Some(Ok(m)) = rd.next().await {
+                        if let ServerMsg::Event(wire::Event::Presence { changes }) = m {
+                            f.fetch_add(1, Ordering::Relaxed);
+                            c.fetch_add(changes.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                });
+                wr
+            }));
+        }
+        let mut conns = Vec::new();
+        for t in tasks {
+            conns.push(t.await.unwrap());
+        }
+        conns
+    });
+    let secs = start.elapsed().as_secs_f64();
+    // Until the last presence batch reached everyone.
+    std::thread::sleep(Duration::from_secs(1));
+    let (frames, changes) = (
+        frames.load(Ordering::Relaxed),
+        changes.load(Ordering::Relaxed),
+    );
+    println!(
+        "{idle} logins spread over two trackers: done in {secs:.1} s; presence: {frames} frames carrying {changes} changes (each user told of every later login once: {})",
+        (idle as u64) * (idle as u64 - 1) / 2
+    );
+    drop(conns);
+}
+
 fn main() {
     let a = args();
     let users = a.clients.max(a.idle) + 1;
@@ -672,6 +779,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if a.cluster {
+        cluster(&rt, &a, &creds);
+        return;
+    }
     println!(
         "relay benchmark: {} clients x {} messages of 32 bytes; {} msg/s offered for {} s; {} logins/s for {} s at {} msg/s; {} idle clients",
         a.clients, a.messages, a.rate, a.seconds, a.logins, a.login_seconds, a.login_rate, a.idle
@@ -685,11 +796,11 @@ fn main() {
     let bare_listener = bare_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let bare_addr = bare_listener.local_addr().unwrap();
     bare_rt.spawn(bare_relay(bare_listener));
-    let bare = rt.block_on(load(bare_addr, Tls::Off, a.clients, a.messages, None));
+    let bare = rt.block_on(load(&[bare_addr], Tls::Off, a.clients, a.messages, None));
     let bare_rate = report("bare relay (ceiling), flat out", &bare);
     let fixed_label = format!("at {} msg/s", a.rate);
     let bare_fixed = rt.block_on(load(
-        bare_addr,
+        &[bare_addr],
         Tls::Off,
         a.clients,
         0,
@@ -709,7 +820,7 @@ fn main() {
     ] {
         let t = Tracker::start_quiet_with(&creds, 3600, extra);
         let cpu0 = cpu_seconds(t.pid()).unwrap_or(0.0);
-        let run = rt.block_on(load(t.addr, tls, a.clients, a.messages, None));
+        let run = rt.block_on(load(&[t.addr], tls, a.clients, a.messages, None));
         let cpu1 = cpu_seconds(t.pid()).unwrap_or(0.0);
         let rate = report(&format!("{label}, flat out"), &run);
         flat.push(rate);
@@ -720,7 +831,13 @@ fn main() {
             rate / bare_rate
         );
         let (cpu0, gen0) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
-        let fixed = rt.block_on(load(t.addr, tls, a.clients, 0, Some((a.rate, a.seconds))));
+        let fixed = rt.block_on(load(
+            &[t.addr],
+            tls,
+            a.clients,
+            0,
+            Some((a.rate, a.seconds)),
+        ));
         let (cpu1, gen1) = (cpu_seconds(t.pid()).unwrap_or(0.0), own_cpu());
         report(&format!("{label}, {fixed_label}"), &fixed);
         println!(
