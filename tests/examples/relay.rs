@@ -720,6 +720,9 @@ fn cluster(rt: &tokio::runtime::Runtime, a: &Args, creds: &str) {
     let run = rt.block_on(load(&addrs, Tls::Off, a.clients, 0, fixed));
     report(&format!("two trackers, at {} msg/s", a.cluster_rate), &run);
     drop((ta, tb));
+    if a.idle == 0 {
+        return;
+    }
 
     // Logins spread over two fresh trackers, each client staying.
     let ta = Tracker::start_quiet_with(creds, 3600, &args);

@@ -8,10 +8,12 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
@@ -808,6 +810,7 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
     use tokio::time::{sleep_until, Instant};
     // Set after a `TooFast` refusal: nothing more is read from this client until then.
     let mut quiet_until: Option<Instant> = None;
+    let mut later: Later<'_> = FuturesOrdered::new();
     loop {
         // Biased toward the client's own requests: a batch of them ends by writing
         // everything queued, events included, so a client sending flat out still gets its
@@ -817,16 +820,28 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
         // (`bench/relay`): more, smaller writes.
         tokio::select! {
             biased;
-            frame = conn.reader.next(), if quiet_until.is_none() => {
+            // Replies that were on their way (messages handed to another tracker) first.
+            Some(reply) = later.next(), if !later.is_empty() => {
+                conn.outbox.push_reply(&ServerMsg::Reply(reply))?;
+                replies_in(&conn.outbox, &mut later)?;
+                if !conn.write_out().await? {
+                    return Ok(());
+                }
+            }
+            frame = conn.reader.next(), if quiet_until.is_none() && later.len() < MAX_IN_FLIGHT => {
                 let Some(frame) = frame else { return Ok(()) };
                 // Handle every request already received, then write all replies (and the
                 // events queued meanwhile, in order) at once: one write for a burst.
                 let mut next = Some(frame?);
                 let mut handled = 0;
                 while let Some(frame) = next.take() {
-                    match handle(conn.id, &conn.outbox, user, frame, shared).await? {
+                    match handle(conn.id, &conn.outbox, user, frame, shared, &mut later).await? {
                         Flow::Continue => {}
                         Flow::End => {
+                            // Every reply owed first, in order.
+                            while let Some(reply) = later.next().await {
+                                conn.outbox.push_reply(&ServerMsg::Reply(reply))?;
+                            }
                             conn.write_out().await?;
                             return Ok(());
                         }
@@ -854,6 +869,7 @@ async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<()
                 if conn.outbox.take_mail() {
                     read_mail(conn.id, user, shared).await;
                 }
+                replies_in(&conn.outbox, &mut later)?;
                 if !conn.write_out().await? {
                     return Ok(());
                 }
@@ -886,45 +902,48 @@ enum Flow {
     Quiet(Duration),
 }
 
-/// One frame from a logged-in client; its reply is queued, not yet written.
-async fn handle(
+/// Replies still on their way, in request order. A message handed to another tracker is
+/// answered when that tracker answers; the requests after it are handled meanwhile, and
+/// their replies wait behind it, so a client's pipeline is not held to one round trip over
+/// the bus per message.
+type Later<'a> = FuturesOrdered<Pin<Box<dyn Future<Output = wire::Reply> + Send + 'a>>>;
+
+/// Replies a connection may have on their way; past that nothing more is read from it
+/// until some are in.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// One frame from a logged-in client; its reply is queued (on the outbox, or behind replies
+/// still on their way), not yet written.
+async fn handle<'a>(
     conn: ConnId,
     outbox: &Outbox,
-    user: &UserName,
+    user: &'a UserName,
     frame: ClientMsg,
-    shared: &Shared,
+    shared: &'a Shared,
+    later: &mut Later<'a>,
 ) -> Result<Flow, Dropped> {
     match frame {
         ClientMsg::Request(req) => {
             let logout = matches!(req, wire::Request::Logout);
-            let (mut outcome, mut ticket) = shared.act(|t, now| t.request(user, conn, req, now));
-            // At most: handed to another tracker, then stored for later.
-            let reply = loop {
-                match outcome {
-                    Outcome::Reply(reply) => break reply,
-                    // This connection reads nothing more until its write is answered: one
-                    // batch in the journal per connection at most.
-                    Outcome::Wait(pending) => {
-                        let answers = match ticket {
-                            Some(t) => t.answers().await,
-                            None => Err(StoreError::Gone),
-                        };
-                        break shared.with(|t, now| t.finish(user, pending, answers, now));
-                    }
-                    Outcome::Forward { node, to, text } => {
-                        let how = match &shared.bus {
+            let (outcome, ticket) = shared.act(|t, now| t.request(user, conn, req, now));
+            let reply = match outcome {
+                Outcome::Forward { node, to, text } => {
+                    let bus = shared.bus.clone();
+                    later.push_back(Box::pin(async move {
+                        let how = match &bus {
                             Some(bus) => bus.deliver(node, user, &to, &text).await,
                             None => crate::cluster::Delivery::NotHere,
                         };
-                        (outcome, ticket) =
+                        let (outcome, ticket) =
                             shared.act(|t, now| t.forwarded(user, &to, &text, how, now));
-                    }
+                        settle(shared, user, outcome, ticket).await
+                    }));
+                    return Ok(Flow::Continue);
                 }
+                // This connection reads nothing more until its write is answered: one
+                // batch in the journal per connection at most.
+                other => settle(shared, user, other, ticket).await,
             };
-            // Queued after the lock is released (encoding it there would lengthen the one
-            // critical section every connection shares). Every event queued for this user
-            // before the request was handled is already in the outbox, so it still lands
-            // after them; an event queued meanwhile, after the request, may come first.
             let flow = match reply {
                 wire::Reply::LoggedOut => Flow::End,
                 _ if logout => Flow::End,
@@ -933,7 +952,15 @@ async fn handle(
                 }
                 _ => Flow::Continue,
             };
-            outbox.push_reply(&ServerMsg::Reply(reply))?;
+            // Queued after the lock is released (encoding it there would lengthen the one
+            // critical section every connection shares). Every event queued for this user
+            // before the request was handled is already in the outbox, so it still lands
+            // after them; an event queued meanwhile, after the request, may come first.
+            if later.is_empty() {
+                outbox.push_reply(&ServerMsg::Reply(reply))?;
+            } else {
+                later.push_back(Box::pin(std::future::ready(reply)));
+            }
             Ok(flow)
         }
         ClientMsg::OfflineAck { up_to } => {
@@ -942,6 +969,36 @@ async fn handle(
         }
         _ => Err(Dropped::Unexpected("login frame after login")),
     }
+}
+
+/// The reply an outcome comes to, once what it waits for is in (not `Forward`: that is
+/// `handle`'s).
+async fn settle(
+    shared: &Shared,
+    user: &UserName,
+    outcome: Outcome,
+    ticket: Option<Ticket>,
+) -> wire::Reply {
+    match outcome {
+        Outcome::Reply(reply) => reply,
+        Outcome::Wait(pending) => {
+            let answers = match ticket {
+                Some(t) => t.answers().await,
+                None => Err(StoreError::Gone),
+            };
+            shared.with(|t, now| t.finish(user, pending, answers, now))
+        }
+        // `forwarded` never forwards again.
+        Outcome::Forward { .. } => wire::Reply::Refused(wire::Refusal::Unavailable),
+    }
+}
+
+/// Queues the replies of `later` that are in, in order.
+fn replies_in(outbox: &Outbox, later: &mut Later<'_>) -> Result<(), Dropped> {
+    while let Some(Some(reply)) = later.next().now_or_never() {
+        outbox.push_reply(&ServerMsg::Reply(reply))?;
+    }
+    Ok(())
 }
 
 /// Reads the messages stored for the session's user since it last looked, and queues them
