@@ -613,26 +613,26 @@ fn logins_under_load(rt: &tokio::runtime::Runtime, a: &Args, label: &str, creds:
 
 /// Idle users: log them in, keep them connected, read what they are sent (presence);
 /// prints what each costs the tracker.
-fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, creds: &str) {
-    let extra: &[&str] = match tls {
-        Tls::On => &[],
-        Tls::Off => &["--insecure-plaintext"],
-    };
-    let t = Tracker::start_quiet_with(creds, 3600, extra);
-    let before = t.rss().unwrap_or(0);
-    let addr = t.addr;
-    let idle = a.idle;
+/// `idle` clients log in, 256 at a time, client i on `addrs[i % n]`, and stay; they count
+/// the presence frames they receive and the changes in them. The connections, and how long
+/// the logins took.
+fn log_in_idle(
+    rt: &tokio::runtime::Runtime,
+    addrs: &[SocketAddr],
+    tls: Tls,
+    idle: usize,
+    frames: Arc<AtomicU64>,
+    changes: Arc<AtomicU64>,
+) -> (Vec<Wr>, f64) {
+    let addrs = addrs.to_vec();
     let start = Instant::now();
-    // Presence frames the idle clients receive, and the changes they carry.
-    let frames = Arc::new(AtomicU64::new(0));
-    let changes = Arc::new(AtomicU64::new(0));
-    let (f, c) = (frames.clone(), changes.clone());
     let conns = rt.block_on(async move {
         let limit = Arc::new(Semaphore::new(256));
         let mut tasks = Vec::new();
         for i in 0..idle {
             let permit = limit.clone().acquire_owned().await.unwrap();
-            let (f, c) = (f.clone(), c.clone());
+            let (f, c) = (frames.clone(), changes.clone());
+            let addr = addrs[i % addrs.len()];
             tasks.push(tokio::spawn(async move {
                 let (mut rd, wr) = login(addr, tls, i).await;
                 drop(permit);
@@ -653,7 +653,22 @@ fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, cre
         }
         conns
     });
-    let login_secs = start.elapsed().as_secs_f64();
+    (conns, start.elapsed().as_secs_f64())
+}
+
+fn idle_users(rt: &tokio::runtime::Runtime, a: &Args, label: &str, tls: Tls, creds: &str) {
+    let extra: &[&str] = match tls {
+        Tls::On => &[],
+        Tls::Off => &["--insecure-plaintext"],
+    };
+    let t = Tracker::start_quiet_with(creds, 3600, extra);
+    let before = t.rss().unwrap_or(0);
+    let addr = t.addr;
+    let idle = a.idle;
+    // Presence frames the idle clients receive, and the changes they carry.
+    let frames = Arc::new(AtomicU64::new(0));
+    let changes = Arc::new(AtomicU64::new(0));
+    let (conns, login_secs) = log_in_idle(rt, &[addr], tls, idle, frames.clone(), changes.clone());
     // The tracker's allocator hands pages freed after the login burst back within a
     // second; what is left after two is what the idle clients hold.
     std::thread::sleep(Duration::from_secs(2));
@@ -724,43 +739,26 @@ fn cluster(rt: &tokio::runtime::Runtime, a: &Args, creds: &str) {
         return;
     }
 
-    // Logins spread over two fresh trackers, each client staying.
+    // Logins spread over two fresh trackers on a fresh database (the killed trackers'
+    // claims on the chatters would hold for their lease), each client staying.
+    let args: Vec<String> = plain
+        .iter()
+        .cloned()
+        .chain([
+            "--store".into(),
+            pg.database("logins"),
+            "--bus".into(),
+            nats.url(),
+        ])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let ta = Tracker::start_quiet_with(creds, 3600, &args);
     let tb = Tracker::start_quiet_with(creds, 3600, &args);
     let addrs = [ta.addr, tb.addr];
     let idle = a.idle;
     let frames = Arc::new(AtomicU64::new(0));
     let changes = Arc::new(AtomicU64::new(0));
-    let (f, c) = (frames.clone(), changes.clone());
-    let start = Instant::now();
-    let conns = rt.block_on(async move {
-        let limit = Arc::new(Semaphore::new(256));
-        let mut tasks = Vec::new();
-        for i in 0..idle {
-            let permit = limit.clone().acquire_owned().await.unwrap();
-            let (f, c) = (f.clone(), c.clone());
-            let addr = addrs[i % 2];
-            tasks.push(tokio::spawn(async move {
-                let (mut rd, wr) = login(addr, Tls::Off, i).await;
-                drop(permit);
-                tokio::spawn(async move {
-                    while let Some(Ok(m)) = rd.next().await {
-                        if let ServerMsg::Event(wire::Event::Presence { changes }) = m {
-                            f.fetch_add(1, Ordering::Relaxed);
-                            c.fetch_add(changes.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                });
-                wr
-            }));
-        }
-        let mut conns = Vec::new();
-        for t in tasks {
-            conns.push(t.await.unwrap());
-        }
-        conns
-    });
-    let secs = start.elapsed().as_secs_f64();
+    let (conns, secs) = log_in_idle(rt, &addrs, Tls::Off, idle, frames.clone(), changes.clone());
     // Until the last presence batch reached everyone.
     std::thread::sleep(Duration::from_secs(1));
     let (frames, changes) = (
