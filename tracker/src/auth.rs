@@ -154,9 +154,7 @@ impl Tracker {
         answers: Result<Vec<Answer>, StoreError>,
         now: Millis,
     ) -> LoginResult {
-        let answer = answers
-            .ok()
-            .and_then(|mut a| (wait.at < a.len()).then(|| a.swap_remove(wait.at)));
+        let answer = crate::store::answer_at(answers, wait.at).ok();
         let (conn, outbox, listener, history_id) = match (wait.then, answer) {
             (LoginThen::Strike, Some(Answer::Strike(Strike::LockedUntil(until)))) => {
                 self.lockouts.restore(user.clone(), until);

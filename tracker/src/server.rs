@@ -36,7 +36,7 @@ use crate::outbox::Outbox;
 use crate::relay::{self, Half, JoinError, Joined, Relay, RelayLimits};
 use crate::shun::SynFilter;
 use crate::state::{ConnId, Listener, Outcome, Tracker};
-use crate::store::{Answer, Journal, StoreError, Ticket};
+use crate::store::{self, Answer, Journal, StoreError, Ticket};
 use link::tls::ServerIdentity;
 use link::tls_server::ServerStream;
 use link::Stream;
@@ -109,11 +109,6 @@ impl Shared {
         Arc::get_mut(&mut self).expect("joined before serving").bus = Some(bus);
         self.with(|t, _| t.join_cluster());
         self
-    }
-
-    /// The bus, if this tracker is one of a cluster.
-    pub fn bus(&self) -> Option<&Bus> {
-        self.bus.as_ref()
     }
 
     /// As `new`, with the relay's own limits (or none).
@@ -776,10 +771,7 @@ async fn login(
                             LoginStep::Done(result) => result,
                             // The turn is still held: this user's next attempt waits for it.
                             LoginStep::Wait(wait) => {
-                                let answers = match ticket {
-                                    Some(t) => t.answers().await,
-                                    None => Err(StoreError::Gone),
-                                };
+                                let answers = store::answers(ticket).await;
                                 shared.with(|t, now| t.login_settled(&user, wait, answers, now))
                             }
                         }
@@ -982,10 +974,7 @@ async fn settle(
     match outcome {
         Outcome::Reply(reply) => reply,
         Outcome::Wait(pending) => {
-            let answers = match ticket {
-                Some(t) => t.answers().await,
-                None => Err(StoreError::Gone),
-            };
+            let answers = store::answers(ticket).await;
             shared.with(|t, now| t.finish(user, pending, answers, now))
         }
         // `forwarded` never forwards again.
@@ -1010,11 +999,8 @@ async fn read_mail(conn: ConnId, user: &UserName, shared: &Shared) {
         let (Some(at), Some(ticket)) = (at, ticket) else {
             return;
         };
-        let found = match ticket.answers().await {
-            Ok(mut answers) if at < answers.len() => match answers.swap_remove(at) {
-                Answer::Messages(m) => Ok(m),
-                _ => Err(StoreError::Gone),
-            },
+        let found = match store::answer_at(ticket.answers().await, at) {
+            Ok(Answer::Messages(m)) => Ok(m),
             Ok(_) => Err(StoreError::Gone),
             Err(e) => Err(e),
         };

@@ -241,11 +241,6 @@ impl Tracker {
         self.sessions.contains_key(user)
     }
 
-    /// This tracker's id among those sharing its store.
-    pub fn node(&self) -> u64 {
-        self.node
-    }
-
     pub fn online_count(&self) -> usize {
         self.sessions.len()
     }
@@ -467,13 +462,7 @@ impl Tracker {
         now: Millis,
     ) -> wire::Reply {
         use wire::{Refusal, Reply};
-        let answer = answers.and_then(|mut a| {
-            if pending.at < a.len() {
-                Ok(a.swap_remove(pending.at))
-            } else {
-                Err(StoreError::Gone)
-            }
-        });
+        let answer = crate::store::answer_at(answers, pending.at);
         let reply = match (pending.then, answer) {
             (Then::Ack(reply), Ok(_)) => reply,
             (Then::Offline { to }, Ok(Answer::Offline(o))) => self.offline_stored(&to, o),
@@ -597,7 +586,7 @@ pub(crate) mod testkit {
                     let Some(at) = self.t.read_mail(&user, conn) else {
                         break;
                     };
-                    let found = self.flush().map(|mut a| match a.swap_remove(at) {
+                    let found = crate::store::answer_at(self.flush(), at).map(|a| match a {
                         Answer::Messages(m) => m,
                         other => panic!("{other:?}"),
                     });

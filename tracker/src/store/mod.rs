@@ -242,6 +242,28 @@ impl Ticket {
     }
 }
 
+/// The answers of a batch, if one was handed over (`Shared::act` hands none over when
+/// nothing was recorded, and then nobody can be waiting for an answer: a bug, `Gone`).
+pub async fn answers(ticket: Option<Ticket>) -> Result<Vec<Answer>, StoreError> {
+    match ticket {
+        Some(t) => t.answers().await,
+        None => Err(StoreError::Gone),
+    }
+}
+
+/// The answer to the command at `at` of a batch's answers.
+pub fn answer_at(
+    answers: Result<Vec<Answer>, StoreError>,
+    at: usize,
+) -> Result<Answer, StoreError> {
+    let mut answers = answers?;
+    if at < answers.len() {
+        Ok(answers.swap_remove(at))
+    } else {
+        Err(StoreError::Gone)
+    }
+}
+
 impl Journal {
     /// Queues `cmds`, after everything queued before. Unbounded on purpose: it is called
     /// under the state lock, which must not wait; what feeds it is bounded upstream (a

@@ -526,14 +526,6 @@ impl Sqlite {
         }
         Ok(out)
     }
-
-    /// How many sessions the history holds; for tests.
-    #[cfg(test)]
-    pub fn history_len(&self) -> u64 {
-        self.db
-            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get::<_, i64>(0))
-            .unwrap() as u64
-    }
 }
 
 #[cfg(test)]
