@@ -202,6 +202,7 @@ impl Tracker {
         // stored before it.
         outbox.hold();
         outbox.poke();
+        let known = self.arrived_from_elsewhere(user, now);
         self.sessions.insert(
             user.clone(),
             Session {
@@ -217,7 +218,9 @@ impl Tracker {
                 presence_seen: self.presence.end(),
             },
         );
-        self.notify_presence(user, true);
+        if !known {
+            self.notify_presence(user, true);
+        }
         self.note_change(user, Some(listener));
         self.settle(now);
         LoginResult::Welcome

@@ -25,8 +25,6 @@ use crate::server::Shared;
 
 /// How long a tracker waits for another to answer a message it handed over.
 pub const DELIVER_WAIT: Duration = Duration::from_secs(2);
-/// Users per snapshot message (well under NATS's 1 MiB payload).
-const SNAPSHOT_PART: usize = 1_000;
 
 const ALL: &str = "swarmchat.all";
 
@@ -137,10 +135,10 @@ impl Bus {
                     };
                     if let BusMsg::Hello { node: new } = &msg {
                         if *new != node {
-                            let users = shared.with(|t, _| t.snapshot());
-                            let parts: Vec<(To, BusMsg)> = users
-                                .chunks(SNAPSHOT_PART)
-                                .map(|p| (To::Node(*new), BusMsg::Snapshot { node, users: p.to_vec() }))
+                            let changes = shared.with(|t, _| t.snapshot());
+                            let parts: Vec<(To, BusMsg)> = crate::cluster::parts(changes)
+                                .into_iter()
+                                .map(|p| (To::Node(*new), BusMsg::Snapshot { node, changes: p }))
                                 .collect();
                             self.send(parts);
                         }

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use wire::{Event, ServerMsg, Text, UserName};
+use wire::{Event, FileMeta, FileName, Gone, ServerMsg, Text, UserName};
 
 use crate::clock::Millis;
 use crate::state::{Listener, Tracker, LEASE};
@@ -27,11 +27,9 @@ pub enum BusMsg {
     Presence { node: u64, changes: Vec<Change> },
     /// Tracker `node` just started: the others send it who is online on them.
     Hello { node: u64 },
-    /// Who is online on tracker `node` (the answer to a `Hello`, in parts).
-    Snapshot {
-        node: u64,
-        users: Vec<(UserName, Listener)>,
-    },
+    /// Who is online on tracker `node` and what they share and download (the answer to a
+    /// `Hello`, in parts).
+    Snapshot { node: u64, changes: Vec<Change> },
     /// Tracker `node` is alive (every second).
     Alive { node: u64 },
     Block {
@@ -46,6 +44,9 @@ pub enum BusMsg {
     },
     /// Messages were stored for `user`: its tracker wakes its connection to read them.
     Mail { user: UserName },
+    /// An event for `to`, online on the tracker this is sent to (a private ticket): at
+    /// most once, like the introduction it belongs to (the requester tries again).
+    Push { to: UserName, msg: ServerMsg },
     /// A message for `to`, online on the tracker this is sent to; answered with a
     /// [`Delivery`].
     Deliver {
@@ -55,10 +56,48 @@ pub enum BusMsg {
     },
 }
 
+/// One change on a tracker, in the order it happened there. The file registry is kept
+/// whole on every tracker (names, who holds which chunks, who downloads what), so searches
+/// and downloads see the cluster; each tracker tells its own users of what changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
+    /// A login, or a login's listener now probed (sent again).
     In(UserName, Listener),
     Out(UserName),
+    /// `owner` registered `meta`'s name, or replaced what it meant.
+    Named {
+        meta: FileMeta,
+        owner: UserName,
+    },
+    /// The name no longer means anything (withdrawn by its owner).
+    Unnamed {
+        name: FileName,
+        why: Gone,
+    },
+    Holds {
+        user: UserName,
+        name: FileName,
+        chunks: Vec<u32>,
+    },
+    /// `user` downloads `name` (watches it).
+    Watches {
+        user: UserName,
+        name: FileName,
+    },
+    Unwatches {
+        user: UserName,
+        name: FileName,
+    },
+    /// `user` no longer holds any of `name` (still downloading it, if it was).
+    Withdraws {
+        user: UserName,
+        name: FileName,
+    },
+    /// `user` neither holds nor downloads `name` any more.
+    Leaves {
+        user: UserName,
+        name: FileName,
+    },
 }
 
 /// How a message handed to another tracker went.
@@ -70,6 +109,41 @@ pub enum Delivery {
     NotHere,
     Blocked,
     Busy,
+}
+
+/// Encoded bytes a bus message of changes may fill (NATS refuses payloads over 1 MiB by
+/// default).
+const PART_BYTES: usize = 256 * 1024;
+
+/// About how many bytes `change` takes encoded (an overestimate).
+fn weight(change: &Change) -> usize {
+    const NAME: usize = 80;
+    match change {
+        Change::In(..) => 2 * NAME,
+        Change::Named { meta, .. } => 2 * NAME + 40 * meta.chunk_count() as usize,
+        Change::Holds { chunks, .. } => 2 * NAME + 5 * chunks.len(),
+        Change::Unnamed { .. } => 3 * NAME,
+        _ => 2 * NAME,
+    }
+}
+
+/// `changes` in order, cut into parts of at most [`PART_BYTES`] encoded: a batch of
+/// thousands of logins is still a handful of bus messages.
+pub fn parts(changes: Vec<Change>) -> Vec<Vec<Change>> {
+    let mut out: Vec<Vec<Change>> = Vec::new();
+    let mut size = 0;
+    for c in changes {
+        let w = weight(&c);
+        match out.last_mut() {
+            Some(part) if size + w <= PART_BYTES => part.push(c),
+            _ => {
+                out.push(vec![c]);
+                size = 0;
+            }
+        }
+        size += w;
+    }
+    out
 }
 
 /// Where a bus message goes.
@@ -126,20 +200,50 @@ impl Tracker {
 
     /// A login (`Some(listener)`) or logout here, for the next presence batch.
     pub(crate) fn note_change(&mut self, who: &UserName, listener: Option<Listener>) {
+        self.share(match listener {
+            Some(l) => Change::In(who.clone(), l),
+            None => Change::Out(who.clone()),
+        });
+    }
+
+    /// A change here the other trackers must hear of, in the next batch.
+    pub(crate) fn share(&mut self, change: Change) {
         if let Some(c) = &mut self.cluster {
-            c.changes.push(match listener {
-                Some(l) => Change::In(who.clone(), l),
-                None => Change::Out(who.clone()),
-            });
+            c.changes.push(change);
         }
     }
 
-    /// The presence batch since the last one, if any: one bus message for all of it.
+    /// Queues `msg` for `user`, online here or on another tracker. `false` if neither.
+    pub(crate) fn push_anywhere(&mut self, user: &UserName, msg: &ServerMsg) -> bool {
+        if self.sessions.contains_key(user) {
+            return self.push(user, msg);
+        }
+        match self.remote_node(user) {
+            Some(node) => {
+                let to = user.clone();
+                let msg = msg.clone();
+                self.publish(To::Node(node), BusMsg::Push { to, msg });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where `user` listens, online here or on another tracker, and whether on another.
+    pub(crate) fn listener_of(&self, user: &UserName) -> Option<(Listener, bool)> {
+        if let Some(s) = self.sessions.get(user) {
+            return Some((s.listener, false));
+        }
+        let c = self.cluster.as_ref()?;
+        c.remote.get(user).map(|r| (r.listener, true))
+    }
+
+    /// The changes since the last batch, if any: one bus message for all of them, or as
+    /// few as keep each well under NATS's 1 MiB payload (see [`parts`]).
     pub(crate) fn publish_changes(&mut self) {
         let node = self.node;
         if let Some(c) = &mut self.cluster {
-            if !c.changes.is_empty() {
-                let changes = std::mem::take(&mut c.changes);
+            for changes in parts(std::mem::take(&mut c.changes)) {
                 c.out.push((To::All, BusMsg::Presence { node, changes }));
             }
         }
@@ -166,13 +270,13 @@ impl Tracker {
             BusMsg::Presence { node, changes } if node != me => {
                 self.heard_from(node, now);
                 for c in changes {
-                    self.remote_change(node, c);
+                    self.remote_change(node, c, now);
                 }
             }
-            BusMsg::Snapshot { node, users } if node != me => {
+            BusMsg::Snapshot { node, changes } if node != me => {
                 self.heard_from(node, now);
-                for (u, l) in users {
-                    self.remote_change(node, Change::In(u, l));
+                for c in changes {
+                    self.remote_change(node, c, now);
                 }
             }
             BusMsg::Alive { node } | BusMsg::Hello { node } if node != me => {
@@ -187,6 +291,9 @@ impl Tracker {
                 self.broadcast_here(&from, &text);
             }
             BusMsg::Mail { user } => self.poke(&user),
+            BusMsg::Push { to, msg } => {
+                self.push(&to, &msg);
+            }
             _ => {}
         }
         self.settle(now);
@@ -198,8 +305,12 @@ impl Tracker {
         }
     }
 
-    fn remote_change(&mut self, node: u64, change: Change) {
+    fn remote_change(&mut self, node: u64, change: Change, now: Millis) {
         let Some(c) = &mut self.cluster else { return };
+        // What a user of `node` does counts only while they are online there as far as
+        // this tracker knows (a change overtaken by their logout is dropped).
+        let theirs =
+            |c: &ClusterView, user: &UserName| c.remote.get(user).is_some_and(|r| r.node == node);
         match change {
             Change::In(user, listener) => {
                 // A user also online here would be a bug (one session per user is
@@ -211,15 +322,31 @@ impl Tracker {
                     .insert(user.clone(), RemoteUser { node, listener })
                     .is_none()
                 {
+                    tracing::debug!(%user, node, "online elsewhere");
                     self.notify_presence(&user, true);
                 }
             }
-            Change::Out(user) => {
-                if c.remote.get(&user).is_some_and(|r| r.node == node) {
-                    c.remote.remove(&user);
-                    self.notify_presence(&user, false);
-                }
+            Change::Out(user) if theirs(c, &user) => {
+                c.remote.remove(&user);
+                self.forget_holdings(&user, now);
+                self.notify_presence(&user, false);
             }
+            Change::Named { meta, owner } => self.named_elsewhere(meta, owner, now),
+            Change::Unnamed { name, why } => self.unnamed_elsewhere(&name, &why),
+            Change::Holds { user, name, chunks } if theirs(c, &user) => {
+                self.holds_elsewhere(&user, &name, chunks)
+            }
+            Change::Watches { user, name } if theirs(c, &user) => self.watch(&user, &name),
+            Change::Unwatches { user, name } if theirs(c, &user) => {
+                self.unwatch(&user, &name);
+            }
+            Change::Withdraws { user, name } if theirs(c, &user) => {
+                self.withdraw(&user, &name, now);
+            }
+            Change::Leaves { user, name } if theirs(c, &user) => {
+                self.leave(&user, &name, now);
+            }
+            _ => {}
         }
     }
 
@@ -250,16 +377,52 @@ impl Tracker {
             if let Some(c) = &mut self.cluster {
                 c.remote.remove(&u);
             }
+            self.forget_holdings(&u, now);
             self.notify_presence(&u, false);
         }
     }
 
-    /// Who is online here, for a tracker that just started.
-    pub fn snapshot(&self) -> Vec<(UserName, Listener)> {
-        self.sessions
-            .iter()
-            .map(|(u, s)| (u.clone(), s.listener))
-            .collect()
+    /// `user` logs in here while this tracker still has them online elsewhere (their
+    /// logout there not heard of yet): that session's holdings are forgotten, and whether
+    /// it was there is returned (the users here were told of that login already). Its
+    /// logout, when it comes, is then ignored (see `remote_change`).
+    pub(crate) fn arrived_from_elsewhere(&mut self, user: &UserName, now: Millis) -> bool {
+        let Some(c) = &mut self.cluster else {
+            return false;
+        };
+        if c.remote.remove(user).is_none() {
+            return false;
+        }
+        self.forget_holdings(user, now);
+        true
+    }
+
+    /// Who is online here and what they share and download, for a tracker that just
+    /// started: each user's login first, then their part in the file registry.
+    pub fn snapshot(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (u, s) in &self.sessions {
+            out.push(Change::In(u.clone(), s.listener));
+            for name in self.involved.get(u).into_iter().flatten() {
+                let Some(entry) = self.files.get(name) else {
+                    continue;
+                };
+                if let Some(held) = entry.holders.get(u) {
+                    out.push(Change::Holds {
+                        user: u.clone(),
+                        name: name.clone(),
+                        chunks: held.iter().copied().collect(),
+                    });
+                }
+                if entry.watchers.contains(u) {
+                    out.push(Change::Watches {
+                        user: u.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// A message from another tracker for `to`, if `to` is online here.
@@ -420,6 +583,46 @@ mod tests {
             .take_bus()
             .contains(&(To::All, BusMsg::Mail { user: u("luke") })));
         assert_eq!(t.stored_for("luke"), 1);
+    }
+
+    #[test]
+    fn a_private_chat_with_a_user_elsewhere_is_introduced_through_their_tracker() {
+        let (mut a, mut b) = (cluster_node(1), cluster_node(2));
+        let mut hans = login_p2p(&mut a, "hans", T0, 4001);
+        let luke = login_p2p(&mut b, "luke", T0, 4002);
+        // hans's listener was probed unreachable after the login: luke's tracker hears it
+        // and routes around it (no relay across trackers: luke is to be dialled back).
+        pass(&mut a, &mut b, T0);
+        pass(&mut b, &mut a, T0);
+        let conn = hans.conn;
+        a.probed(&u("hans"), conn, "127.0.0.1:4001".parse().unwrap(), false);
+        b.probed(
+            &u("luke"),
+            luke.conn,
+            "127.0.0.1:4002".parse().unwrap(),
+            true,
+        );
+        pass(&mut a, &mut b, T0);
+        hans.events();
+        let Reply::PrivateGranted {
+            user, ticket, via, ..
+        } = req(&mut b, &luke, Request::StartPrivate { user: u("hans") }, T0)
+        else {
+            panic!("not granted")
+        };
+        assert_eq!(user, u("hans"));
+        assert!(matches!(via, wire::Via::Reversed { .. }), "{via:?}");
+        pass(&mut b, &mut a, T0);
+        assert!(hans.events().iter().any(|e| matches!(e,
+            Event::PrivateTicket { from, ticket: t, via: v, addr, .. }
+                if *from == u("luke") && *t == ticket && *v == via && addr.port() == 4002)));
+        // Gone from there: refused here as offline.
+        req(&mut a, &hans, Request::Logout, T0);
+        pass(&mut a, &mut b, T0);
+        assert_eq!(
+            req(&mut b, &luke, Request::StartPrivate { user: u("hans") }, T0),
+            Reply::Refused(wire::Refusal::Offline { user: u("hans") })
+        );
     }
 
     #[test]

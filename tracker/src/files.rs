@@ -21,6 +21,7 @@ use wire::{
 };
 
 use crate::clock::Millis;
+use crate::cluster::Change;
 use crate::state::{listed, Outcome, Then, Tracker};
 use crate::store::Cmd;
 
@@ -126,6 +127,12 @@ impl Tracker {
                     .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
             }
         }
+        if new || replaced {
+            self.share(Change::Named {
+                meta: meta.clone(),
+                owner: me.clone(),
+            });
+        }
         self.add_holdings(me, &name, have);
         self.note_unheld(&name, now);
         let reply = Reply::Registered {
@@ -162,7 +169,12 @@ impl Tracker {
             return;
         }
         self.persist(Cmd::DeleteFile { name: name.clone() });
-        if let Some(gone) = self.end_name(name, &Gone::Withdrawn { by: me.clone() }, Some(me)) {
+        let why = Gone::Withdrawn { by: me.clone() };
+        self.share(Change::Unnamed {
+            name: name.clone(),
+            why: why.clone(),
+        });
+        if let Some(gone) = self.end_name(name, &why, Some(me)) {
             self.disown(gone.owner.as_ref());
         }
     }
@@ -197,7 +209,12 @@ impl Tracker {
         };
         if entry.owner.as_ref() == Some(me) {
             self.persist(Cmd::DeleteFile { name: name.clone() });
-            if let Some(gone) = self.end_name(name, &Gone::Withdrawn { by: me.clone() }, Some(me)) {
+            let why = Gone::Withdrawn { by: me.clone() };
+            self.share(Change::Unnamed {
+                name: name.clone(),
+                why: why.clone(),
+            });
+            if let Some(gone) = self.end_name(name, &why, Some(me)) {
                 self.disown(gone.owner.as_ref());
             }
             return self.acked(Reply::Unregistered {
@@ -205,17 +222,79 @@ impl Tracker {
                 for_everyone: true,
             });
         }
-        let held = entry.holders.remove(me).is_some();
-        let watched = entry.watchers.remove(me);
-        if !held && !watched {
+        if !self.leave(me, name, now) {
             return Outcome::Reply(Reply::Refused(Refusal::NotSharing { name: name.clone() }));
         }
-        self.fellow_gone(me, name);
-        self.note_unheld(name, now);
         Outcome::Reply(Reply::Unregistered {
             name: name.clone(),
             for_everyone: false,
         })
+    }
+
+    /// `me` stops sharing and downloading `name` (not its owner); `false` if it did
+    /// neither.
+    pub(crate) fn leave(&mut self, me: &UserName, name: &FileName, now: Millis) -> bool {
+        let Some(entry) = self.files.get_mut(name) else {
+            return false;
+        };
+        let held = entry.holders.remove(me).is_some();
+        let watched = entry.watchers.remove(me);
+        if !held && !watched {
+            return false;
+        }
+        self.share_mine(
+            me,
+            Change::Leaves {
+                user: me.clone(),
+                name: name.clone(),
+            },
+        );
+        self.fellow_gone(me, name);
+        self.note_unheld(name, now);
+        true
+    }
+
+    /// `change`, made by `me`, for the other trackers if `me` is online here (a change
+    /// applied here for a user of another tracker came from there).
+    fn share_mine(&mut self, me: &UserName, change: Change) {
+        if self.sessions.contains_key(me) {
+            self.share(change);
+        }
+    }
+
+    /// Another tracker's user registered `meta`'s name, or replaced what it meant.
+    pub(crate) fn named_elsewhere(&mut self, meta: FileMeta, owner: UserName, now: Millis) {
+        let name = meta.name().clone();
+        match self.files.get(&name) {
+            Some(entry) if entry.meta == meta => return,
+            Some(_) => {
+                let gone = self.end_name(&name, &Gone::Replaced { by: owner.clone() }, None);
+                self.disown(gone.and_then(|g| g.owner).as_ref());
+            }
+            None => {}
+        }
+        *self.owned.entry(owner.clone()).or_default() += 1;
+        self.files
+            .insert(name.clone(), FileEntry::new(meta, Some(owner)));
+        self.note_unheld(&name, now);
+    }
+
+    /// Another tracker's user withdrew the name.
+    pub(crate) fn unnamed_elsewhere(&mut self, name: &FileName, why: &Gone) {
+        if let Some(gone) = self.end_name(name, why, None) {
+            self.disown(gone.owner.as_ref());
+        }
+    }
+
+    /// Another tracker's user holds `chunks` of `name` (checked there; checked again here
+    /// against the name as this tracker knows it).
+    pub(crate) fn holds_elsewhere(&mut self, user: &UserName, name: &FileName, chunks: Vec<u32>) {
+        let Some(entry) = self.files.get(name) else {
+            return;
+        };
+        if in_range(&chunks, entry.meta.chunk_count()).is_ok() {
+            self.add_holdings(user, name, chunks);
+        }
     }
 
     /// `reply` once everything recorded so far is durable. (Not undone if it cannot be:
@@ -351,6 +430,14 @@ impl Tracker {
         if new.is_empty() {
             return;
         }
+        self.share_mine(
+            me,
+            Change::Holds {
+                user: me.clone(),
+                name: name.clone(),
+                chunks: new.clone(),
+            },
+        );
         let event = Event::Holders {
             name: name.clone(),
             user: me.clone(),
@@ -384,12 +471,52 @@ impl Tracker {
 
     /// `me` stops watching `name`.
     pub(crate) fn unwatch(&mut self, me: &UserName, name: &FileName) -> Reply {
-        if let Some(entry) = self.files.get_mut(name) {
-            if entry.watchers.remove(me) && !entry.holders.contains_key(me) {
-                self.fellow_gone(me, name);
-            }
+        let Some(entry) = self.files.get_mut(name) else {
+            return Reply::Noted;
+        };
+        if !entry.watchers.remove(me) {
+            return Reply::Noted;
+        }
+        let holds = entry.holders.contains_key(me);
+        self.share_mine(
+            me,
+            Change::Unwatches {
+                user: me.clone(),
+                name: name.clone(),
+            },
+        );
+        if !holds {
+            self.fellow_gone(me, name);
         }
         Reply::Noted
+    }
+
+    /// `me` downloads `name` from now on: told of every change in who holds it, and told
+    /// to its other downloaders as a fellow (a holder of no whole chunk yet).
+    pub(crate) fn watch(&mut self, me: &UserName, name: &FileName) {
+        let Some(entry) = self.files.get_mut(name) else {
+            return;
+        };
+        if !entry.watchers.insert(me.clone()) {
+            return;
+        }
+        let fellow = !entry.holders.contains_key(me);
+        self.involve(me, name);
+        self.share_mine(
+            me,
+            Change::Watches {
+                user: me.clone(),
+                name: name.clone(),
+            },
+        );
+        if fellow {
+            let event = Event::Holders {
+                name: name.clone(),
+                user: me.clone(),
+                chunks: Vec::new(),
+            };
+            self.tell_watchers(me, name, event);
+        }
     }
 
     /// `me` no longer downloads `name` and holds none of it: the other downloaders, who
@@ -408,6 +535,13 @@ impl Tracker {
             return unknown(name);
         };
         if entry.holders.remove(me).is_some() {
+            self.share_mine(
+                me,
+                Change::Withdraws {
+                    user: me.clone(),
+                    name: name.clone(),
+                },
+            );
             let event = Event::HolderGone {
                 name: name.clone(),
                 user: me.clone(),
@@ -481,23 +615,13 @@ impl Tracker {
         from: Option<&UserName>,
         now: Millis,
     ) -> Reply {
-        let Some(entry) = self.files.get_mut(name) else {
+        if !self.files.contains_key(name) {
             return unknown(name);
-        };
-        let mut new_fellow = false;
+        }
         if from.is_none() {
             // Registered with the snapshot below, under the same lock: every change after
             // the snapshot reaches the watcher as an event.
-            new_fellow = entry.watchers.insert(me.clone()) && !entry.holders.contains_key(me);
-            self.involve(me, name);
-        }
-        if new_fellow {
-            let event = Event::Holders {
-                name: name.clone(),
-                user: me.clone(),
-                chunks: Vec::new(),
-            };
-            self.tell_watchers(me, name, event);
+            self.watch(me, name);
         }
         let entry = &self.files[name];
         let meta = entry.meta.clone();
@@ -618,6 +742,137 @@ mod tests {
             meta: m,
             have: have.to_vec(),
         }
+    }
+
+    #[test]
+    fn files_shared_through_one_tracker_are_found_and_fetched_through_another() {
+        let (mut a, mut b) = (cluster_node(1), cluster_node(2));
+        let mut hans = login_p2p(&mut a, "hans", T0, 4001);
+        let mut vader = login_p2p(&mut a, "vader", T0, 4004);
+        let mut luke = login_p2p(&mut b, "luke", T0, 4002);
+        let yoda = login_p2p(&mut b, "yoda", T0, 4003);
+        pass(&mut a, &mut b, T0);
+        pass(&mut b, &mut a, T0);
+        let m = meta("a.bin", 1);
+        assert!(matches!(
+            req(&mut a, &hans, register(m.clone(), &[0, 1, 2]), T0),
+            Reply::Registered { .. }
+        ));
+        // vader downloads it on hans's tracker.
+        assert!(matches!(
+            req(
+                &mut a,
+                &vader,
+                Request::Locate {
+                    name: f("a.bin"),
+                    from: None
+                },
+                T0
+            ),
+            Reply::Located { .. }
+        ));
+        pass(&mut a, &mut b, T0);
+        assert_eq!(
+            req(&mut b, &luke, Request::SearchFile { name: f("a.bin") }, T0),
+            Reply::FileHolders {
+                name: f("a.bin"),
+                users: vec![u("hans")],
+                more: 0
+            }
+        );
+        assert_eq!(
+            req(
+                &mut b,
+                &luke,
+                Request::SearchChunk {
+                    name: f("a.bin"),
+                    chunks: vec![2]
+                },
+                T0
+            ),
+            Reply::ChunkHolders {
+                name: f("a.bin"),
+                chunks: vec![(2, vec![u("hans")], 0)]
+            }
+        );
+        // yoda downloads it through the other tracker: hans (and vader, a fellow
+        // downloader) are handed out, and hans is given the same ticket through its own.
+        let Reply::Located { meta: got, holders } = req(
+            &mut b,
+            &yoda,
+            Request::Locate {
+                name: f("a.bin"),
+                from: None,
+            },
+            T0,
+        ) else {
+            panic!("not located")
+        };
+        assert_eq!(got, m);
+        let users: Vec<&str> = holders.iter().map(|h| h.user.as_str()).collect();
+        assert_eq!(users, ["hans", "vader"]);
+        assert_eq!(holders[0].chunks, [0, 1, 2]);
+        assert_eq!(holders[0].addr.port(), 4001);
+        hans.events();
+        vader.events();
+        pass(&mut b, &mut a, T0);
+        let ticket = holders[0].ticket;
+        assert!(
+            hans.events().iter().any(|e| matches!(e,
+                Event::PrivateTicket { from, ticket: t, .. } if *from == u("yoda") && *t == ticket)),
+            "hans was not given yoda's ticket"
+        );
+        // vader hears of yoda, a fellow downloader on the other tracker, and of luke's
+        // chunk as soon as luke has it.
+        assert!(matches!(
+            req(&mut b, &luke, register(m.clone(), &[1]), T0),
+            Reply::Registered { .. }
+        ));
+        pass(&mut b, &mut a, T0);
+        let heard = vader.events();
+        assert!(heard.contains(&Event::Holders {
+            name: f("a.bin"),
+            user: u("yoda"),
+            chunks: vec![]
+        }));
+        assert!(heard.contains(&Event::Holders {
+            name: f("a.bin"),
+            user: u("luke"),
+            chunks: vec![1]
+        }));
+        // yoda logs out over there: gone from the downloads here too.
+        req(&mut b, &yoda, Request::Logout, T0);
+        pass(&mut b, &mut a, T0);
+        assert!(vader.events().contains(&Event::HolderGone {
+            name: f("a.bin"),
+            user: u("yoda")
+        }));
+        // hans withdraws the name: luke, holding a copy on the other tracker, is told.
+        luke.events();
+        assert!(matches!(
+            req(&mut a, &hans, Request::Unregister { name: f("a.bin") }, T0),
+            Reply::Unregistered {
+                for_everyone: true,
+                ..
+            }
+        ));
+        pass(&mut a, &mut b, T0);
+        assert!(luke.events().contains(&Event::FileGone {
+            name: f("a.bin"),
+            why: Gone::Withdrawn { by: u("hans") }
+        }));
+        assert_eq!(
+            req(
+                &mut b,
+                &luke,
+                Request::SearchChunk {
+                    name: f("a.bin"),
+                    chunks: vec![1]
+                },
+                T0
+            ),
+            Reply::Refused(Refusal::UnknownFile { name: f("a.bin") })
+        );
     }
 
     #[test]

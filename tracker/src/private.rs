@@ -57,10 +57,15 @@ impl Tracker {
     /// `server::probe`): kept for deciding how peers connect, and told to the user with the
     /// address the tracker sees it at. Ignored if that session has ended meanwhile.
     pub fn probed(&mut self, user: &UserName, conn: ConnId, observed: SocketAddr, reachable: bool) {
-        match self.sessions.get_mut(user) {
-            Some(s) if s.conn == conn => s.listener.reachable = Some(reachable),
+        let listener = match self.sessions.get_mut(user) {
+            Some(s) if s.conn == conn => {
+                s.listener.reachable = Some(reachable);
+                s.listener
+            }
             _ => return,
-        }
+        };
+        // Other trackers route introductions to this user by it too.
+        self.note_change(user, Some(listener));
         let event = ServerMsg::Event(Event::Reachability {
             observed,
             reachable,
@@ -89,11 +94,16 @@ impl Tracker {
         let Some(mine) = self.sessions.get(me).map(|s| s.listener) else {
             return Err(Refusal::Offline { user: me.clone() });
         };
-        let theirs = self.sessions[user].listener;
+        let Some((theirs, elsewhere)) = self.listener_of(user) else {
+            return Err(Refusal::Offline { user: user.clone() });
+        };
         // ThreadRng is a CSPRNG seeded from the OS: tickets cannot be predicted.
         let ticket = Ticket(rand::random());
         let circuit = Circuit(rand::random());
-        let path = route::route(mine.reach(), theirs.reach(), self.rules.relay);
+        // A relay joins two connections to one tracker: a user online on another tracker
+        // is never routed through it (punching is their last chance).
+        let relay = self.rules.relay && !elsewhere;
+        let path = route::route(mine.reach(), theirs.reach(), relay);
         let addr = match (path, theirs.lan_ip) {
             (Path::Inside, Some(lan)) => SocketAddr::new(lan, theirs.port),
             _ => addr,
@@ -111,10 +121,10 @@ impl Tracker {
             via,
             addr: SocketAddr::new(mine.ip, mine.port),
         });
-        if !self.push(user, &event) {
+        if !self.push_anywhere(user, &event) {
             return Err(Refusal::Offline { user: user.clone() });
         }
-        if matches!(via, Via::Punched { .. } | Via::Relayed { .. }) && self.rules.relay {
+        if matches!(via, Via::Punched { .. } | Via::Relayed { .. }) && relay {
             self.open_circuit(circuit, me, user, now);
         }
         Ok(Introduction {
@@ -169,10 +179,9 @@ impl Tracker {
         if self.has_blocked(user, me) {
             return Err(Refusal::BlockedByRecipient { user: user.clone() });
         }
-        let Some(target) = self.sessions.get(user) else {
+        let Some((l, _)) = self.listener_of(user) else {
             return Err(Refusal::Offline { user: user.clone() });
         };
-        let l = target.listener;
         if l.port == 0 {
             return Err(Refusal::NotReachable { user: user.clone() });
         }

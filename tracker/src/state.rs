@@ -548,6 +548,10 @@ pub(crate) mod testkit {
 
     impl Rig {
         fn new(creds: Credentials) -> Rig {
+            Rig::on_node(creds, 1)
+        }
+
+        fn on_node(creds: Credentials, node: u64) -> Rig {
             let rules = Rules {
                 block_duration: Duration::from_secs(60),
                 timeout: Duration::from_secs(120),
@@ -557,7 +561,7 @@ pub(crate) mod testkit {
             let db = Sqlite::open_in_memory().unwrap();
             let boot = db.boot_now(T0).unwrap();
             let mut t = Rig {
-                t: Tracker::new(creds, boot, rules, 1, T0),
+                t: Tracker::new(creds, boot, rules, node, T0),
                 db,
             };
             t.flush().unwrap();
@@ -629,6 +633,26 @@ pub(crate) mod testkit {
             )
             .unwrap(),
         )
+    }
+
+    /// Tracker `node` of a cluster (each on a database of its own: what the store shares
+    /// between trackers is tested in `tests/e2e/store.rs`).
+    pub fn cluster_node(node: u64) -> Rig {
+        let mut t = Rig::on_node(tracker().t.creds.clone(), node);
+        t.join_cluster();
+        t
+    }
+
+    /// What `from` has to say on the bus (its presence batch included), heard by `to`.
+    pub fn pass(from: &mut Rig, to: &mut Rig, now: Millis) {
+        from.flush_presence();
+        let _ = from.flush();
+        for (dest, msg) in from.take_bus() {
+            if dest == crate::cluster::To::All || dest == crate::cluster::To::Node(to.node) {
+                to.from_bus(msg, now);
+            }
+        }
+        let _ = to.flush();
     }
 
     /// A tracker whose credentials also hold `n` users `p00`, `p01`, ... (password `pw`).
