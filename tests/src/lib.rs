@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod lab;
 pub mod servers;
+pub mod service;
 pub mod tty;
 
 use std::io::{BufRead, BufReader, Write};

@@ -116,13 +116,15 @@ impl Bus {
         // listening.
         self.send(vec![(To::All, BusMsg::Hello { node })]);
         let heartbeat = {
-            let (shared, bus) = (shared.clone(), self.clone());
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(crate::state::RENEW_EVERY);
                 loop {
                     tick.tick().await;
-                    bus.send(vec![(To::All, BusMsg::Alive { node })]);
-                    shared.with(|t, now| t.expire_nodes(now));
+                    shared.with(|t, now| {
+                        t.heartbeat();
+                        t.expire_nodes(now)
+                    });
                 }
             })
         };

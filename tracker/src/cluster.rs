@@ -249,6 +249,14 @@ impl Tracker {
         }
     }
 
+    /// Says this tracker is alive, after the changes not yet sent: whoever hears it has
+    /// heard everything this tracker did before it.
+    pub fn heartbeat(&mut self) {
+        self.publish_changes();
+        let node = self.node;
+        self.publish(To::All, BusMsg::Alive { node });
+    }
+
     /// The user's tracker, if they are online on another one.
     pub(crate) fn remote_node(&self, user: &UserName) -> Option<u64> {
         self.cluster
@@ -279,9 +287,11 @@ impl Tracker {
                     self.remote_change(node, c, now);
                 }
             }
-            BusMsg::Alive { node } | BusMsg::Hello { node } if node != me => {
+            BusMsg::Alive { node } if node != me => {
+                tracing::debug!(node, "alive");
                 self.heard_from(node, now)
             }
+            BusMsg::Hello { node } if node != me => self.heard_from(node, now),
             BusMsg::Block {
                 blocker,
                 blocked,

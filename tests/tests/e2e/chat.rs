@@ -2,15 +2,31 @@
 
 use std::time::Duration;
 
+use harness::service::Service;
 use harness::*;
 
+on_both!(whoelse_invalid_command_and_messages, 60, 120);
+on_both!(broadcast_reaches_all_others, 60, 120);
+on_both!(block_and_unblock_as_in_sample_4, 60, 120);
+on_both!(presence_is_hidden_from_blocked_users, 60, 120);
+on_both!(whoelsesince_includes_recently_logged_out_users, 60, 120);
+on_both!(
+    offline_messages_are_delivered_in_order_at_next_login,
+    60,
+    120
+);
+on_both!(
+    messages_from_blocked_users_are_not_stored_for_later,
+    60,
+    120
+);
+on_both!(ten_clients_message_each_other, 60, 120);
+
 /// Sample 1 and 2: whoelse, an unknown command, a message, an unknown user.
-#[test]
-fn whoelse_invalid_command_and_messages() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+fn whoelse_invalid_command_and_messages(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     hans.expect("yoda logged in");
     hans.expect("luke logged in");
     yoda.expect("luke logged in");
@@ -32,12 +48,10 @@ fn whoelse_invalid_command_and_messages() {
 }
 
 /// Sample 3: broadcast reaches everyone online but the sender.
-#[test]
-fn broadcast_reaches_all_others() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+fn broadcast_reaches_all_others(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     hans.send("broadcast vader sucks");
     yoda.expect("hans: vader sucks");
     luke.expect("hans: vader sucks");
@@ -45,12 +59,10 @@ fn broadcast_reaches_all_others() {
 }
 
 /// Sample 4: block and unblock, and their effects.
-#[test]
-fn block_and_unblock_as_in_sample_4() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+fn block_and_unblock_as_in_sample_4(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     hans.sync();
     yoda.sync();
 
@@ -79,16 +91,14 @@ fn block_and_unblock_as_in_sample_4() {
 
 /// If luke blocked hans, hans hears nothing of luke's presence: no notices, and luke is
 /// missing from hans's whoelse and whoelsesince. luke still sees hans.
-#[test]
-fn presence_is_hidden_from_blocked_users() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut luke = t.login("luke");
+fn presence_is_hidden_from_blocked_users(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut luke = s.login("luke");
     hans.expect("luke logged in");
     luke.run("block hans");
     luke.send("logout");
     assert!(luke.wait_exit().success());
-    let mut luke = t.login("luke");
+    let mut luke = s.login("luke");
     assert_eq!(hans.run("whoelse"), ["No other users are online"]);
     assert_eq!(
         hans.run("whoelsesince 600"),
@@ -108,18 +118,16 @@ fn presence_is_hidden_from_blocked_users() {
 
 /// Sample 5 in seconds rather than minutes: whoelsesince counts users online at any time
 /// in the window, including those who have since logged out, but not earlier ones.
-#[test]
-fn whoelsesince_includes_recently_logged_out_users() {
-    let t = Tracker::start(60, 120);
-    let mut r2d2 = t.login("r2d2");
+fn whoelsesince_includes_recently_logged_out_users(s: &Service) {
+    let mut r2d2 = s.login("r2d2");
     r2d2.send("logout");
     assert!(r2d2.wait_exit().success());
     std::thread::sleep(Duration::from_millis(2500));
-    let mut vader = t.login("vader");
+    let mut vader = s.login("vader");
     vader.send("logout");
     assert!(vader.wait_exit().success());
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     yoda.expect("luke logged in");
 
     let mut recent = luke.run("whoelsesince 2");
@@ -136,11 +144,9 @@ fn whoelsesince_includes_recently_logged_out_users() {
 
 /// Sample 6: a message to an offline user arrives at their next login, in order, along
 /// with presence notices to others.
-#[test]
-fn offline_messages_are_delivered_in_order_at_next_login() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut yoda = t.login("yoda");
+fn offline_messages_are_delivered_in_order_at_next_login(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
     hans.sync();
     assert_eq!(
         hans.run("message luke Let's rock"),
@@ -149,8 +155,8 @@ fn offline_messages_are_delivered_in_order_at_next_login() {
     yoda.run("message luke from yoda");
     hans.run("message luke third");
 
-    let mut luke = t.peer();
-    luke.login("luke");
+    let mut luke = s.peer("luke");
+    s.log_in(&mut luke, "luke");
     assert_eq!(luke.next_line(), "hans: Let's rock");
     assert_eq!(luke.next_line(), "yoda: from yoda");
     assert_eq!(luke.next_line(), "hans: third");
@@ -164,16 +170,14 @@ fn offline_messages_are_delivered_in_order_at_next_login() {
     // Delivered once: a second login brings nothing back.
     luke.send("logout");
     assert!(luke.wait_exit().success());
-    let mut luke = t.login("luke");
+    let mut luke = s.login("luke");
     assert_eq!(luke.sync(), Vec::<String>::new());
 }
 
 /// A blocked user's messages to an offline blocker are refused, not stored.
-#[test]
-fn messages_from_blocked_users_are_not_stored_for_later() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut luke = t.login("luke");
+fn messages_from_blocked_users_are_not_stored_for_later(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut luke = s.login("luke");
     hans.expect("luke logged in");
     luke.run("block hans");
     luke.send("logout");
@@ -182,20 +186,18 @@ fn messages_from_blocked_users_are_not_stored_for_later() {
         hans.run("message luke sneaky"),
         ["Your message could not be delivered as the recipient has blocked you"]
     );
-    let mut luke = t.login("luke");
+    let mut luke = s.login("luke");
     assert_eq!(luke.sync(), Vec::<String>::new());
 }
 
 /// Many clients at once: ten users all log in, each messages every other, everyone
 /// receives every message.
-#[test]
-fn ten_clients_message_each_other() {
-    let t = Tracker::start(60, 120);
+fn ten_clients_message_each_other(s: &Service) {
     let users: Vec<&str> = CREDENTIALS
         .lines()
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    let mut peers: Vec<Peer> = users.iter().map(|u| t.login(u)).collect();
+    let mut peers: Vec<Peer> = users.iter().map(|u| s.login(u)).collect();
     for (i, p) in peers.iter_mut().enumerate() {
         for (j, to) in users.iter().enumerate() {
             if i != j {

@@ -8,15 +8,23 @@ use wire::{
     PROTOCOL_VERSION,
 };
 
+use harness::service::Service;
 use harness::*;
 
+on_both!(sample_7_private_messages_both_ways, 60, 120);
+on_both!(
+    stopprivate_tells_the_other_side_and_ends_the_session,
+    60,
+    120
+);
+on_both!(end_of_input_closes_private_sessions, 60, 120);
+on_both!(a_peer_killed_mid_session_is_reported_gone, 60, 120);
+
 /// Sample 7 line by line.
-#[test]
-fn sample_7_private_messages_both_ways() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+fn sample_7_private_messages_both_ways(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     hans.sync();
     yoda.sync();
 
@@ -93,11 +101,9 @@ fn a_session_started_before_a_block_stays_usable() {
     );
 }
 
-#[test]
-fn stopprivate_tells_the_other_side_and_ends_the_session() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut luke = t.login("luke");
+fn stopprivate_tells_the_other_side_and_ends_the_session(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut luke = s.login("luke");
     hans.open_private(&mut luke);
     assert_eq!(
         hans.run("startprivate luke"),
@@ -124,12 +130,10 @@ fn stopprivate_tells_the_other_side_and_ends_the_session() {
 }
 
 /// End of input logs out and closes private sessions, telling the other side.
-#[test]
-fn end_of_input_closes_private_sessions() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut luke = t.login("luke");
-    let mut leia = t.login("leia");
+fn end_of_input_closes_private_sessions(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut luke = s.login("luke");
+    let mut leia = s.login("leia");
     hans.send("startprivate luke");
     hans.expect("Start private messaging with luke");
     hans.send("startprivate leia");
@@ -141,11 +145,9 @@ fn end_of_input_closes_private_sessions() {
 }
 
 /// A peer killed mid-session: the other side is told it is gone when it next writes.
-#[test]
-fn a_peer_killed_mid_session_is_reported_gone() {
-    let t = Tracker::start(60, 120);
-    let mut hans = t.login("hans");
-    let mut luke = t.login("luke");
+fn a_peer_killed_mid_session_is_reported_gone(s: &Service) {
+    let mut hans = s.login("hans");
+    let mut luke = s.login("luke");
     hans.open_private(&mut luke);
     luke.kill();
     hans.expect("luke logged out");

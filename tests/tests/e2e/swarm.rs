@@ -6,11 +6,27 @@ use std::path::Path;
 
 use wire::{FileMeta, FileName, PeerMsg, Reply, Request};
 
+use harness::service::Service;
 use harness::*;
+
+on_both!(register_search_and_single_chunk_downloads, 60, 120);
+on_both!(download_draws_on_every_holder, 60, 120);
+on_both!(downloaders_serve_after_the_owner_leaves, 60, 120);
 
 /// Logs `user` in and shares a new random file of `len` bytes as `name`.
 fn share(t: &Tracker, user: &str, name: &str, len: usize, seed: u64) -> (Peer, Vec<u8>) {
-    let mut p = t.login(user);
+    share_as(t.login(user), name, len, seed)
+}
+
+/// `share` on a service: once it returns, every tracker knows of the file.
+fn share_on(s: &Service, user: &str, name: &str, len: usize, seed: u64) -> (Peer, Vec<u8>) {
+    let shared = share_as(s.login(user), name, len, seed);
+    s.settle();
+    shared
+}
+
+/// `p` shares a new random file of `len` bytes as `name`.
+fn share_as(mut p: Peer, name: &str, len: usize, seed: u64) -> (Peer, Vec<u8>) {
     let data = random_bytes(len, seed);
     std::fs::write(p.dir.join(name), &data).unwrap();
     p.send(&format!("register {name}"));
@@ -39,13 +55,11 @@ fn download(p: &mut Peer, name: &str, want: &[u8]) -> String {
 }
 
 /// The spec's flows and every refusal, one command at a time.
-#[test]
-fn register_search_and_single_chunk_downloads() {
-    let t = Tracker::start(60, 120);
-    let (mut hans, data) = share(&t, "hans", "movie.bin", 100_000, 1);
+fn register_search_and_single_chunk_downloads(s: &Service) {
+    let (mut hans, data) = share_on(s, "hans", "movie.bin", 100_000, 1);
     hans.sync();
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     hans.sync();
     yoda.expect("luke logged in");
 
@@ -71,8 +85,10 @@ fn register_search_and_single_chunk_downloads() {
         fetch(&mut yoda, "private hans download movie.bin 3"),
         ["Downloaded chunk 3 of movie.bin from hans"]
     );
-    // yoda's announcement of the chunk travels on yoda's connection: wait for it.
+    // yoda's announcement of the chunk travels on yoda's connection (and on to the other
+    // trackers): wait for it.
     yoda.sync();
+    s.settle();
     assert_eq!(
         luke.run("searchChunk movie.bin 3 4"),
         ["Available", "Chunk 3: hans, yoda", "Chunk 4: hans"]
@@ -111,6 +127,7 @@ fn register_search_and_single_chunk_downloads() {
         ["Error. vader is offline"]
     );
     assert_eq!(hans.run("block luke"), ["luke is blocked"]);
+    s.settle();
     assert_eq!(
         fetch(&mut luke, "private hans download movie.bin 1"),
         ["Error. Cannot download from hans as hans has blocked you"]
@@ -140,11 +157,12 @@ fn register_search_and_single_chunk_downloads() {
     luke.expect("missing.bin: No such file or directory");
 
     // Registering identical content adds a holder.
-    let mut leia = t.login("leia");
+    let mut leia = s.login("leia");
     std::fs::write(leia.dir.join("movie.bin"), &data).unwrap();
     leia.send("register movie.bin");
     leia.expect("movie.bin registered (97.7 KiB, 10 chunks)");
     yoda.expect("leia logged in");
+    s.settle();
     assert_eq!(
         yoda.run("searchChunk movie.bin 4"),
         ["Available", "Chunk 4: hans, leia"]
@@ -158,19 +176,21 @@ fn register_search_and_single_chunk_downloads() {
 }
 
 /// Four peers hold the file: a fifth downloads from all of them, and gets it right.
-#[test]
-fn download_draws_on_every_holder() {
-    let t = Tracker::start(60, 120);
-    let (_hans, data) = share(&t, "hans", "f.bin", 1_000_000, 2);
+fn download_draws_on_every_holder(s: &Service) {
+    let (_hans, data) = share_on(s, "hans", "f.bin", 1_000_000, 2);
     let mut seeders = Vec::new();
     for user in ["yoda", "luke", "leia"] {
-        let mut p = t.login(user);
+        let mut p = s.login(user);
         download(&mut p, "f.bin", &data);
         seeders.push(p);
     }
+    for p in &mut seeders {
+        p.sync();
+    }
+    s.settle();
     // At 1 MiB/s the connections to all four are open long before the chunks run out
     // (on loopback, unlimited, the first to connect could take them all).
-    let mut vader = t.login_args("vader", &["--down-limit", "1M"]);
+    let mut vader = s.login_args("vader", &["--down-limit", "1M"]);
     let done = download(&mut vader, "f.bin", &data);
     assert_eq!(
         done,
@@ -180,12 +200,10 @@ fn download_draws_on_every_holder() {
 
 /// After the original owner leaves, downloaders serve what they verified: two peers with
 /// half each are enough for a third.
-#[test]
-fn downloaders_serve_after_the_owner_leaves() {
-    let t = Tracker::start(60, 120);
-    let (mut hans, data) = share(&t, "hans", "f.bin", 300_000, 3);
-    let mut yoda = t.login("yoda");
-    let mut luke = t.login("luke");
+fn downloaders_serve_after_the_owner_leaves(s: &Service) {
+    let (mut hans, data) = share_on(s, "hans", "f.bin", 300_000, 3);
+    let mut yoda = s.login("yoda");
+    let mut luke = s.login("luke");
     yoda.open_private(&mut hans);
     luke.open_private(&mut hans);
     for c in 1..=5 {
@@ -199,15 +217,17 @@ fn downloaders_serve_after_the_owner_leaves() {
     luke.sync();
     hans.send("logout");
     assert!(hans.wait_exit().success());
-    let mut leia = t.login("leia");
+    s.settle();
+    let mut leia = s.login("leia");
     assert_eq!(leia.run("searchFile f.bin"), ["Available", "luke", "yoda"]);
     let done = download(&mut leia, "f.bin", &data);
     assert_eq!(done, "Downloaded f.bin (293.0 KiB) from luke, yoda");
     // And a whole-file holder now: leia serves everything.
-    let mut vader = t.login("vader");
+    let mut vader = s.login("vader");
     yoda.send("logout");
     luke.send("logout");
     assert!(yoda.wait_exit().success() && luke.wait_exit().success());
+    s.settle();
     assert_eq!(
         download(&mut vader, "f.bin", &data),
         "Downloaded f.bin (293.0 KiB) from leia"
