@@ -55,7 +55,7 @@ impl Service {
             .lines()
             .position(|l| l.split(' ').next() == Some(user))
             .unwrap_or_else(|| user.bytes().map(usize::from).sum());
-        &self.trackers[(i + 1) / 2 % self.trackers.len()]
+        &self.trackers[i.div_ceil(2) % self.trackers.len()]
     }
 
     /// A peer for `user`'s tracker, not logged in yet.
