@@ -392,7 +392,8 @@ pub fn event(e: &Event) -> Vec<String> {
         | Event::Reachability { .. }
         | Event::Holders { .. }
         | Event::HolderGone { .. }
-        | Event::FileGone { .. } => vec![],
+        | Event::FileGone { .. }
+        | Event::Failover { .. } => vec![],
     }
 }
 

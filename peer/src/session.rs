@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use wire::{
     ClientMsg, Event, FileName, LoginResult, Password, PeerKey, PeerMsg, PresenceChange, Refusal,
-    Reply, Request, ServerMsg, UserCheck, UserName,
+    Reply, Request, ResumeToken, ServerMsg, TrackerEndpoint, UserCheck, UserName,
 };
 
 use crate::announce::{Announcer, Answered};
@@ -34,6 +34,11 @@ use link::{Fingerprint, Security};
 const SILENT: Duration = Duration::from_secs(15);
 /// After `logout`, the client leaves within this even if the server never answers.
 const LOGOUT_WAIT: Duration = Duration::from_secs(5);
+/// How long a client whose tracker went away tries the others of its cluster: the old
+/// tracker's lease (3 s) must run out before another takes the session over.
+const RESUME_FOR: Duration = Duration::from_secs(20);
+/// Pause between rounds of tries.
+const RESUME_RETRY: Duration = Duration::from_millis(300);
 
 /// Transfer rates the user set on the command line (bytes per second, all transfers).
 #[derive(Debug, Clone, Copy, Default)]
@@ -144,6 +149,14 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
             };
             let mut s = Session {
                 link,
+                failover: None,
+                redial: Redial {
+                    security: server.security,
+                    known: lib.state_dir().join("known_trackers"),
+                    port: p2p_port,
+                    key: me_at.1,
+                },
+                leaving: false,
                 out: out.clone(),
                 me,
                 reach: None,
@@ -170,10 +183,17 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
                 unshare_when_done: HashSet::new(),
                 sigint,
             };
-            let result = match s.announce().await {
+            let mut result = match s.announce().await {
                 Ok(()) => s.run(term).await,
                 Err(e) => Err(e),
             };
+            // The tracker went away: go on through another tracker of its cluster.
+            while result.as_ref().is_err_and(|e| s.may_resume(e)) && s.resume().await {
+                result = match s.announce().await {
+                    Ok(()) => s.run(term).await,
+                    Err(e) => Err(e),
+                };
+            }
             s.chats.close_all().await;
             s.stop_transfers();
             match result {
@@ -346,8 +366,23 @@ impl Chats {
     }
 }
 
+/// How to dial another tracker of the cluster as we dialled the first.
+struct Redial {
+    security: Security,
+    /// The `known_trackers` file.
+    known: std::path::PathBuf,
+    /// Our listener's port, connected from and told at login.
+    port: u16,
+    key: PeerKey,
+}
+
 struct Session {
     link: TrackerLink,
+    /// Where to go, and with what, if the tracker goes away (`Event::Failover`).
+    failover: Option<(ResumeToken, Vec<TrackerEndpoint>)>,
+    redial: Redial,
+    /// The user asked to leave: a lost tracker then ends the session.
+    leaving: bool,
     out: Printer,
     me: UserName,
     /// Where the tracker sees us and whether it could connect to our listener.
@@ -429,7 +464,10 @@ impl Session {
                     asking = false;
                     match input {
                         Input::Line(l) if l.trim().is_empty() => {}
-                        Input::Line(l) => leaving = self.run_line(&l).await?,
+                        Input::Line(l) => {
+                            leaving = self.run_line(&l).await?;
+                            self.leaving |= leaving;
+                        }
                         Input::End => {
                             leaving = true;
                             self.leave().await?;
@@ -594,6 +632,7 @@ impl Session {
     /// "logged out"; downloads stop, keeping what they verified; a `register` still
     /// reading its file is dropped, and the user told.
     async fn leave(&mut self) -> Result<(), LinkError> {
+        self.leaving = true;
         for name in std::mem::take(&mut self.hashing) {
             self.out.line(format!(
                 "Error. {name} was still being read when you logged out; it was not registered"
@@ -602,6 +641,101 @@ impl Session {
         self.chats.close_all().await;
         self.stop_transfers();
         self.send(Asked::Logout, Request::Logout).await
+    }
+
+    /// Whether `e` is the tracker going away while a session elsewhere is possible.
+    fn may_resume(&self, e: &LinkError) -> bool {
+        let lost = matches!(
+            e,
+            LinkError::Closed | LinkError::Frame(_) | LinkError::Silent { .. }
+        );
+        lost && !self.leaving && self.failover.as_ref().is_some_and(|(_, t)| !t.is_empty())
+    }
+
+    /// Logs in again through another tracker of the cluster with the session's resume
+    /// token, trying each (the lost one last) until one takes the session over or
+    /// [`RESUME_FOR`] has passed. What was on its way to the lost tracker is dropped:
+    /// unanswered commands are reported, downloads stopped (what they verified is kept).
+    async fn resume(&mut self) -> bool {
+        let Some((token, mut trackers)) = self.failover.take() else {
+            return false;
+        };
+        let lost = self.link.addr();
+        self.out.line(format!(
+            "Lost the connection to the server at {lost}; reconnecting through another server"
+        ));
+        if !self.pending.is_empty() {
+            self.out.line(format!(
+                "Error. {} command(s) may not have been carried out: check and type them again",
+                self.pending.len()
+            ));
+        }
+        self.pending.clear();
+        self.told_silent = None;
+        self.locating_order.clear();
+        self.introducing.clear();
+        self.registering.clear();
+        self.announcer = Announcer::default();
+        if !self.transfers.is_empty() {
+            let names: Vec<String> = self.transfers.keys().map(|n| n.to_string()).collect();
+            self.out.line(format!(
+                "Downloads stopped: {} (type download again to resume)",
+                names.join(", ")
+            ));
+            self.stop_transfers();
+        }
+        trackers.sort_by_key(|t| t.addr == lost);
+        let deadline = Instant::now() + RESUME_FOR;
+        while Instant::now() < deadline {
+            for t in &trackers {
+                let dial = Dial {
+                    addr: t.addr,
+                    security: self.redial.security,
+                    // Vouched for by the tracker we trusted.
+                    pinned: t.fingerprint.map(Fingerprint),
+                    known: KnownTrackers::at(self.redial.known.clone()),
+                    from_port: self.redial.port,
+                };
+                let Ok((mut link, _)) = TrackerLink::connect(&dial).await else {
+                    continue;
+                };
+                let resume = ClientMsg::Resume {
+                    user: self.me.clone(),
+                    token,
+                    p2p_port: self.redial.port,
+                    key: self.redial.key,
+                    lan_ip: link.local_ip(),
+                };
+                match link.ask(resume).await {
+                    Ok(ServerMsg::Login(LoginResult::Welcome)) => {
+                        self.out.line(format!(
+                            "Reconnected to the server at {} as {}",
+                            t.addr, self.me
+                        ));
+                        self.link = link;
+                        return true;
+                    }
+                    // The lost tracker's lease has not run out yet, or the other is busy:
+                    // again shortly.
+                    Ok(ServerMsg::Login(
+                        LoginResult::AlreadyLoggedIn
+                        | LoginResult::Throttled { .. }
+                        | LoginResult::Unavailable,
+                    )) => {}
+                    Ok(ServerMsg::Login(_)) => {
+                        self.out.line(
+                            "Error. The other servers did not take this session over; log in again",
+                        );
+                        return false;
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(RESUME_RETRY).await;
+        }
+        self.out
+            .line("Error. No other server took this session over; log in again");
+        false
     }
 
     fn stop_transfers(&mut self) {
@@ -1017,6 +1151,9 @@ impl Session {
                         }
                     }
                     Event::TimedOut => return Ok(Next::Exit(ExitCode::SUCCESS)),
+                    Event::Failover { token, trackers } => {
+                        self.failover = Some((token, trackers));
+                    }
                     _ => {}
                 }
             }

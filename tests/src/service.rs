@@ -120,28 +120,34 @@ impl Service {
     }
 
     /// Returns once every tracker has heard from every other everything it did before
-    /// this call (two heartbeats each: the second was sent after the call). At once on
-    /// one tracker.
+    /// this call. At once on one tracker.
     pub fn settle(&self) {
-        if self.trackers.len() == 1 {
-            return;
-        }
-        let beats = |t: &Tracker| t.log().matches(" alive node=").count();
-        let before: Vec<usize> = self.trackers.iter().map(beats).collect();
-        let others = self.trackers.len() - 1;
-        let deadline = Instant::now() + WAIT;
-        while !self
-            .trackers
-            .iter()
-            .zip(&before)
-            .all(|(t, b)| beats(t) >= b + 2 * others)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the trackers never heard each other"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let all: Vec<&Tracker> = self.trackers.iter().collect();
+        settle(&all);
+    }
+}
+
+/// Returns once each of `trackers` (a cluster) has heard from every other everything it
+/// did before this call: two heartbeats each (the second was sent after the call, and a
+/// tracker sends its pending changes ahead of each heartbeat).
+pub fn settle(trackers: &[&Tracker]) {
+    if trackers.len() < 2 {
+        return;
+    }
+    let beats = |t: &Tracker| t.log().matches(" alive node=").count();
+    let before: Vec<usize> = trackers.iter().map(|t| beats(t)).collect();
+    let others = trackers.len() - 1;
+    let deadline = Instant::now() + WAIT;
+    while !trackers
+        .iter()
+        .zip(&before)
+        .all(|(t, b)| beats(t) >= b + 2 * others)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the trackers never heard each other"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

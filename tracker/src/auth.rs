@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use wire::{Event, LoginResult, OfflineMessage, Password, ServerMsg, UserCheck, UserName};
+use sha2::{Digest, Sha256};
+use wire::{
+    Event, LoginResult, OfflineMessage, Password, ResumeToken, ServerMsg, UserCheck, UserName,
+};
 
 use crate::clock::Millis;
 use crate::credentials::Secret;
@@ -32,7 +35,24 @@ enum LoginThen {
         outbox: Arc<Outbox>,
         listener: Listener,
         history_id: i64,
+        /// What the client may resume the session with elsewhere (its hash is stored).
+        token: ResumeToken,
     },
+}
+
+/// How long after a session's tracker was taken for dead its client may still resume it
+/// on another tracker without the password.
+pub const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A fresh resume token, and the hash the store keeps of it.
+fn new_token() -> (ResumeToken, [u8; 32]) {
+    // ThreadRng is a CSPRNG seeded from the OS: tokens cannot be predicted.
+    let token = ResumeToken(rand::random());
+    (token, token_hash(&token))
+}
+
+fn token_hash(token: &ResumeToken) -> [u8; 32] {
+    Sha256::digest(token.0).into()
 }
 
 /// Offline messages per `Event::Offline` frame: 128 × 4 KiB texts stays far below the cap.
@@ -127,11 +147,13 @@ impl Tracker {
             return LoginStep::Done(LoginResult::AlreadyLoggedIn);
         }
         let history_id = rand::random::<i64>() & i64::MAX;
+        let (token, hash) = new_token();
         let at = self.persist_at(Cmd::Claim {
             user: user.clone(),
             node: self.node,
             session: history_id,
             at: now,
+            token: hash,
         });
         LoginStep::Wait(LoginWait {
             then: LoginThen::Claim {
@@ -139,6 +161,51 @@ impl Tracker {
                 outbox,
                 listener,
                 history_id,
+                token,
+            },
+            at,
+        })
+    }
+
+    /// A client whose tracker went away logs in here with its session's resume token
+    /// instead of a password: the store takes the session over if the token is good (see
+    /// [`Cmd::Resume`]); the answer goes to [`Tracker::login_settled`] as a login's does.
+    pub fn resume(
+        &mut self,
+        user: &UserName,
+        presented: &ResumeToken,
+        now: Millis,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        listener: Listener,
+    ) -> LoginStep {
+        if !self.creds.contains(user) || !self.clustered() {
+            return LoginStep::Done(LoginResult::ResumeRefused);
+        }
+        if self.lockouts.is_locked(user, now) {
+            return LoginStep::Done(LoginResult::Locked);
+        }
+        if self.sessions.contains_key(user) {
+            return LoginStep::Done(LoginResult::AlreadyLoggedIn);
+        }
+        let history_id = rand::random::<i64>() & i64::MAX;
+        let (token, renewed) = new_token();
+        let at = self.persist_at(Cmd::Resume {
+            user: user.clone(),
+            token: token_hash(presented),
+            renewed,
+            node: self.node,
+            session: history_id,
+            at: now,
+            window_ms: RESUME_WINDOW.as_millis() as u64,
+        });
+        LoginStep::Wait(LoginWait {
+            then: LoginThen::Claim {
+                conn,
+                outbox,
+                listener,
+                history_id,
+                token,
             },
             at,
         })
@@ -155,7 +222,7 @@ impl Tracker {
         now: Millis,
     ) -> LoginResult {
         let answer = crate::store::answer_at(answers, wait.at).ok();
-        let (conn, outbox, listener, history_id) = match (wait.then, answer) {
+        let (conn, outbox, listener, history_id, token) = match (wait.then, answer) {
             (LoginThen::Strike, Some(Answer::Strike(Strike::LockedUntil(until)))) => {
                 self.lockouts.restore(user.clone(), until);
                 return LoginResult::LockedNow;
@@ -173,13 +240,15 @@ impl Tracker {
                         outbox,
                         listener,
                         history_id,
+                        token,
                     },
                     Claim::Claimed,
-                ) => (conn, outbox, listener, history_id),
+                ) => (conn, outbox, listener, history_id, token),
                 (_, Claim::Locked(until)) => {
                     self.lockouts.restore(user.clone(), until);
                     return LoginResult::Locked;
                 }
+                (_, Claim::Expired) => return LoginResult::ResumeRefused,
                 (_, _) => return LoginResult::AlreadyLoggedIn,
             },
             (LoginThen::Claim { .. }, _) => return LoginResult::Unavailable,
@@ -196,6 +265,13 @@ impl Tracker {
         });
         if let Err(e) = outbox.push_reply(&ServerMsg::Login(LoginResult::Welcome)) {
             tracing::error!(error = %e, "cannot encode the welcome");
+        }
+        // In a cluster: where to go, and with what, if this tracker goes away.
+        if let Some(trackers) = self.failover() {
+            let event = ServerMsg::Event(Event::Failover { token, trackers });
+            if let Err(e) = outbox.push_reply(&event) {
+                tracing::error!(error = %e, "cannot encode the failover");
+            }
         }
         // Whatever comes for the session waits behind its backlog, which the connection
         // reads next (`read_mail`): so nothing sent after the login overtakes what was

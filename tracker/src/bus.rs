@@ -114,7 +114,8 @@ impl Bus {
         let mut mine = self.client.subscribe(node_subject(node)).await?;
         // After subscribing, on the same connection: the snapshots it asks for find us
         // listening.
-        self.send(vec![(To::All, BusMsg::Hello { node })]);
+        let hello = shared.with(|t, _| t.hello());
+        self.send(vec![(To::All, hello)]);
         let heartbeat = {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -135,7 +136,7 @@ impl Bus {
                         tracing::warn!("undecodable bus message");
                         continue;
                     };
-                    if let BusMsg::Hello { node: new } = &msg {
+                    if let BusMsg::Hello { node: new, .. } = &msg {
                         if *new != node {
                             let changes = shared.with(|t, _| t.snapshot());
                             let parts: Vec<(To, BusMsg)> = crate::cluster::parts(changes)

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use wire::{Event, FileMeta, FileName, Gone, ServerMsg, Text, UserName};
+use wire::{Event, FileMeta, FileName, Gone, ServerMsg, Text, TrackerEndpoint, UserName};
 
 use crate::clock::Millis;
 use crate::state::{Listener, Tracker, LEASE};
@@ -25,13 +25,20 @@ use crate::state::{Listener, Tracker, LEASE};
 pub enum BusMsg {
     /// Logins and logouts on tracker `node` since its last batch.
     Presence { node: u64, changes: Vec<Change> },
-    /// Tracker `node` just started: the others send it who is online on them.
-    Hello { node: u64 },
+    /// Tracker `node` just started: the others send it who is online on them. `at`: where
+    /// clients reach it, if it says.
+    Hello {
+        node: u64,
+        at: Option<TrackerEndpoint>,
+    },
     /// Who is online on tracker `node` and what they share and download (the answer to a
     /// `Hello`, in parts).
     Snapshot { node: u64, changes: Vec<Change> },
-    /// Tracker `node` is alive (every second).
-    Alive { node: u64 },
+    /// Tracker `node` is alive (every second), reached by clients `at`.
+    Alive {
+        node: u64,
+        at: Option<TrackerEndpoint>,
+    },
     Block {
         blocker: UserName,
         blocked: UserName,
@@ -166,6 +173,10 @@ pub struct ClusterView {
     pub(crate) remote: HashMap<UserName, RemoteUser>,
     /// Other trackers, by when they were last heard from.
     nodes: HashMap<u64, Millis>,
+    /// Where clients reach the other trackers (those that say), for failover.
+    endpoints: HashMap<u64, TrackerEndpoint>,
+    /// Where clients reach this one, told to the others.
+    me: Option<TrackerEndpoint>,
     /// Logins and logouts here since the last presence batch.
     changes: Vec<Change>,
     /// What to send, in order.
@@ -182,6 +193,35 @@ impl Tracker {
     /// others. (Its `Hello` is sent by the bus once it listens for the answers.)
     pub fn join_cluster(&mut self) {
         self.cluster = Some(ClusterView::default());
+    }
+
+    /// Where clients reach this tracker, for the others to tell their clients.
+    pub fn advertise(&mut self, at: TrackerEndpoint) {
+        if let Some(c) = &mut self.cluster {
+            c.me = Some(at);
+        }
+    }
+
+    /// What a new session is told to fail over to: the other live trackers that said where
+    /// clients reach them (`None` outside a cluster).
+    pub(crate) fn failover(&self) -> Option<Vec<TrackerEndpoint>> {
+        let c = self.cluster.as_ref()?;
+        let mut at: Vec<TrackerEndpoint> = c
+            .nodes
+            .keys()
+            .filter_map(|n| c.endpoints.get(n).cloned())
+            .collect();
+        at.sort_by_key(|e| e.addr);
+        at.truncate(wire::MAX_FAILOVER);
+        Some(at)
+    }
+
+    /// This tracker's `Hello`, sent once it listens for the answers.
+    pub fn hello(&self) -> BusMsg {
+        BusMsg::Hello {
+            node: self.node,
+            at: self.cluster.as_ref().and_then(|c| c.me.clone()),
+        }
     }
 
     /// What to send on the bus since the last call, in order.
@@ -254,7 +294,8 @@ impl Tracker {
     pub fn heartbeat(&mut self) {
         self.publish_changes();
         let node = self.node;
-        self.publish(To::All, BusMsg::Alive { node });
+        let at = self.cluster.as_ref().and_then(|c| c.me.clone());
+        self.publish(To::All, BusMsg::Alive { node, at });
     }
 
     /// The user's tracker, if they are online on another one.
@@ -287,11 +328,15 @@ impl Tracker {
                     self.remote_change(node, c, now);
                 }
             }
-            BusMsg::Alive { node } if node != me => {
+            BusMsg::Alive { node, at } if node != me => {
                 tracing::debug!(node, "alive");
-                self.heard_from(node, now)
+                self.heard_from(node, now);
+                self.reached_at(node, at);
             }
-            BusMsg::Hello { node } if node != me => self.heard_from(node, now),
+            BusMsg::Hello { node, at } if node != me => {
+                self.heard_from(node, now);
+                self.reached_at(node, at);
+            }
             BusMsg::Block {
                 blocker,
                 blocked,
@@ -307,6 +352,12 @@ impl Tracker {
             _ => {}
         }
         self.settle(now);
+    }
+
+    fn reached_at(&mut self, node: u64, at: Option<TrackerEndpoint>) {
+        if let (Some(c), Some(at)) = (&mut self.cluster, at) {
+            c.endpoints.insert(node, at);
+        }
     }
 
     fn heard_from(&mut self, node: u64, now: Millis) {
@@ -381,6 +432,7 @@ impl Tracker {
             .collect();
         for n in &dead {
             c.nodes.remove(n);
+            c.endpoints.remove(n);
             tracing::info!(node = n, "tracker taken for dead");
         }
         for u in gone {

@@ -40,6 +40,11 @@ struct Args {
     /// they are logged in through.
     #[arg(long, requires = "store")]
     bus: Option<String>,
+    /// Where clients reach this tracker (HOST_IP:PORT), told to the clients of the other
+    /// trackers of the cluster to fail over to. Default: the address it listens on, unless
+    /// that is all interfaces (then clients are told of no other tracker to go to).
+    #[arg(long, requires = "bus", value_name = "IP:PORT")]
+    advertise: Option<SocketAddr>,
     /// Keep the durable state in a PostgreSQL database instead of --state, e.g.
     /// `postgres://swarm@127.0.0.1:5432/swarmchat`; its tables are made on first use.
     #[arg(long, value_parser = postgres_url)]
@@ -214,6 +219,14 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the bus {url}"))?;
             shared = shared.with_bus(bus.clone());
+            let listening = listener.local_addr()?;
+            let at = args
+                .advertise
+                .or((!listening.ip().is_unspecified()).then_some(listening));
+            if let Some(addr) = at {
+                let fingerprint = tls.as_ref().map(|id| id.fingerprint().0);
+                shared.with(|t, _| t.advertise(wire::TrackerEndpoint { addr, fingerprint }));
+            }
             let (s, node) = (shared.clone(), node);
             tokio::spawn(async move {
                 if let Err(e) = bus.serve(s, node).await {

@@ -792,6 +792,52 @@ async fn login(
                     return Err(Dropped::Refused(result));
                 }
             }
+            ClientMsg::Resume {
+                user,
+                token,
+                p2p_port,
+                key,
+                lan_ip,
+            } => {
+                // Paced like password logins from the address (a token cannot be guessed,
+                // but each try costs a database round trip).
+                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
+                    let result = LoginResult::Throttled { retry_secs };
+                    conn.reply(&ServerMsg::Login(result))?;
+                    conn.write_out().await?;
+                    return Err(Dropped::Refused(result));
+                }
+                let (id, outbox) = (conn.id, conn.outbox.clone());
+                let turn = shared.verify_turn(&user).await;
+                let (step, ticket) = shared.act(|t, now| {
+                    let listener = Listener {
+                        ip,
+                        port: p2p_port,
+                        key,
+                        reachable: None,
+                        keeps_port: p2p_port == addr.port(),
+                        lan_ip,
+                    };
+                    t.resume(&user, &token, now, id, outbox, listener)
+                });
+                let result = match step {
+                    LoginStep::Done(result) => result,
+                    LoginStep::Wait(wait) => {
+                        let answers = store::answers(ticket).await;
+                        shared.with(|t, now| t.login_settled(&user, wait, answers, now))
+                    }
+                };
+                drop(turn);
+                if result == LoginResult::ResumeRefused {
+                    shared.gate(|g, now| g.failed(ip, now));
+                }
+                if result == LoginResult::Welcome {
+                    return Ok((user, p2p_port));
+                }
+                conn.reply(&ServerMsg::Login(result))?;
+                conn.write_out().await?;
+                return Err(Dropped::Refused(result));
+            }
             _ => return Err(Dropped::Unexpected("not logged in")),
         }
     }

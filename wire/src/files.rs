@@ -128,7 +128,8 @@ impl fmt::Display for Digest {
 byte_array_serde!(Ticket, 16);
 byte_array_serde!(Circuit, 16);
 byte_array_serde!(PeerKey, 32);
-use crate::msg::{Circuit, PeerKey, Ticket};
+byte_array_serde!(ResumeToken, 32);
+use crate::msg::{Circuit, PeerKey, ResumeToken, Ticket};
 
 /// Why a file description is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -27,4 +27,4 @@ pub use ids::{IdError, Password, Text, UserName};
 pub use msg::*;
 
 /// Version carried in the first frame of every connection. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;

@@ -27,6 +27,33 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// Lets a client whose tracker went away log in again through another tracker of the same
+/// cluster without its password (`ClientMsg::Resume`). 256 random bits, bound to one user's
+/// one session, and accepted only in the short while after that session's tracker was
+/// taken for dead (see the tracker's `store::Cmd::Resume`).
+///
+/// Serialized as 32 bytes of MessagePack `bin` (see `files.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResumeToken(pub [u8; 32]);
+
+/// Printed as a short prefix only, so logs never carry a usable token.
+impl std::fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResumeToken({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+/// Another tracker of the cluster: where clients reach it, and the SHA-256 of its TLS key
+/// (`None` for a tracker in clear), told by a tracker the client already trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerEndpoint {
+    pub addr: SocketAddr,
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+/// Most trackers named in one `Event::Failover`.
+pub const MAX_FAILOVER: usize = 16;
+
 /// One user's presence change, in an `Event::Presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PresenceChange {
@@ -115,6 +142,17 @@ pub enum ClientMsg {
     /// there (from then on the connection carries only the other side's bytes), or
     /// `ServerMsg::RelayRefused` and closed.
     RelayJoin { version: u32, circuit: Circuit },
+    /// Instead of `Login`, after `Hello`: this session's tracker went away; log in again
+    /// with the token it gave (`Event::Failover`). Answered by `ServerMsg::Login`:
+    /// `Welcome`, `ResumeRefused` (use the password), or `AlreadyLoggedIn` (the old
+    /// tracker's lease has not run out yet: try again in a moment).
+    Resume {
+        user: UserName,
+        token: ResumeToken,
+        p2p_port: u16,
+        key: PeerKey,
+        lan_ip: Option<IpAddr>,
+    },
 }
 
 /// A logged-in user's command.
@@ -261,6 +299,9 @@ pub enum LoginResult {
     /// The server could not record the login (its database is unreachable); nothing was
     /// counted against the account. The connection closes; try again shortly.
     Unavailable,
+    /// The resume token is unknown, spent or expired, or its session's tracker is still
+    /// alive: log in with the password. The connection closes.
+    ResumeRefused,
 }
 
 /// Users named in one listing reply: 10,000 names of the longest kind fill 660 KB, so a
@@ -443,6 +484,12 @@ pub enum Event {
     /// To the holders and watchers of `name`: the name no longer means what they hold or
     /// download. Their copies are no longer shared.
     FileGone { name: FileName, why: Gone },
+    /// Right after the welcome, from a tracker in a cluster: if this tracker goes away,
+    /// log in again through one of `trackers` with `token` (`ClientMsg::Resume`).
+    Failover {
+        token: ResumeToken,
+        trackers: Vec<TrackerEndpoint>,
+    },
 }
 
 /// Why a registered name stopped meaning the file it described.

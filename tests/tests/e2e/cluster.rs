@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use harness::servers::{Nats, Postgres};
-use harness::{Peer, Tracker, WAIT};
+use harness::{Peer, Raw, Tracker, WAIT};
 
 const ALREADY: &str = "is already logged in";
 const WELCOME: &str = "Welcome to the greatest messaging application ever!";
@@ -39,6 +39,12 @@ fn see(who: &mut Peer, other: &str) {
         assert!(Instant::now() < deadline, "{other} never listed");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until each tracker has heard everything the other did (so it knows where
+/// clients reach it, and takes its users' logins as real).
+fn settle(a: &Tracker, b: &Tracker) {
+    harness::service::settle(&[a, b]);
 }
 
 /// A login of `user` with `password` through `t`: the line it ended with.
@@ -199,11 +205,11 @@ fn a_block_set_through_one_tracker_holds_through_the_other() {
 fn the_users_of_a_killed_tracker_are_seen_logged_out_through_the_others() {
     let (pg, nats) = (Postgres::start(), Nats::start());
     let (mut a, b) = cluster(&pg, &nats);
-    let mut hans = a.login("hans");
+    // A bare client: it does not fail over to b (see the next tests for one that does).
+    let _hans = Raw::login(a.addr, "hans");
     let mut luke = b.login("luke");
     see(&mut luke, "hans");
     a.kill();
-    assert!(!hans.wait_exit().success());
     luke.expect("hans logged out");
     assert_eq!(luke.run("whoelse"), ["No other users are online"]);
     // And hans may log in through b (the lease in the store ran out with the heartbeats).
@@ -220,13 +226,15 @@ fn the_users_of_a_killed_tracker_are_seen_logged_out_through_the_others() {
 }
 
 /// `kill -9` of a tracker while its user's messages are in flight: every message the user
-/// was told is stored reaches its recipient, who logs in through the other tracker.
+/// was told is stored reaches its recipient, who logs in through the other tracker; the
+/// user goes on through the other tracker without typing the password again.
 #[test]
 fn kill_9_with_messages_in_flight_loses_nothing_acknowledged() {
     let (pg, nats) = (Postgres::start(), Nats::start());
     let (mut a, b) = cluster(&pg, &nats);
     let stored = "luke is offline; the message will be delivered when they log in";
     let mut hans = a.login("hans");
+    settle(&a, &b);
     // Typed without waiting for the answers: the tracker dies with some in flight.
     for i in 0..200 {
         hans.send(&format!("message luke m{i}"));
@@ -235,7 +243,12 @@ fn kill_9_with_messages_in_flight_loses_nothing_acknowledged() {
         hans.expect(stored);
     }
     a.kill();
-    assert!(!hans.wait_exit().success());
+    hans.expect(&format!("Lost the connection to the server at {}", a.addr));
+    let back = hans.expect_within(
+        &format!("Reconnected to the server at {} as hans", b.addr),
+        WAIT,
+    );
+    assert!(back.starts_with("Reconnected"), "{back}");
     let acked = hans.transcript().matches(stored).count();
     assert!(acked >= 20);
     let mut luke = b.login("luke");
@@ -243,4 +256,69 @@ fn kill_9_with_messages_in_flight_loses_nothing_acknowledged() {
     for i in 0..acked {
         assert_eq!(luke.next_line(), format!("hans: m{i}"));
     }
+    // hans's session goes on through b.
+    see(&mut luke, "hans");
+    hans.send("message luke still here");
+    luke.expect("hans: still here");
+    assert_eq!(
+        hans.transcript().matches("Password:").count(),
+        1,
+        "asked for the password again"
+    );
+}
+
+/// The failover a session is told of at login: the other tracker, with its key; and a
+/// token that is no good is refused, with the password asked for instead.
+#[test]
+fn a_session_is_told_where_to_fail_over_and_a_bad_token_is_refused() {
+    use wire::{ClientMsg, Event, LoginResult, PeerKey, ResumeToken, ServerMsg, UserName};
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let (a, b) = cluster(&pg, &nats);
+    settle(&a, &b);
+    let mut hans = Raw::login(a.addr, "hans");
+    let Some(ServerMsg::Event(Event::Failover { token, trackers })) = hans.recv() else {
+        panic!("no failover after the welcome")
+    };
+    assert_eq!(trackers.len(), 1);
+    assert_eq!(trackers[0].addr, b.addr);
+    assert_eq!(
+        trackers[0]
+            .fingerprint
+            .map(link::Fingerprint)
+            .map(|f| f.to_string()),
+        Some(b.fingerprint())
+    );
+    let hello = |raw: &mut Raw| {
+        raw.send(&ClientMsg::Hello {
+            version: wire::PROTOCOL_VERSION,
+        });
+        assert!(matches!(raw.recv(), Some(ServerMsg::Hello { .. })));
+    };
+    // a is alive: its session is not b's to take, even with the right token.
+    let mut other = Raw::connect(b.addr);
+    hello(&mut other);
+    other.send(&ClientMsg::Resume {
+        user: UserName::new("hans").unwrap(),
+        token,
+        p2p_port: 0,
+        key: PeerKey([0; 32]),
+        lan_ip: None,
+    });
+    assert_eq!(
+        other.recv(),
+        Some(ServerMsg::Login(LoginResult::AlreadyLoggedIn))
+    );
+    let mut forged = Raw::connect(b.addr);
+    hello(&mut forged);
+    forged.send(&ClientMsg::Resume {
+        user: UserName::new("hans").unwrap(),
+        token: ResumeToken([1; 32]),
+        p2p_port: 0,
+        key: PeerKey([0; 32]),
+        lan_ip: None,
+    });
+    assert_eq!(
+        forged.recv(),
+        Some(ServerMsg::Login(LoginResult::ResumeRefused))
+    );
 }

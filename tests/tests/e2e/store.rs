@@ -429,11 +429,28 @@ fn strike(user: &str, at: u64) -> Cmd {
 }
 
 fn claim(user: &str, node: u64, session: i64, at: u64) -> Cmd {
+    claim_with(user, node, session, at, [0; 32])
+}
+
+fn claim_with(user: &str, node: u64, session: i64, at: u64, token: [u8; 32]) -> Cmd {
     Cmd::Claim {
         user: u(user),
         node,
         session,
         at: Millis(at),
+        token,
+    }
+}
+
+fn resume(user: &str, token: [u8; 32], renewed: [u8; 32], node: u64, at: u64) -> Cmd {
+    Cmd::Resume {
+        user: u(user),
+        token,
+        renewed,
+        node,
+        session: at as i64,
+        at: Millis(at),
+        window_ms: 30_000,
     }
 }
 
@@ -555,6 +572,69 @@ async fn the_store_suite_passes_on_sqlite() {
 async fn the_store_suite_passes_on_postgres() {
     let pg = Postgres::start();
     suite(|name| Db::Postgres(pg.database(name))).await;
+}
+
+/// A session's resume token takes it over to another tracker only once its tracker is
+/// dead, only within the window after, only once, only for its user; the embedded store
+/// resumes nothing (nowhere to fail over to).
+#[tokio::test]
+async fn a_resume_token_moves_its_session_once_after_its_tracker_died() {
+    use tracker::store::Claim;
+    let pg = Postgres::start();
+    let mut e = Db::Postgres(pg.database("resume")).open().await;
+    let lease = |node: u64, until: u64| Cmd::Lease {
+        node,
+        until: Millis(until),
+    };
+    e.run(&[lease(1, 3_000), lease(2, 1_000_000)])
+        .await
+        .unwrap();
+    let (good, other, renewed) = ([7; 32], [8; 32], [9; 32]);
+    assert_eq!(
+        one(&mut e, claim_with("hans", 1, 10, 0, good)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+    // Tracker 1 alive: not yet (the client tries again).
+    assert_eq!(
+        one(&mut e, resume("hans", good, renewed, 2, 2_000)).await,
+        Answer::Claim(Claim::Taken)
+    );
+    // Wrong token, or another user's: never.
+    assert_eq!(
+        one(&mut e, resume("hans", other, renewed, 2, 4_000)).await,
+        Answer::Claim(Claim::Expired)
+    );
+    assert_eq!(
+        one(&mut e, resume("luke", good, renewed, 2, 4_000)).await,
+        Answer::Claim(Claim::Expired)
+    );
+    // Tracker 1 dead since 3,000: within the window, once.
+    assert_eq!(
+        one(&mut e, resume("hans", good, renewed, 2, 4_000)).await,
+        Answer::Claim(Claim::Claimed)
+    );
+    assert_eq!(
+        one(&mut e, resume("hans", good, [10; 32], 2, 4_100)).await,
+        Answer::Claim(Claim::Expired)
+    );
+    // The session is tracker 2's now: another claim is refused while it lives.
+    assert_eq!(
+        one(&mut e, claim("hans", 3, 30, 5_000)).await,
+        Answer::Claim(Claim::Taken)
+    );
+    // Too late: a token of a tracker dead for longer than the window.
+    one(&mut e, lease(2, 6_000)).await;
+    assert_eq!(
+        one(&mut e, resume("hans", renewed, [11; 32], 3, 36_001)).await,
+        Answer::Claim(Claim::Expired)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut lite = Db::Sqlite(dir.path().join("t.db")).open().await;
+    one(&mut lite, claim_with("hans", 1, 10, 0, good)).await;
+    assert_eq!(
+        one(&mut lite, resume("hans", good, renewed, 1, 10)).await,
+        Answer::Claim(Claim::Expired)
+    );
 }
 
 /// Two trackers' connections to one PostgreSQL, at once: of many attempts on the same

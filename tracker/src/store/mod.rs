@@ -99,6 +99,24 @@ pub enum Cmd {
         node: u64,
         session: i64,
         at: Millis,
+        /// SHA-256 of the session's resume token (see [`Cmd::Resume`]).
+        token: [u8; 32],
+    },
+    /// A client whose tracker went away logs in again on tracker `node` with its session's
+    /// resume token (SHA-256 `token`): the session becomes `session` there, with the new
+    /// token `renewed`, if the token is the user's current session's, the tracker that held
+    /// it is dead (its lease ran out) and died less than `window_ms` ago, and the account is
+    /// not locked. Answered with [`Answer::Claim`]: `Taken` while the old tracker's lease
+    /// still runs, `Expired` for anything else. Only a shared store resumes sessions (the
+    /// embedded one serves one tracker: nowhere to fail over to).
+    Resume {
+        user: UserName,
+        token: [u8; 32],
+        renewed: [u8; 32],
+        node: u64,
+        session: i64,
+        at: Millis,
+        window_ms: u64,
     },
     Block {
         blocker: UserName,
@@ -179,6 +197,8 @@ pub enum Claim {
     Locked(Millis),
     /// Another tracker, alive, holds a session of this user's.
     Taken,
+    /// A [`Cmd::Resume`] whose token is not (or no longer) good.
+    Expired,
 }
 
 /// What a tracker starts from: the durable state it keeps in memory.
@@ -360,6 +380,7 @@ impl Cmd {
             Cmd::Lockout { .. } => "lockout",
             Cmd::Strike { .. } => "wrong password",
             Cmd::Claim { .. } => "login claim",
+            Cmd::Resume { .. } => "session resume",
             Cmd::Lease { .. } => "node lease",
             Cmd::Block { .. } => "block",
             Cmd::PutFile { .. } => "file",

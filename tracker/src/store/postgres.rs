@@ -79,8 +79,11 @@ CREATE TABLE IF NOT EXISTS online (
     username TEXT PRIMARY KEY,
     node     BIGINT NOT NULL,
     session  BIGINT NOT NULL,
-    since    BIGINT NOT NULL
+    since    BIGINT NOT NULL,
+    -- SHA-256 of the session's resume token (Cmd::Resume).
+    token    BYTEA
 );
+ALTER TABLE online ADD COLUMN IF NOT EXISTS token BYTEA;
 CREATE TABLE IF NOT EXISTS nodes (
     id          BIGINT PRIMARY KEY,
     lease_until BIGINT NOT NULL
@@ -105,6 +108,7 @@ struct Conn {
 struct Statements {
     strike: Statement,
     claim: Statement,
+    resume: Statement,
     lease: Statement,
     session_started: Statement,
     session_ended: Statement,
@@ -147,15 +151,35 @@ impl Statements {
             claim: c
                 .prepare(
                     "WITH locked AS (SELECT until FROM lockouts WHERE username = $1 AND until > $4), \
-                     c AS (INSERT INTO online AS o (username, node, session, since) \
-                           SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM locked) \
+                     c AS (INSERT INTO online AS o (username, node, session, since, token) \
+                           SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM locked) \
                            ON CONFLICT (username) DO UPDATE \
-                           SET node = EXCLUDED.node, session = EXCLUDED.session, since = EXCLUDED.since \
+                           SET node = EXCLUDED.node, session = EXCLUDED.session, since = EXCLUDED.since, \
+                               token = EXCLUDED.token \
                            WHERE o.node = $2 OR NOT EXISTS \
                                (SELECT 1 FROM nodes n WHERE n.id = o.node AND n.lease_until > $4) \
                            RETURNING 1), \
                      r AS (DELETE FROM strikes WHERE username = $1 AND EXISTS (SELECT 1 FROM c)) \
                      SELECT (SELECT until FROM locked), (SELECT COUNT(*) FROM c)",
+                )
+                .await?,
+            // The row is locked as it is read: of two trackers resuming with one token, the
+            // second finds it renewed and gets nothing. The old session is closed in the
+            // history as the new one starts.
+            resume: c
+                .prepare(
+                    "WITH locked AS (SELECT until FROM lockouts WHERE username = $1 AND until > $5), \
+                     old AS (SELECT o.session, COALESCE(n.lease_until, 0) AS lease \
+                             FROM online o LEFT JOIN nodes n ON n.id = o.node \
+                             WHERE o.username = $1 AND o.token = $2 FOR UPDATE OF o), \
+                     c AS (UPDATE online o SET node = $3, session = $4, since = $5, token = $6 \
+                           FROM old WHERE o.username = $1 AND NOT EXISTS (SELECT 1 FROM locked) \
+                           AND old.lease <= $5 AND old.lease > $5 - $7 \
+                           RETURNING 1), \
+                     e AS (UPDATE sessions SET logout_at = $5 \
+                           WHERE id IN (SELECT session FROM old) AND EXISTS (SELECT 1 FROM c)) \
+                     SELECT (SELECT until FROM locked), (SELECT COUNT(*) FROM old), \
+                            (SELECT lease FROM old), (SELECT COUNT(*) FROM c)",
                 )
                 .await?,
             lease: c
@@ -420,12 +444,19 @@ async fn one(
             node,
             session,
             at,
+            token,
         } => {
             use super::Claim;
             let row = tx
                 .query_one(
                     &st.claim,
-                    &[&user.as_str(), &(*node as i64), session, &ms(*at)],
+                    &[
+                        &user.as_str(),
+                        &(*node as i64),
+                        session,
+                        &ms(*at),
+                        &token.as_slice(),
+                    ],
                 )
                 .await?;
             let locked: Option<i64> = row.get(0);
@@ -434,6 +465,41 @@ async fn one(
                 Some(u) => Claim::Locked(Millis(u as u64)),
                 None if claimed > 0 => Claim::Claimed,
                 None => Claim::Taken,
+            }));
+        }
+        Cmd::Resume {
+            user,
+            token,
+            renewed,
+            node,
+            session,
+            at,
+            window_ms,
+        } => {
+            use super::Claim;
+            let row = tx
+                .query_one(
+                    &st.resume,
+                    &[
+                        &user.as_str(),
+                        &token.as_slice(),
+                        &(*node as i64),
+                        session,
+                        &ms(*at),
+                        &renewed.as_slice(),
+                        &(*window_ms as i64),
+                    ],
+                )
+                .await?;
+            let locked: Option<i64> = row.get(0);
+            let found: i64 = row.get(1);
+            let lease: Option<i64> = row.get(2);
+            let resumed: i64 = row.get(3);
+            return Ok(Answer::Claim(match locked {
+                Some(u) => Claim::Locked(Millis(u as u64)),
+                None if resumed > 0 => Claim::Claimed,
+                None if found > 0 && lease.unwrap_or(0) > ms(*at) => Claim::Taken,
+                None => Claim::Expired,
             }));
         }
         Cmd::Lease { node, until } => {

@@ -211,12 +211,15 @@ impl Sqlite {
                 max,
                 lock_ms,
             } => return Ok(Answer::Strike(self.strike(user, *at, *max, *lock_ms)?)),
+            // One tracker per SQLite file: its sessions end with it, no token is kept.
             Cmd::Claim {
                 user,
                 node,
                 session,
                 at,
+                token: _,
             } => return Ok(Answer::Claim(self.claim(user, *node, *session, *at)?)),
+            Cmd::Resume { .. } => return Ok(Answer::Claim(super::Claim::Expired)),
             Cmd::Lease { node, until } => {
                 db.prepare_cached(
                     "INSERT OR REPLACE INTO nodes (id, lease_until) VALUES (?1, ?2)",
