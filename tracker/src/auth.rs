@@ -292,6 +292,7 @@ impl Tracker {
                 offline_acked: 0,
                 mail: true,
                 presence_seen: self.presence.end(),
+                resume: token,
             },
         );
         if !known {

@@ -54,18 +54,29 @@ pub enum BusMsg {
     /// An event for `to`, online on the tracker this is sent to (a private ticket): at
     /// most once, like the introduction it belongs to (the requester tries again).
     Push { to: UserName, msg: ServerMsg },
-    /// A message for `to`, online on the tracker this is sent to; answered with a
-    /// [`Delivery`].
+    /// Messages for users online on the tracker this is sent to, batch `seq` of tracker
+    /// `node`'s: answered with a `Delivered` of the same `seq`, one [`Delivery`] per item,
+    /// in order.
     Deliver {
-        from: UserName,
-        to: UserName,
-        text: Text,
+        node: u64,
+        seq: u64,
+        items: Vec<Handover>,
     },
+    /// The answer to batch `seq` of a `Deliver`.
+    Delivered { seq: u64, how: Vec<Delivery> },
 }
 
 /// One change on a tracker, in the order it happened there. The file registry is kept
 /// whole on every tracker (names, who holds which chunks, who downloads what), so searches
 /// and downloads see the cluster; each tracker tells its own users of what changed.
+/// A message handed to the tracker of its recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    pub from: UserName,
+    pub to: UserName,
+    pub text: Text,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// A login, or a login's listener now probed (sent again).
@@ -177,6 +188,8 @@ pub struct ClusterView {
     endpoints: HashMap<u64, TrackerEndpoint>,
     /// Where clients reach this one, told to the others.
     me: Option<TrackerEndpoint>,
+    /// The trackers to fail over to changed since sessions were last told.
+    failover_changed: bool,
     /// Logins and logouts here since the last presence batch.
     changes: Vec<Change>,
     /// What to send, in order.
@@ -292,6 +305,7 @@ impl Tracker {
     /// Says this tracker is alive, after the changes not yet sent: whoever hears it has
     /// heard everything this tracker did before it.
     pub fn heartbeat(&mut self) {
+        self.tell_failover();
         self.publish_changes();
         let node = self.node;
         let at = self.cluster.as_ref().and_then(|c| c.me.clone());
@@ -356,7 +370,40 @@ impl Tracker {
 
     fn reached_at(&mut self, node: u64, at: Option<TrackerEndpoint>) {
         if let (Some(c), Some(at)) = (&mut self.cluster, at) {
-            c.endpoints.insert(node, at);
+            if c.endpoints.get(&node) != Some(&at) {
+                c.endpoints.insert(node, at);
+                c.failover_changed = true;
+            }
+        }
+    }
+
+    /// If the trackers to fail over to changed (one started, or died), every session here
+    /// is told the new list with its token: a client that logged in before the others were
+    /// heard of can still go on through them.
+    pub(crate) fn tell_failover(&mut self) {
+        let changed = self
+            .cluster
+            .as_mut()
+            .is_some_and(|c| std::mem::take(&mut c.failover_changed));
+        if !changed {
+            return;
+        }
+        let Some(trackers) = self.failover() else {
+            return;
+        };
+        let told: Vec<(UserName, ServerMsg)> = self
+            .sessions
+            .iter()
+            .map(|(u, s)| {
+                let event = Event::Failover {
+                    token: s.resume,
+                    trackers: trackers.clone(),
+                };
+                (u.clone(), ServerMsg::Event(event))
+            })
+            .collect();
+        for (u, msg) in told {
+            self.push(&u, &msg);
         }
     }
 
@@ -432,7 +479,7 @@ impl Tracker {
             .collect();
         for n in &dead {
             c.nodes.remove(n);
-            c.endpoints.remove(n);
+            c.failover_changed |= c.endpoints.remove(n).is_some();
             tracing::info!(node = n, "tracker taken for dead");
         }
         for u in gone {

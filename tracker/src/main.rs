@@ -215,7 +215,7 @@ fn main() -> anyhow::Result<()> {
         });
         let mut shared = Shared::with_relay(tracker, journal, clock, relay);
         if let Some(url) = &args.bus {
-            let bus = tracker::bus::Bus::connect(url)
+            let bus = tracker::bus::Bus::connect(url, node)
                 .await
                 .with_context(|| format!("cannot use the bus {url}"))?;
             shared = shared.with_bus(bus.clone());

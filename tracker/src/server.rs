@@ -966,10 +966,14 @@ async fn handle<'a>(
             let (outcome, ticket) = shared.act(|t, now| t.request(user, conn, req, now));
             let reply = match outcome {
                 Outcome::Forward { node, to, text } => {
-                    let bus = shared.bus.clone();
+                    // Handed over now, in the order of this user's requests; answered later.
+                    let handed = shared
+                        .bus
+                        .as_ref()
+                        .map(|b| b.deliver(node, user, &to, &text));
                     later.push_back(Box::pin(async move {
-                        let how = match &bus {
-                            Some(bus) => bus.deliver(node, user, &to, &text).await,
+                        let how = match handed {
+                            Some(answer) => answer.await,
                             None => crate::cluster::Delivery::NotHere,
                         };
                         let (outcome, ticket) =

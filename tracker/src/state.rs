@@ -95,6 +95,9 @@ pub struct Session {
     pub mail: bool,
     /// How far into the presence log this session has been told (`presence`).
     pub presence_seen: u64,
+    /// The session's resume token, told again with the trackers to fail over to when they
+    /// change (`cluster`). Only its hash is stored.
+    pub resume: wire::ResumeToken,
 }
 
 pub struct Tracker {

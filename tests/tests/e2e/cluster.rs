@@ -267,6 +267,32 @@ fn kill_9_with_messages_in_flight_loses_nothing_acknowledged() {
     );
 }
 
+/// A client that logged in before the other tracker started is told of it when it starts,
+/// and goes on through it when its own dies.
+#[test]
+fn a_tracker_started_later_is_told_to_clients_already_logged_in() {
+    let (pg, nats) = (Postgres::start(), Nats::start());
+    let url = pg.database("swarmchat");
+    let bus = nats.url();
+    let args = ["--store", url.as_str(), "--bus", bus.as_str()];
+    let mut a = Tracker::start_args(60, 120, &args);
+    let mut hans = a.login("hans");
+    let b = Tracker::start_args(60, 120, &args);
+    // Once a heard b's heartbeats, hans was told (the next second's heartbeat at most).
+    settle(&a, &b);
+    settle(&a, &b);
+    a.kill();
+    hans.expect_within(
+        &format!("Reconnected to the server at {} as hans", b.addr),
+        WAIT,
+    );
+    // luke logs in after hans is back, through the same tracker: hans is told.
+    let mut luke = b.login("luke");
+    hans.expect("luke logged in");
+    assert_eq!(hans.run("message luke hi"), Vec::<String>::new());
+    luke.expect("hans: hi");
+}
+
 /// The failover a session is told of at login: the other tracker, with its key; and a
 /// token that is no good is refused, with the password asked for instead.
 #[test]
