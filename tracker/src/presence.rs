@@ -19,8 +19,23 @@ pub const HISTORY_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 const PRUNE_STEP: usize = 1_000;
 
 /// How often gathered presence changes go out to everyone (a recipient that sends a
-/// request gets its own at once, ahead of the reply).
+/// request gets its own at once, ahead of the reply), with up to [`FLUSH_EVERY_UP_TO`]
+/// users online; see [`flush_interval`].
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_EVERY_UP_TO: usize = 2_000;
+/// The longest a presence change waits, however many are online.
+const FLUSH_AT_MOST_EVERY: Duration = Duration::from_millis(250);
+
+/// How long to wait before the next presence flush with `online` users online. A flush
+/// costs a frame per online user told anything (a write on each of their connections):
+/// beyond [`FLUSH_EVERY_UP_TO`] users the interval grows with them, so a burst of logins
+/// costs at most about 40,000 frames a second (10,000 users: every 250 ms), not one frame
+/// per user every 50 ms (`perf` on `bench/relay --cluster`'s 10,000 logins: the kernel's
+/// work for those writes was most of the trackers' time).
+pub fn flush_interval(online: usize) -> Duration {
+    let scaled = FLUSH_EVERY.mul_f64(online.max(1) as f64 / FLUSH_EVERY_UP_TO as f64);
+    scaled.clamp(FLUSH_EVERY, FLUSH_AT_MOST_EVERY)
+}
 
 /// Presence changes not yet told to everyone, in order. Each session remembers how far it
 /// has been told (`Session::presence_seen`); a change costs one entry here, not one frame
@@ -257,6 +272,15 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn presence_flushes_less_often_only_with_many_online() {
+        assert_eq!(flush_interval(0), FLUSH_EVERY);
+        assert_eq!(flush_interval(2_000), FLUSH_EVERY);
+        assert_eq!(flush_interval(4_000), Duration::from_millis(100));
+        assert_eq!(flush_interval(10_000), Duration::from_millis(250));
+        assert_eq!(flush_interval(1_000_000), Duration::from_millis(250));
+    }
+
     use super::*;
     use crate::state::testkit::*;
     use wire::Request;

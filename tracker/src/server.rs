@@ -232,13 +232,17 @@ async fn renew_lease(shared: Arc<Shared>) {
     }
 }
 
-/// Sends gathered presence changes to everyone every `presence::FLUSH_EVERY`.
+/// Sends gathered presence changes to everyone, every `presence::FLUSH_EVERY` or, with
+/// many online, less often (`presence::flush_interval`).
 async fn flush_presence(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(crate::presence::FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = crate::presence::FLUSH_EVERY;
     loop {
-        tick.tick().await;
-        shared.with(|t, _| t.flush_presence());
+        tokio::time::sleep(wait).await;
+        let online = shared.with(|t, _| {
+            t.flush_presence();
+            t.online_count()
+        });
+        wait = crate::presence::flush_interval(online);
     }
 }
 
