@@ -127,13 +127,15 @@ impl Tracker {
                     .insert(name.clone(), FileEntry::new(meta.clone(), Some(me.clone())));
             }
         }
-        if new || replaced {
+        // A new name is told to the other trackers once the store says it is ours
+        // (`registered_everywhere`): another tracker may have given it away meanwhile.
+        if replaced {
             self.share(Change::Named {
                 meta: meta.clone(),
                 owner: me.clone(),
             });
         }
-        self.add_holdings(me, &name, have);
+        self.add_holdings(me, &name, have, !new);
         self.note_unheld(&name, now);
         let reply = Reply::Registered {
             name: name.clone(),
@@ -158,8 +160,9 @@ impl Tracker {
     }
 
     /// A new name `me` registered could not be stored: withdrawn again, as if `me` had
-    /// unregistered it (unless it changed meanwhile), so memory and store agree.
-    pub(crate) fn register_failed(&mut self, me: &UserName, meta: &FileMeta) {
+    /// unregistered it (unless it changed meanwhile), so memory and store agree. `taken`:
+    /// the store has it as someone else's (left as it is there).
+    pub(crate) fn register_failed(&mut self, me: &UserName, meta: &FileMeta, taken: bool) {
         let name = meta.name();
         let ours = self
             .files
@@ -168,12 +171,11 @@ impl Tracker {
         if !ours {
             return;
         }
-        self.persist(Cmd::DeleteFile { name: name.clone() });
+        // Only here: a new name is told to the other trackers once stored.
+        if !taken {
+            self.persist(Cmd::DeleteFile { name: name.clone() });
+        }
         let why = Gone::Withdrawn { by: me.clone() };
-        self.share(Change::Unnamed {
-            name: name.clone(),
-            why: why.clone(),
-        });
         if let Some(gone) = self.end_name(name, &why, Some(me)) {
             self.disown(gone.owner.as_ref());
         }
@@ -197,7 +199,7 @@ impl Tracker {
         if let Err(refused) = in_range(&have, count) {
             return Reply::Refused(refused);
         }
-        self.add_holdings(me, &name, have);
+        self.add_holdings(me, &name, have, true);
         self.note_unheld(&name, now);
         Reply::Noted
     }
@@ -293,7 +295,38 @@ impl Tracker {
             return;
         };
         if in_range(&chunks, entry.meta.chunk_count()).is_ok() {
-            self.add_holdings(user, name, chunks);
+            self.add_holdings(user, name, chunks, false);
+        }
+    }
+
+    /// `me`'s new name `meta` was stored as theirs: the other trackers are told, with what
+    /// `me` holds of it (unless it changed meanwhile).
+    pub(crate) fn registered_everywhere(&mut self, me: &UserName, meta: &FileMeta) {
+        let name = meta.name();
+        let Some(entry) = self.files.get(name) else {
+            return;
+        };
+        if entry.meta != *meta || entry.owner.as_ref() != Some(me) {
+            return;
+        }
+        let held: Vec<u32> = entry
+            .holders
+            .get(me)
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default();
+        self.share(Change::Named {
+            meta: meta.clone(),
+            owner: me.clone(),
+        });
+        if !held.is_empty() {
+            self.share_mine(
+                me,
+                Change::Holds {
+                    user: me.clone(),
+                    name: name.clone(),
+                    chunks: held,
+                },
+            );
         }
     }
 
@@ -410,13 +443,14 @@ impl Tracker {
         if chunk >= count {
             return bad_chunk(chunk, count);
         }
-        self.add_holdings(me, name, vec![chunk]);
+        self.add_holdings(me, name, vec![chunk], true);
         Reply::Noted
     }
 
     /// `me` holds `chunks` of the registered file `name` (checked in range); watchers hear
     /// of the ones that are new.
-    fn add_holdings(&mut self, me: &UserName, name: &FileName, chunks: Vec<u32>) {
+    /// `share`: the other trackers are told (not for a name not yet known to be ours).
+    fn add_holdings(&mut self, me: &UserName, name: &FileName, chunks: Vec<u32>, share: bool) {
         let Some(entry) = self.files.get_mut(name) else {
             return;
         };
@@ -430,14 +464,16 @@ impl Tracker {
         if new.is_empty() {
             return;
         }
-        self.share_mine(
-            me,
-            Change::Holds {
-                user: me.clone(),
-                name: name.clone(),
-                chunks: new.clone(),
-            },
-        );
+        if share {
+            self.share_mine(
+                me,
+                Change::Holds {
+                    user: me.clone(),
+                    name: name.clone(),
+                    chunks: new.clone(),
+                },
+            );
+        }
         let event = Event::Holders {
             name: name.clone(),
             user: me.clone(),

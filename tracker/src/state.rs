@@ -489,9 +489,21 @@ impl Tracker {
                 self.set_blocked(me, &user, !on);
                 Reply::Refused(Refusal::Unavailable)
             }
-            (Then::Registered { reply, .. }, Ok(_)) => reply,
+            (Then::Registered { reply, meta }, Ok(Answer::Count(1))) => {
+                self.registered_everywhere(me, &meta);
+                reply
+            }
+            // Taken meanwhile, through another tracker, for other content.
+            (Then::Registered { meta, .. }, Ok(_)) => {
+                self.register_failed(me, &meta, true);
+                Reply::Refused(wire::Refusal::FileConflict {
+                    name: meta.name().clone(),
+                    same_content: false,
+                    chunks: 0,
+                })
+            }
             (Then::Registered { meta, .. }, Err(_)) => {
-                self.register_failed(me, &meta);
+                self.register_failed(me, &meta, false);
                 Reply::Refused(Refusal::Unavailable)
             }
             (Then::WhoElseSince { secs }, answer) => {

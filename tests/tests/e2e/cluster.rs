@@ -348,3 +348,32 @@ fn a_session_is_told_where_to_fail_over_and_a_bad_token_is_refused() {
         Some(ServerMsg::Login(LoginResult::ResumeRefused))
     );
 }
+
+/// Two users on different trackers register one name for different content at the same
+/// moment: one gets it, the other is told it is taken, and both trackers agree on whose
+/// it is.
+#[test]
+fn a_name_registered_through_two_trackers_at_once_goes_to_one() {
+    let s = harness::service::Service::cluster(60, 120);
+    let mut hans = s.login("hans");
+    let mut yoda = s.login("yoda");
+    std::fs::write(hans.dir.join("x.bin"), b"hans's content").unwrap();
+    std::fs::write(yoda.dir.join("x.bin"), b"yoda's other content").unwrap();
+    hans.send("register x.bin");
+    yoda.send("register x.bin");
+    let ends = ["x.bin registered", "Error. A different file named x.bin"];
+    let (h, y) = (hans.expect_any(&ends, WAIT), yoda.expect_any(&ends, WAIT));
+    let won: Vec<bool> = [&h, &y]
+        .iter()
+        .map(|l| l.starts_with("x.bin registered"))
+        .collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{h} / {y}");
+    let winner = if won[0] { "hans" } else { "yoda" };
+    s.settle();
+    let mut luke = s.login("luke");
+    let mut vader = s.login("vader");
+    luke.expect("vader logged in");
+    for p in [&mut luke, &mut vader] {
+        assert_eq!(p.run("searchFile x.bin"), ["Available", winner]);
+    }
+}

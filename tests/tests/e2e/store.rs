@@ -370,6 +370,39 @@ async fn blocks_lockouts_and_files_survive_a_restart(db: Db) {
     assert_eq!(backlog(&mut e, "luke").await.len(), 1);
 }
 
+/// A name is its first owner's: another owner's content under it is refused (two
+/// trackers registering it at once: one wins), the same content is taken without changing
+/// the owner, and the owner may replace it.
+async fn a_name_is_taken_once_whatever_the_tracker(db: Db) {
+    let mut e = db.open().await;
+    let put = |meta: FileMeta, owner: &str| Cmd::PutFile {
+        meta,
+        owner: u(owner),
+    };
+    assert_eq!(
+        one(&mut e, put(meta("x.bin", 1), "hans")).await,
+        Answer::Count(1)
+    );
+    assert_eq!(
+        one(&mut e, put(meta("x.bin", 2), "luke")).await,
+        Answer::Count(0)
+    );
+    assert_eq!(
+        one(&mut e, put(meta("x.bin", 1), "luke")).await,
+        Answer::Count(1)
+    );
+    assert_eq!(
+        one(&mut e, put(meta("x.bin", 3), "hans")).await,
+        Answer::Count(1)
+    );
+    drop(e);
+    let mut e = db.open().await;
+    let boot = e.boot(Millis(600), 1).await.unwrap();
+    let files: Vec<(FileMeta, Option<UserName>)> =
+        boot.files.into_iter().map(|f| (f.meta, f.owner)).collect();
+    assert_eq!(files, [(meta("x.bin", 3), Some(u("hans")))]);
+}
+
 /// A group commit that fails (here: a login under an id already taken) is retried batch
 /// by batch: only the failing batch fails, and nothing of it was applied.
 async fn a_batch_that_fails_in_a_group_fails_alone(db: Db) {
@@ -556,6 +589,7 @@ async fn suite(mut fresh: impl FnMut(&str) -> Db) {
     the_history_is_pruned_in_bounded_steps_and_last_logouts_survive_it(fresh("prune")).await;
     blocks_lockouts_and_files_survive_a_restart(fresh("restart")).await;
     a_batch_that_fails_in_a_group_fails_alone(fresh("group")).await;
+    a_name_is_taken_once_whatever_the_tracker(fresh("names")).await;
     the_third_wrong_password_in_a_row_locks_and_the_right_one_resets_the_count(fresh("strike"))
         .await;
     a_session_claimed_by_a_live_tracker_is_not_claimed_by_another(fresh("claim")).await;

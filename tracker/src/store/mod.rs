@@ -123,7 +123,9 @@ pub enum Cmd {
         blocked: UserName,
         on: bool,
     },
-    /// A newly registered (or replaced) file, held by its owner.
+    /// A newly registered (or replaced) file, held by its owner: taken unless the name
+    /// is another owner's for other content (registered through another tracker at the
+    /// same moment). Answered with [`Answer::Count`]: 1 if taken, 0 if not.
     PutFile {
         meta: FileMeta,
         owner: UserName,

@@ -227,9 +227,10 @@ impl Statements {
                 .await?,
             put_file: c
                 .prepare(
-                    "INSERT INTO files (name, meta, owner, unheld_at) VALUES ($1, $2, $3, NULL) \
+                    "INSERT INTO files AS f (name, meta, owner, unheld_at) VALUES ($1, $2, $3, NULL) \
                      ON CONFLICT (name) DO UPDATE \
-                     SET meta = EXCLUDED.meta, owner = EXCLUDED.owner, unheld_at = NULL",
+                     SET meta = EXCLUDED.meta, unheld_at = NULL \
+                     WHERE f.owner = EXCLUDED.owner OR f.meta = EXCLUDED.meta",
                 )
                 .await?,
             set_unheld: c
@@ -525,11 +526,13 @@ async fn one(
         }
         Cmd::PutFile { meta, owner } => {
             let blob = rmp_serde::to_vec(meta)?;
-            tx.execute(
-                &st.put_file,
-                &[&meta.name().as_str(), &blob, &owner.as_str()],
-            )
-            .await?;
+            let n = tx
+                .execute(
+                    &st.put_file,
+                    &[&meta.name().as_str(), &blob, &owner.as_str()],
+                )
+                .await?;
+            return Ok(Answer::Count(n));
         }
         Cmd::SetUnheld { name, since } => {
             tx.execute(&st.set_unheld, &[&name.as_str(), &since.map(ms)])

@@ -264,11 +264,15 @@ impl Sqlite {
                 // Stored as MessagePack, the same encoding (and validation on the way
                 // back) as on the wire.
                 let blob = rmp_serde::to_vec(meta)?;
-                db.prepare_cached(
-                    "INSERT OR REPLACE INTO files_v5 (name, meta, owner, unheld_at) \
-                     VALUES (?1, ?2, ?3, NULL)",
-                )?
-                .execute(params![meta.name().as_str(), blob, owner.as_str()])?;
+                let n = db
+                    .prepare_cached(
+                        "INSERT INTO files_v5 (name, meta, owner, unheld_at) \
+                         VALUES (?1, ?2, ?3, NULL) ON CONFLICT (name) DO UPDATE \
+                         SET meta = excluded.meta, unheld_at = NULL \
+                         WHERE owner = excluded.owner OR meta = excluded.meta",
+                    )?
+                    .execute(params![meta.name().as_str(), blob, owner.as_str()])?;
+                return Ok(Answer::Count(n as u64));
             }
             Cmd::SetUnheld { name, since } => {
                 db.prepare_cached("UPDATE files_v5 SET unheld_at = ?2 WHERE name = ?1")?
