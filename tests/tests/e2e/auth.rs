@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use harness::service::Service;
 use harness::*;
+
+// vader and leia on different trackers in the cluster.
+on_both!(inactivity_timeout_logs_out_and_notifies_others, 60, 2);
 
 #[test]
 fn single_client_logs_in_and_out() {
@@ -92,11 +96,9 @@ fn second_login_of_an_online_user_is_refused() {
 
 /// Timeout of 2 s: an idle user is logged out and told; others see it. Commands (even
 /// invalid ones) count as activity; receiving messages does not.
-#[test]
-fn inactivity_timeout_logs_out_and_notifies_others() {
-    let t = Tracker::start(60, 2);
-    let mut idle = t.login("vader");
-    let mut busy = t.login("leia");
+fn inactivity_timeout_logs_out_and_notifies_others(s: &Service) {
+    let mut idle = s.login("vader");
+    let mut busy = s.login("leia");
     idle.expect("leia logged in");
     // leia keeps typing for ~3 s; vader only receives.
     for _ in 0..6 {
