@@ -137,6 +137,7 @@ fn main() {
                 circuit: Circuit([8; 16]),
             },
             addr: "10.0.0.3:4002".parse().unwrap(),
+            relay: None,
         }),
         ServerMsg::Event(Event::Reachability {
             observed: "10.0.0.3:4002".parse().unwrap(),

@@ -69,8 +69,9 @@ pub struct Ways {
     /// Our listener's port: punches go out from it.
     pub port: u16,
     pub meetings: Arc<Meetings>,
-    /// How to reach the tracker's relay (`None`: never relay).
-    pub relay: Option<Arc<Dial>>,
+    /// How to reach our tracker's relay (`None`: never relay). Replaced when the session
+    /// moves to another tracker of the cluster.
+    pub relay: Arc<std::sync::RwLock<Option<Arc<Dial>>>>,
 }
 
 impl Ways {
@@ -79,8 +80,17 @@ impl Ways {
         Ways {
             port: 0,
             meetings: Arc::default(),
-            relay: None,
+            relay: Arc::default(),
         }
+    }
+
+    /// Our tracker's relay from now on.
+    pub fn relay_through(&self, dial: Option<Arc<Dial>>) {
+        *self.relay.write().unwrap_or_else(|e| e.into_inner()) = dial;
+    }
+
+    fn our_relay(&self) -> Option<Arc<Dial>> {
+        self.relay.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -179,17 +189,20 @@ pub async fn to_target(ways: &Ways, via: Via, addr: SocketAddr) -> Result<(Strea
                 }
             }
         }
-        Via::Punched { circuit } => punch_or_relay(ways, circuit, addr).await,
-        Via::Relayed { circuit } => Ok((relay(ways, circuit).await?, Path::Relayed)),
+        Via::Punched { circuit } => punch_or_relay(ways, circuit, addr, None).await,
+        Via::Relayed { circuit } => Ok((relay(ways, circuit, None).await?, Path::Relayed)),
     }
 }
 
 /// The target's side of an introduction that is not direct: a connection to the requester
 /// (at `addr`), on which we then answer its handshake as its listener would.
+/// `at`: the relay to meet at, when it is not our tracker's (the requester is on another
+/// tracker of the cluster).
 pub async fn to_requester(
     ways: &Ways,
     via: Via,
     addr: SocketAddr,
+    at: Option<Arc<Dial>>,
 ) -> Result<(Stream, Path), String> {
     match via {
         Via::Direct => Err("a direct connection comes to our listener".into()),
@@ -203,8 +216,8 @@ pub async fn to_requester(
                 .map_err(|e| format!("{addr}: {e}"))?;
             Ok((Box::new(tcp), Path::Reversed))
         }
-        Via::Punched { circuit } => punch_or_relay(ways, circuit, addr).await,
-        Via::Relayed { circuit } => Ok((relay(ways, circuit).await?, Path::Relayed)),
+        Via::Punched { circuit } => punch_or_relay(ways, circuit, addr, at).await,
+        Via::Relayed { circuit } => Ok((relay(ways, circuit, at).await?, Path::Relayed)),
     }
 }
 
@@ -223,10 +236,11 @@ async fn punch_or_relay(
     ways: &Ways,
     circuit: Circuit,
     addr: SocketAddr,
+    at: Option<Arc<Dial>>,
 ) -> Result<(Stream, Path), String> {
     match punch(ways.port, addr, PUNCH_WINDOW).await {
         Some(tcp) => Ok((Box::new(tcp), Path::Punched)),
-        None => Ok((relay(ways, circuit).await?, Path::Relayed)),
+        None => Ok((relay(ways, circuit, at).await?, Path::Relayed)),
     }
 }
 
@@ -254,10 +268,12 @@ pub async fn punch(port: u16, addr: SocketAddr, window: Duration) -> Option<TcpS
 }
 
 /// A connection through the tracker's relay, joined to the other side of `circuit`.
-async fn relay(ways: &Ways, circuit: Circuit) -> Result<Stream, String> {
-    let dial = ways.relay.as_ref().ok_or("no relay to go through")?;
+async fn relay(ways: &Ways, circuit: Circuit, at: Option<Arc<Dial>>) -> Result<Stream, String> {
+    let dial = at
+        .or_else(|| ways.our_relay())
+        .ok_or("no relay to go through")?;
     let deadline = Instant::now() + CONNECT;
-    let (mut stream, _, _) = open(dial, 0, deadline)
+    let (mut stream, _, _) = open(&dial, 0, deadline)
         .await
         .map_err(|e| format!("the relay: {e}"))?;
     let mut join = bytes::BytesMut::new();

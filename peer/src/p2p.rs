@@ -645,7 +645,13 @@ impl P2p {
     /// The tracker introduced `from` to us (`Event::PrivateTicket`) on a path where we make
     /// (or help make) the connection: made in the background, then answered as our listener
     /// answers any dialler. Bounded like the listener: at most [`MAX_INCOMING`] at once.
-    pub fn introduced(&self, via: Via, addr: SocketAddr) {
+    /// `relay`: where to meet the requester if not at our tracker's relay.
+    pub fn introduced(
+        &self,
+        via: Via,
+        addr: SocketAddr,
+        relay: Option<Arc<crate::tracker_link::Dial>>,
+    ) {
         if via == Via::Direct {
             return;
         }
@@ -654,7 +660,9 @@ impl P2p {
         };
         let p2p = self.clone();
         tokio::spawn(async move {
-            if let Ok((stream, path)) = establish::to_requester(&p2p.dialer.ways, via, addr).await {
+            if let Ok((stream, path)) =
+                establish::to_requester(&p2p.dialer.ways, via, addr, relay).await
+            {
                 p2p.accept(stream, path).await;
             }
             drop(permit);

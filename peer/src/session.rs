@@ -110,7 +110,7 @@ pub async fn run(server: Server, dir: &Path, limits: Limits, term: &mut Terminal
         ways: Ways {
             port: p2p_port,
             meetings: Arc::default(),
-            relay: Some(relay_dial),
+            relay: Arc::new(std::sync::RwLock::new(Some(relay_dial))),
         },
     };
     let (events_tx, events) = mpsc::channel(crate::p2p::EVENTS);
@@ -374,6 +374,20 @@ struct Redial {
     /// Our listener's port, connected from and told at login.
     port: u16,
     key: PeerKey,
+}
+
+impl Redial {
+    /// How to dial tracker `t` of the cluster, from `port` (0: any).
+    fn dial(&self, t: &TrackerEndpoint, port: u16) -> Dial {
+        Dial {
+            addr: t.addr,
+            security: self.security,
+            // Vouched for by the tracker we trusted.
+            pinned: t.fingerprint.map(Fingerprint),
+            known: KnownTrackers::at(self.known.clone()),
+            from_port: port,
+        }
+    }
 }
 
 struct Session {
@@ -688,14 +702,7 @@ impl Session {
         let deadline = Instant::now() + RESUME_FOR;
         while Instant::now() < deadline {
             for t in &trackers {
-                let dial = Dial {
-                    addr: t.addr,
-                    security: self.redial.security,
-                    // Vouched for by the tracker we trusted.
-                    pinned: t.fingerprint.map(Fingerprint),
-                    known: KnownTrackers::at(self.redial.known.clone()),
-                    from_port: self.redial.port,
-                };
+                let dial = self.redial.dial(t, self.redial.port);
                 let Ok((mut link, _)) = TrackerLink::connect(&dial).await else {
                     continue;
                 };
@@ -713,6 +720,9 @@ impl Session {
                             t.addr, self.me
                         ));
                         self.link = link;
+                        // Relayed connections go through this tracker's relay now.
+                        let relay = Arc::new(self.redial.dial(t, 0));
+                        self.ctx.dialer.ways.relay_through(Some(relay));
                         return true;
                     }
                     // The lost tracker's lease has not run out yet, or the other is busy:
@@ -1124,9 +1134,11 @@ impl Session {
                         key,
                         via,
                         addr,
+                        relay,
                     } => {
                         self.p2p.tickets.add(ticket, from, key);
-                        self.p2p.introduced(via, addr);
+                        let at = relay.map(|t| Arc::new(self.redial.dial(&t, 0)));
+                        self.p2p.introduced(via, addr, at);
                     }
                     Event::Holders { name, user, chunks } => {
                         self.control(&name, Control::Holders { user, chunks });

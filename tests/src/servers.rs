@@ -171,6 +171,15 @@ impl Postgres {
     pub fn url(&self, database: &str) -> String {
         format!("postgres://swarm@127.0.0.1:{}/{database}", self.port)
     }
+
+    /// A new, empty database, reached through the server's Unix socket (from inside a lab
+    /// host too: the file system is shared, the network is not); its URL.
+    pub fn socket_database(&self, name: &str) -> String {
+        self.database(name);
+        let dir = self._dir.path().to_str().expect("a UTF-8 temp path");
+        let host: String = dir.replace('/', "%2F");
+        format!("postgres://swarm@{host}:{}/{name}", self.port)
+    }
 }
 
 /// Waits (bounded) until the server accepts queries; `false` if it exited or never did.
@@ -256,6 +265,37 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A NATS server on 127.0.0.1 inside `place` (a lab host): ready once it says so.
+    pub fn start_on(place: &crate::lab::Place) -> Nats {
+        use std::io::BufRead;
+        let port = 4222;
+        let mut child = place
+            .command("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nats-server (Debian: apt-get install nats-server)");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Server is ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(WAIT).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not start in the lab");
+        }
+        Nats { child, port }
     }
 }
 

@@ -229,6 +229,11 @@ impl Tracker {
         Some(at)
     }
 
+    /// Where clients reach this tracker, if it says (in a cluster).
+    pub(crate) fn advertised(&self) -> Option<TrackerEndpoint> {
+        self.cluster.as_ref().and_then(|c| c.me.clone())
+    }
+
     /// This tracker's `Hello`, sent once it listens for the answers.
     pub fn hello(&self) -> BusMsg {
         BusMsg::Hello {
@@ -725,6 +730,32 @@ mod tests {
         assert!(hans.events().iter().any(|e| matches!(e,
             Event::PrivateTicket { from, ticket: t, via: v, addr, .. }
                 if *from == u("luke") && *t == ticket && *v == via && addr.port() == 4002)));
+        // luke cannot be reached either: they punch, and meet at luke's tracker's relay
+        // if that fails, which hans's client is told where to find.
+        let b_at = wire::TrackerEndpoint {
+            addr: "127.0.0.1:4100".parse().unwrap(),
+            fingerprint: Some([3; 32]),
+        };
+        b.advertise(b_at.clone());
+        b.probed(
+            &u("luke"),
+            luke.conn,
+            "127.0.0.1:4002".parse().unwrap(),
+            false,
+        );
+        pass(&mut b, &mut a, T0);
+        let Reply::PrivateGranted { via, .. } =
+            req(&mut b, &luke, Request::StartPrivate { user: u("hans") }, T0)
+        else {
+            panic!("not granted")
+        };
+        let wire::Via::Punched { circuit } = via else {
+            panic!("{via:?}")
+        };
+        pass(&mut b, &mut a, T0);
+        assert!(hans.events().iter().any(|e| matches!(e,
+            Event::PrivateTicket { via: v, relay: Some(at), .. } if *v == via && *at == b_at)));
+        assert!(b.join_circuit(&circuit, T0).is_some(), "the circuit is b's");
         // Gone from there: refused here as offline.
         req(&mut a, &hans, Request::Logout, T0);
         pass(&mut a, &mut b, T0);

@@ -1059,6 +1059,7 @@ mod tests {
                 key: key_of("luke"),
                 via: Via::Direct,
                 addr: "127.0.0.1:4004".parse().unwrap(),
+                relay: None,
             }]
         );
 

@@ -101,8 +101,9 @@ impl Tracker {
         let ticket = Ticket(rand::random());
         let circuit = Circuit(rand::random());
         // A relay joins two connections to one tracker: a user online on another tracker
-        // is never routed through it (punching is their last chance).
-        let relay = self.rules.relay && !elsewhere;
+        // is sent to this one's, if it says where clients reach it.
+        let here = self.advertised();
+        let relay = self.rules.relay && (!elsewhere || here.is_some());
         let path = route::route(mine.reach(), theirs.reach(), relay);
         let addr = match (path, theirs.lan_ip) {
             (Path::Inside, Some(lan)) => SocketAddr::new(lan, theirs.port),
@@ -120,6 +121,10 @@ impl Tracker {
             key: mine.key,
             via,
             addr: SocketAddr::new(mine.ip, mine.port),
+            relay: match (elsewhere, via) {
+                (true, Via::Punched { .. } | Via::Relayed { .. }) => here,
+                _ => None,
+            },
         });
         if !self.push_anywhere(user, &event) {
             return Err(Refusal::Offline { user: user.clone() });
@@ -253,6 +258,7 @@ mod tests {
                 key: key_of("hans"),
                 via,
                 addr: "127.0.0.1:4001".parse().unwrap(),
+                relay: None,
             }]
         );
         let Reply::PrivateGranted { ticket: again, .. } = req(&mut t, &hans, start("luke"), T0)

@@ -471,6 +471,9 @@ pub enum Event {
         /// to connect to `from` (its listener, where the tracker sees it).
         via: Via,
         addr: SocketAddr,
+        /// For `Punched` and `Relayed`: the relay to meet `from` at when it is not this
+        /// user's own tracker's (`from` is on another tracker of the cluster).
+        relay: Option<TrackerEndpoint>,
     },
     /// To watchers of `name` (see `Request::Locate`): `user` now also holds `chunks`.
     /// Ask `Locate { from: Some(user) }` for an address and a ticket to fetch from them.

@@ -485,3 +485,46 @@ fn users_behind_the_same_router_connect_inside_their_network() {
     assert!(!after.iter().any(|l| l.contains("(paths: ")), "{after:?}");
     assert!(std::fs::read(luke.dir.join("f.bin")).unwrap() == data);
 }
+
+/// Two users behind symmetric routers, each logged in through another tracker of a
+/// cluster: their private chat goes through the requester's tracker's relay, which the
+/// other is told where to find. (Both trackers on lab host 0, with the NATS server; the
+/// PostgreSQL server outside the lab, reached through its Unix socket.)
+#[test]
+fn users_of_two_trackers_meet_at_a_relay_when_nothing_else_connects_them() {
+    let pg = harness::servers::Postgres::start();
+    let url = pg.socket_database("swarmchat");
+    let mut lab = Lab::new(&[Link::FREE]).unwrap_or_else(|e| panic!("the network lab: {e}"));
+    let nats = harness::servers::Nats::start_on(&lab.place(0));
+    let bus = nats.url();
+    let args = ["--store", url.as_str(), "--bus", bus.as_str()];
+    let a = Tracker::start_on_args(lab.place(0), lab.ip(0), &args);
+    let b = Tracker::start_on_args(lab.place(0), lab.ip(0), &args);
+    harness::service::settle(&[&a, &b]);
+    let hosts: Vec<usize> = (0..2)
+        .map(|_| lab.add_behind_nat(Link::FREE, Nat::Symmetric).unwrap())
+        .collect();
+    let peer = |t: &Tracker, host: usize, user: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut p = Peer::start_on(&lab.place(host), t.addr, dir, Some(tmp), &[]);
+        p.login(user);
+        p.reachability();
+        p
+    };
+    let mut vader = peer(&a, hosts[0], "vader");
+    let mut r2d2 = peer(&b, hosts[1], "r2d2");
+    // Each tracker knows the other's user, and its reachability.
+    harness::service::settle(&[&a, &b]);
+    vader.send("startprivate r2d2");
+    let started = vader.expect("Start private messaging with r2d2");
+    let incoming = r2d2.expect("vader started private messaging with you");
+    assert!(
+        started.contains("relay") && incoming.contains("relay"),
+        "{started} / {incoming}"
+    );
+    vader.send("private r2d2 through the relay");
+    r2d2.expect("vader(private): through the relay");
+    r2d2.send("private vader beep");
+    vader.expect("r2d2(private): beep");
+}
