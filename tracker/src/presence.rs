@@ -22,16 +22,17 @@ const PRUNE_STEP: usize = 1_000;
 /// request gets its own at once, ahead of the reply), with up to [`FLUSH_EVERY_UP_TO`]
 /// users online; see [`flush_interval`].
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-const FLUSH_EVERY_UP_TO: usize = 2_000;
+const FLUSH_EVERY_UP_TO: usize = 1_000;
 /// The longest a presence change waits, however many are online.
-const FLUSH_AT_MOST_EVERY: Duration = Duration::from_millis(250);
+const FLUSH_AT_MOST_EVERY: Duration = Duration::from_millis(500);
 
 /// How long to wait before the next presence flush with `online` users online. A flush
 /// costs a frame per online user told anything (a write on each of their connections):
 /// beyond [`FLUSH_EVERY_UP_TO`] users the interval grows with them, so a burst of logins
-/// costs at most about 40,000 frames a second (10,000 users: every 250 ms), not one frame
+/// costs at most about 20,000 frames a second (10,000 users: every 500 ms), not one frame
 /// per user every 50 ms (`perf` on `bench/relay --cluster`'s 10,000 logins: the kernel's
-/// work for those writes was most of the trackers' time).
+/// work for those writes was most of the trackers' time; at 40,000 frames a second the
+/// burst took 11-15 s on 2 cores, at 20,000 under 8 s).
 pub fn flush_interval(online: usize) -> Duration {
     let scaled = FLUSH_EVERY.mul_f64(online.max(1) as f64 / FLUSH_EVERY_UP_TO as f64);
     scaled.clamp(FLUSH_EVERY, FLUSH_AT_MOST_EVERY)
@@ -275,10 +276,10 @@ mod tests {
     #[test]
     fn presence_flushes_less_often_only_with_many_online() {
         assert_eq!(flush_interval(0), FLUSH_EVERY);
-        assert_eq!(flush_interval(2_000), FLUSH_EVERY);
-        assert_eq!(flush_interval(4_000), Duration::from_millis(100));
-        assert_eq!(flush_interval(10_000), Duration::from_millis(250));
-        assert_eq!(flush_interval(1_000_000), Duration::from_millis(250));
+        assert_eq!(flush_interval(1_000), FLUSH_EVERY);
+        assert_eq!(flush_interval(4_000), Duration::from_millis(200));
+        assert_eq!(flush_interval(10_000), Duration::from_millis(500));
+        assert_eq!(flush_interval(1_000_000), Duration::from_millis(500));
     }
 
     use super::*;
