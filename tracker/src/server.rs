@@ -748,29 +748,16 @@ async fn login(
                 key,
                 lan_ip,
             } => {
-                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
-                    let result = LoginResult::Throttled { retry_secs };
-                    conn.reply(&ServerMsg::Login(result))?;
-                    conn.write_out().await?;
-                    return Err(Dropped::Refused(result));
-                }
+                throttled(conn, shared, ip).await?;
                 let (id, outbox) = (conn.id, conn.outbox.clone());
                 let turn = shared.verify_turn(&user).await;
                 let result = match shared.with(|t, now| t.login_check(&user, now)) {
                     Err(refused) => refused,
                     Ok(secret) => {
                         let ok = shared.verify(secret, password).await;
-                        let (step, ticket) = shared.act(|t, now| {
-                            let listener = Listener {
-                                ip,
-                                port: p2p_port,
-                                key,
-                                reachable: None,
-                                keeps_port: p2p_port == addr.port(),
-                                lan_ip,
-                            };
-                            t.login_verified(&user, ok, now, id, outbox, listener)
-                        });
+                        let listener = Listener::announced(addr, p2p_port, key, lan_ip);
+                        let (step, ticket) = shared
+                            .act(|t, now| t.login_verified(&user, ok, now, id, outbox, listener));
                         match step {
                             LoginStep::Done(result) => result,
                             // The turn is still held: this user's next attempt waits for it.
@@ -805,25 +792,12 @@ async fn login(
             } => {
                 // Paced like password logins from the address (a token cannot be guessed,
                 // but each try costs a database round trip).
-                if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
-                    let result = LoginResult::Throttled { retry_secs };
-                    conn.reply(&ServerMsg::Login(result))?;
-                    conn.write_out().await?;
-                    return Err(Dropped::Refused(result));
-                }
+                throttled(conn, shared, ip).await?;
                 let (id, outbox) = (conn.id, conn.outbox.clone());
                 let turn = shared.verify_turn(&user).await;
-                let (step, ticket) = shared.act(|t, now| {
-                    let listener = Listener {
-                        ip,
-                        port: p2p_port,
-                        key,
-                        reachable: None,
-                        keeps_port: p2p_port == addr.port(),
-                        lan_ip,
-                    };
-                    t.resume(&user, &token, now, id, outbox, listener)
-                });
+                let listener = Listener::announced(addr, p2p_port, key, lan_ip);
+                let (step, ticket) =
+                    shared.act(|t, now| t.resume(&user, &token, now, id, outbox, listener));
                 let result = match step {
                     LoginStep::Done(result) => result,
                     LoginStep::Wait(wait) => {
@@ -846,6 +820,17 @@ async fn login(
         }
     }
     Err(Dropped::LoginFlood)
+}
+
+/// Refuses (and ends) a login or resume from `ip` while it must wait after failed ones.
+async fn throttled(conn: &mut Conn, shared: &Shared, ip: IpAddr) -> Result<(), Dropped> {
+    if let Err(retry_secs) = shared.gate(|g, now| g.may_try(ip, now)) {
+        let result = LoginResult::Throttled { retry_secs };
+        conn.reply(&ServerMsg::Login(result))?;
+        conn.write_out().await?;
+        return Err(Dropped::Refused(result));
+    }
+    Ok(())
 }
 
 async fn session(conn: &mut Conn, user: &UserName, shared: &Shared) -> Result<(), Dropped> {

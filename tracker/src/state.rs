@@ -13,7 +13,7 @@
 //! so never across a database call.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +64,19 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// What a client announced at login (`port`, `key`, `lan_ip`), seen from `from`, the
+    /// address of its connection to the tracker; not yet probed.
+    pub fn announced(from: SocketAddr, port: u16, key: PeerKey, lan_ip: Option<IpAddr>) -> Self {
+        Listener {
+            ip: from.ip(),
+            port,
+            key,
+            reachable: None,
+            keeps_port: port == from.port(),
+            lan_ip,
+        }
+    }
+
     pub fn reach(&self) -> crate::route::Reach {
         crate::route::Reach {
             public: self.ip,
