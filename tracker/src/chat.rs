@@ -4,6 +4,8 @@
 //! Blocking rule: if A has blocked B, B's messages to A are refused at send time (also
 //! while A is offline, so nothing from B is ever stored for A) and B's broadcasts skip A.
 
+use std::collections::HashSet;
+
 use wire::{Event, Refusal, Reply, ServerMsg, Text, UserName};
 
 use crate::clock::Millis;
@@ -154,34 +156,15 @@ impl Tracker {
         }
     }
 
-    pub(crate) fn broadcast(&mut self, me: &UserName, text: &Text) -> Reply {
+    pub(crate) fn broadcast(&mut self, me: &UserName, text: &Text) -> Outcome {
         let event = ServerMsg::Event(Event::Message {
             from: me.clone(),
             text: text.clone(),
         });
         let Some(frame) = crate::state::encode(&event) else {
-            return Reply::Refused(Refusal::Unavailable);
+            return Outcome::Reply(Reply::Refused(Refusal::Unavailable));
         };
         let (mut reached, mut skipped) = (0u32, false);
-        if self.clustered() {
-            self.publish(
-                crate::cluster::To::All,
-                crate::cluster::BusMsg::Broadcast {
-                    node: self.node,
-                    from: me.clone(),
-                    text: text.clone(),
-                },
-            );
-            // As far as this tracker knows: their own trackers skip the busy ones.
-            let remote: Vec<UserName> = self.remote_users().cloned().collect();
-            for u in remote {
-                if self.has_blocked(&u, me) {
-                    skipped = true;
-                } else {
-                    reached = reached.saturating_add(1);
-                }
-            }
-        }
         let targets: Vec<UserName> = self.sessions.keys().filter(|u| *u != me).cloned().collect();
         for u in targets {
             // A busy recipient is skipped like one who blocked the sender: the sender is
@@ -193,7 +176,29 @@ impl Tracker {
             self.push_frame(&u, &frame);
             reached = reached.saturating_add(1);
         }
-        Reply::Broadcast { reached, skipped }
+        if !self.clustered() {
+            return Outcome::Reply(Reply::Broadcast { reached, skipped });
+        }
+        self.publish(
+            crate::cluster::To::All,
+            crate::cluster::BusMsg::Broadcast {
+                node: self.node,
+                from: me.clone(),
+                text: text.clone(),
+            },
+        );
+        // Their own trackers skip those who block the sender (and the busy ones). Whether
+        // any does, the store says: this tracker may not have heard yet of a block just
+        // set through another, whose user was already told it holds.
+        let remote: Vec<UserName> = self.remote_users().cloned().collect();
+        self.wait_for(
+            Cmd::BlockersOf { user: me.clone() },
+            Then::Broadcast {
+                reached,
+                skipped,
+                remote,
+            },
+        )
     }
 
     pub(crate) fn block(&mut self, me: &UserName, user: &UserName) -> Outcome {
@@ -248,6 +253,24 @@ impl Tracker {
             }
         }
     }
+}
+
+/// A clustered broadcast's reply: `reached` and `skipped` here, and the users on other
+/// trackers (`remote`) counted as reached unless among `blockers`.
+pub(crate) fn broadcast_reply(
+    mut reached: u32,
+    mut skipped: bool,
+    remote: &[UserName],
+    blockers: &HashSet<UserName>,
+) -> Reply {
+    for u in remote {
+        if blockers.contains(u) {
+            skipped = true;
+        } else {
+            reached = reached.saturating_add(1);
+        }
+    }
+    Reply::Broadcast { reached, skipped }
 }
 
 #[cfg(test)]

@@ -595,6 +595,7 @@ mod tests {
     use super::*;
     use crate::state::testkit::*;
     use crate::state::Outcome;
+    use crate::store::Cmd;
     use std::time::Duration;
     use wire::{PresenceChange, Reply, Request};
 
@@ -786,5 +787,56 @@ mod tests {
         );
         let ev = luke.events();
         assert_eq!(ev.len(), 1, "{ev:?}");
+    }
+
+    /// luke, on another tracker, blocked hans and was told so; this tracker has not heard
+    /// yet. hans's broadcast is still reported as not reaching everyone (the store says),
+    /// and once luke unblocked, as reaching all.
+    #[test]
+    fn a_broadcast_s_sender_is_told_of_a_block_set_elsewhere_this_tracker_has_not_heard_of() {
+        let mut t = tracker();
+        t.join_cluster();
+        let hans = login(&mut t, "hans", T0);
+        t.from_bus(presence_in("luke"), T0);
+        let broadcast = Request::Broadcast {
+            text: Text::new("I rock").unwrap(),
+        };
+        assert_eq!(
+            req(&mut t, &hans, broadcast.clone(), T0),
+            Reply::Broadcast {
+                reached: 1,
+                skipped: false
+            }
+        );
+        let block = |on| Cmd::Block {
+            blocker: u("luke"),
+            blocked: u("hans"),
+            on,
+        };
+        t.db.apply(&[block(true)]).unwrap();
+        assert!(!t.has_blocked(&u("luke"), &u("hans")), "not heard of here");
+        assert_eq!(
+            req(&mut t, &hans, broadcast.clone(), T0),
+            Reply::Broadcast {
+                reached: 0,
+                skipped: true
+            }
+        );
+        t.from_bus(
+            BusMsg::Block {
+                blocker: u("luke"),
+                blocked: u("hans"),
+                on: true,
+            },
+            T0,
+        );
+        t.db.apply(&[block(false)]).unwrap();
+        assert_eq!(
+            req(&mut t, &hans, broadcast, T0),
+            Reply::Broadcast {
+                reached: 1,
+                skipped: false
+            }
+        );
     }
 }

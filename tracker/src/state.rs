@@ -412,6 +412,13 @@ pub(crate) enum Then {
     },
     /// The users online since `since` in the history (`secs` ago).
     WhoElseSince { secs: u64 },
+    /// A broadcast that went out: `reached` users here, `skipped` some here; whether the
+    /// users on other trackers at the time (`remote`) block the sender, the store says.
+    Broadcast {
+        reached: u32,
+        skipped: bool,
+        remote: Vec<UserName>,
+    },
 }
 
 impl Tracker {
@@ -439,7 +446,7 @@ impl Tracker {
         self.tell_presence(me);
         let outcome = match req {
             Request::Message { to, text } => self.message(me, &to, &text, now),
-            Request::Broadcast { text } => Outcome::Reply(self.broadcast(me, &text)),
+            Request::Broadcast { text } => self.broadcast(me, &text),
             Request::WhoElse => Outcome::Reply(self.who_else(me)),
             Request::WhoElseSince { secs } => self.who_else_since(secs, now),
             Request::Block { user } => self.block(me, &user),
@@ -526,6 +533,25 @@ impl Tracker {
                     _ => self.sessions.keys().cloned().collect(),
                 };
                 self.who_else_since_reply(me, secs, users)
+            }
+            (
+                Then::Broadcast {
+                    reached,
+                    skipped,
+                    remote,
+                },
+                answer,
+            ) => {
+                let blockers: HashSet<UserName> = match answer {
+                    Ok(Answer::Users(u)) => u.into_iter().collect(),
+                    // As far as this tracker knows, when the store cannot say.
+                    _ => remote
+                        .iter()
+                        .filter(|u| self.has_blocked(u, me))
+                        .cloned()
+                        .collect(),
+                };
+                crate::chat::broadcast_reply(reached, skipped, &remote, &blockers)
             }
             // Failed (the journal logged why), or an answer of the wrong kind (a bug).
             (_, _) => Reply::Refused(Refusal::Unavailable),

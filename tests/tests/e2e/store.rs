@@ -276,6 +276,33 @@ async fn the_history_is_pruned_in_bounded_steps_and_last_logouts_survive_it(db: 
     assert!(online_since(&mut e, 2_001).await.is_empty());
 }
 
+async fn the_users_who_block_someone_are_read_as_committed(db: Db) {
+    let mut e = db.open().await;
+    let block = |blocker: &str, blocked: &str, on| Cmd::Block {
+        blocker: u(blocker),
+        blocked: u(blocked),
+        on,
+    };
+    let blockers = |user: &str| Cmd::BlockersOf { user: u(user) };
+    let answers = e
+        .run(&[
+            block("yoda", "hans", true),
+            block("luke", "hans", true),
+            block("luke", "vader", true),
+            blockers("hans"),
+            block("yoda", "hans", false),
+            blockers("hans"),
+            blockers("r2d2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[3], Answer::Users(vec![u("luke"), u("yoda")]));
+    assert_eq!(
+        answers[5..],
+        [Answer::Users(vec![u("luke")]), Answer::Users(vec![])]
+    );
+}
+
 async fn blocks_lockouts_and_files_survive_a_restart(db: Db) {
     let mut e = db.open().await;
     e.run(&[
@@ -587,6 +614,7 @@ async fn suite(mut fresh: impl FnMut(&str) -> Db) {
     a_full_mailbox_stores_nothing_more(fresh("full")).await;
     the_history_window_includes_sessions_ending_inside_it(fresh("window")).await;
     the_history_is_pruned_in_bounded_steps_and_last_logouts_survive_it(fresh("prune")).await;
+    the_users_who_block_someone_are_read_as_committed(fresh("blockers")).await;
     blocks_lockouts_and_files_survive_a_restart(fresh("restart")).await;
     a_batch_that_fails_in_a_group_fails_alone(fresh("group")).await;
     a_name_is_taken_once_whatever_the_tracker(fresh("names")).await;

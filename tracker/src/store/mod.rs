@@ -165,6 +165,11 @@ pub enum Cmd {
     OnlineSince {
         since: Millis,
     },
+    /// Users who block `user`, as committed (a block set through another tracker counts
+    /// as soon as its reply was sent): answered with [`Answer::Users`].
+    BlockersOf {
+        user: UserName,
+    },
 }
 
 /// What a command answers, one per command, in order.
@@ -392,6 +397,7 @@ impl Cmd {
             Cmd::AckOffline { .. } => "offline acknowledgement",
             Cmd::OfflineFor { .. } => "offline backlog",
             Cmd::OnlineSince { .. } => "login history",
+            Cmd::BlockersOf { .. } => "block list",
         }
     }
 }

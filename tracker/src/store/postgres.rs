@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     blocked TEXT NOT NULL,
     PRIMARY KEY (blocker, blocked)
 );
+CREATE INDEX IF NOT EXISTS blocks_by_blocked ON blocks (blocked, blocker);
 CREATE TABLE IF NOT EXISTS sessions (
     id        BIGINT PRIMARY KEY,
     username  TEXT NOT NULL,
@@ -124,6 +125,7 @@ struct Statements {
     ack: Statement,
     offline_for: Statement,
     online_since: Statement,
+    blockers_of: Statement,
 }
 
 impl Statements {
@@ -266,6 +268,9 @@ impl Statements {
                     "SELECT id, sender, text FROM offline WHERE recipient = $1 AND id > $2 \
                      ORDER BY id LIMIT $3",
                 )
+                .await?,
+            blockers_of: c
+                .prepare("SELECT blocker FROM blocks WHERE blocked = $1 ORDER BY blocker")
                 .await?,
             online_since: c
                 .prepare(
@@ -591,6 +596,14 @@ async fn one(
                 });
             }
             return Ok(Answer::Messages(out));
+        }
+        Cmd::BlockersOf { user } => {
+            let rows = tx.query(&st.blockers_of, &[&user.as_str()]).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(UserName::new(r.get::<_, String>(0))?);
+            }
+            return Ok(Answer::Users(out));
         }
         Cmd::OnlineSince { since } => {
             let rows = tx.query(&st.online_since, &[&ms(*since)]).await?;

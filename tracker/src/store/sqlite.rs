@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     blocked TEXT NOT NULL,
     PRIMARY KEY (blocker, blocked)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_blocked ON blocks (blocked, blocker);
 CREATE TABLE IF NOT EXISTS sessions (
     id        INTEGER PRIMARY KEY,
     user      TEXT NOT NULL,
@@ -303,6 +304,7 @@ impl Sqlite {
                 return Ok(Answer::Messages(self.offline_for(user, *after, *limit)?))
             }
             Cmd::OnlineSince { since } => return Ok(Answer::Users(self.online_since(*since)?)),
+            Cmd::BlockersOf { user } => return Ok(Answer::Users(self.blockers_of(user)?)),
         }
         Ok(Answer::Done)
     }
@@ -399,6 +401,18 @@ impl Sqlite {
 
     /// Users with a session overlapping `[since, now]`: still open, or closed at or after
     /// `since`. One row per user, whatever the window.
+    fn blockers_of(&self, user: &UserName) -> Result<Vec<UserName>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT blocker FROM blocks WHERE blocked = ?1 ORDER BY blocker")?;
+        let rows = stmt.query_map(params![user.as_str()], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(UserName::new(r?)?);
+        }
+        Ok(out)
+    }
+
     fn online_since(&self, since: Millis) -> Result<Vec<UserName>, StoreError> {
         let mut stmt = self.db.prepare_cached(
             "SELECT user FROM last_seen WHERE logout_at IS NULL OR logout_at >= ?1 ORDER BY user",
