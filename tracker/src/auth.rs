@@ -146,24 +146,13 @@ impl Tracker {
         if self.sessions.contains_key(user) {
             return LoginStep::Done(LoginResult::AlreadyLoggedIn);
         }
-        let history_id = rand::random::<i64>() & i64::MAX;
-        let (token, hash) = new_token();
-        let at = self.persist_at(Cmd::Claim {
+        let node = self.node;
+        self.claim(conn, outbox, listener, |session, token| Cmd::Claim {
             user: user.clone(),
-            node: self.node,
-            session: history_id,
+            node,
+            session,
             at: now,
-            token: hash,
-        });
-        LoginStep::Wait(LoginWait {
-            then: LoginThen::Claim {
-                conn,
-                outbox,
-                listener,
-                history_id,
-                token,
-            },
-            at,
+            token,
         })
     }
 
@@ -188,17 +177,31 @@ impl Tracker {
         if self.sessions.contains_key(user) {
             return LoginStep::Done(LoginResult::AlreadyLoggedIn);
         }
-        let history_id = rand::random::<i64>() & i64::MAX;
-        let (token, renewed) = new_token();
-        let at = self.persist_at(Cmd::Resume {
+        let node = self.node;
+        self.claim(conn, outbox, listener, |session, renewed| Cmd::Resume {
             user: user.clone(),
             token: token_hash(presented),
             renewed,
-            node: self.node,
-            session: history_id,
+            node,
+            session,
             at: now,
             window_ms: RESUME_WINDOW.as_millis() as u64,
-        });
+        })
+    }
+
+    /// A login's or resume's claim on a new session (`cmd`, given the session's id in the
+    /// history and the SHA-256 of its new resume token), settled by
+    /// [`Tracker::login_settled`].
+    fn claim(
+        &mut self,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        listener: Listener,
+        cmd: impl FnOnce(i64, [u8; 32]) -> Cmd,
+    ) -> LoginStep {
+        let history_id = rand::random::<i64>() & i64::MAX;
+        let (token, hash) = new_token();
+        let at = self.persist_at(cmd(history_id, hash));
         LoginStep::Wait(LoginWait {
             then: LoginThen::Claim {
                 conn,

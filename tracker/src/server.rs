@@ -758,14 +758,7 @@ async fn login(
                         let listener = Listener::announced(addr, p2p_port, key, lan_ip);
                         let (step, ticket) = shared
                             .act(|t, now| t.login_verified(&user, ok, now, id, outbox, listener));
-                        match step {
-                            LoginStep::Done(result) => result,
-                            // The turn is still held: this user's next attempt waits for it.
-                            LoginStep::Wait(wait) => {
-                                let answers = store::answers(ticket).await;
-                                shared.with(|t, now| t.login_settled(&user, wait, answers, now))
-                            }
-                        }
+                        settled(shared, &user, step, ticket).await
                     }
                 };
                 drop(turn);
@@ -798,13 +791,7 @@ async fn login(
                 let listener = Listener::announced(addr, p2p_port, key, lan_ip);
                 let (step, ticket) =
                     shared.act(|t, now| t.resume(&user, &token, now, id, outbox, listener));
-                let result = match step {
-                    LoginStep::Done(result) => result,
-                    LoginStep::Wait(wait) => {
-                        let answers = store::answers(ticket).await;
-                        shared.with(|t, now| t.login_settled(&user, wait, answers, now))
-                    }
-                };
+                let result = settled(shared, &user, step, ticket).await;
                 drop(turn);
                 if result == LoginResult::ResumeRefused {
                     shared.gate(|g, now| g.failed(ip, now));
@@ -820,6 +807,23 @@ async fn login(
         }
     }
     Err(Dropped::LoginFlood)
+}
+
+/// A login's or resume's result, once the store answered if it had to. The caller still
+/// holds the user's turn: this user's next attempt waits for it.
+async fn settled(
+    shared: &Shared,
+    user: &UserName,
+    step: LoginStep,
+    ticket: Option<store::Ticket>,
+) -> LoginResult {
+    match step {
+        LoginStep::Done(result) => result,
+        LoginStep::Wait(wait) => {
+            let answers = store::answers(ticket).await;
+            shared.with(|t, now| t.login_settled(user, wait, answers, now))
+        }
+    }
 }
 
 /// Refuses (and ends) a login or resume from `ip` while it must wait after failed ones.
